@@ -1,0 +1,458 @@
+"""The broker: a queue of embed jobs, a table of jobs in flight, and a registry of workers.
+
+One thread owns every socket and runs :meth:`Broker.run`'s poll loop. Fronts submit jobs on the *client*
+socket; workers register and take jobs on the *worker* sockets (local, and optionally a CurveZMQ one for the
+LAN). A job is handed to the ready worker with the most free capacity (credits counted in texts); a reply is
+accepted only from the worker and attempt that hold the job, so late replies from a presumed-dead worker are
+dropped. When a worker dies or overstays a job's lease, its jobs go back to the front of the queue.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import zmq
+
+from broker import protocol
+from broker.protocol import Command, ErrorCode, Message, ProtocolError
+
+log = logging.getLogger(__name__)
+
+WorkerKey = tuple[str, bytes]  # (socket name, ZeroMQ identity)
+
+PROBE_MIN_COSINE = 0.99  # two workers whose probe vectors differ more than this serve different models
+
+
+@dataclass(frozen=True)
+class BrokerSettings:
+    client_address: str
+    worker_address: str
+    lan_address: str | None = None
+    keys_dir: str | None = None
+    model: str | None = None  # expected model name; None: the first worker's model defines the cluster
+    heartbeat_interval: float = protocol.HEARTBEAT_INTERVAL
+    heartbeat_liveness: int = protocol.HEARTBEAT_LIVENESS
+    job_lease: float = 60.0  # a worker that holds a job longer than this is presumed stuck
+    max_queue_texts: int = 50_000
+    max_crashes: int = 2  # a job whose attempts killed this many workers fails as WORKER_CRASHED
+    no_worker_grace: float = 10.0  # queued jobs wait this long for a worker to come back
+
+
+@dataclass
+class Job:
+    job_id: str
+    client: bytes
+    texts: list[str]
+    normalize: bool
+    options: dict[str, Any]
+    deadline: float
+    attempt: int = 0
+    crashes: int = 0
+    worker: WorkerKey | None = None
+    lease_until: float = 0.0
+    enqueued_at: float = field(default_factory=time.monotonic)
+    dispatched_at: float = 0.0
+
+
+@dataclass
+class Worker:
+    key: WorkerKey
+    info: dict[str, Any]
+    capacity: int
+    expiry: float
+    inflight: dict[str, Job] = field(default_factory=dict)
+    inflight_texts: int = 0
+    last_dispatch: float = 0.0
+    served_texts: int = 0
+    served_jobs: int = 0
+    stats: dict[str, Any] = field(default_factory=dict)
+    isolated: bool = False  # holds a job that already crashed a worker: it gets nothing else meanwhile
+
+    @property
+    def worker_id(self) -> str:
+        return str(self.info.get("worker_id") or self.key[1].hex())
+
+    def describe(self) -> dict[str, Any]:
+        info = self.info
+        return {
+            "id": self.worker_id,
+            "state": "busy" if self.inflight else "ready",
+            "device": info.get("device"),
+            "precision": info.get("precision"),
+            "host": info.get("host"),
+            "pid": info.get("pid"),
+            "remote": self.key[0] == "lan",
+            "capacity": self.capacity,
+            "inflight_texts": self.inflight_texts,
+            "served_texts": self.served_texts,
+            "texts_per_s": self.stats.get("texts_per_s"),
+        }
+
+
+def model_name(model: str) -> str:
+    """The comparable name of a model id or local path: its last path component."""
+    return model.rstrip("/\\").replace("\\", "/").rsplit("/", 1)[-1]
+
+
+class Broker:
+    def __init__(self, settings: BrokerSettings, context: zmq.Context | None = None) -> None:
+        self.settings = settings
+        self.context = context or zmq.Context.instance()
+        self.broker_id = uuid.uuid4().hex
+        self.queue: deque[Job] = deque()
+        self.jobs: dict[str, Job] = {}
+        self.workers: dict[WorkerKey, Worker] = {}
+        self.sockets: dict[str, zmq.Socket] = {}
+        self.reference: dict[str, Any] | None = None  # model, dim, probe of the cluster
+        self.ever_ready = False
+        self.no_workers_since: float | None = time.monotonic()
+        self.counters = {"submitted": 0, "answered": 0, "failed": 0, "requeued": 0, "dropped_frames": 0}
+        self._stop = False
+
+    # -- sockets --------------------------------------------------------------------------------------
+    def bind(self) -> None:
+        s = self.settings
+        self.sockets["client"] = self._router(s.client_address)
+        self.sockets["local"] = self._router(s.worker_address)
+        if s.lan_address:
+            from broker.security import lan_router  # CurveZMQ + ZAP, only when asked for
+
+            self.sockets["lan"] = lan_router(self.context, s.lan_address, s.keys_dir)
+
+    def _router(self, address: str) -> zmq.Socket:
+        sock = self.context.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, 256 * 1024 * 1024)
+        sock.bind(address)
+        return sock
+
+    def stop(self) -> None:
+        self._stop = True
+
+    def close(self) -> None:
+        for sock in self.sockets.values():
+            sock.close(linger=0)
+        self.sockets.clear()
+
+    # -- the loop ---------------------------------------------------------------------------------------
+    def run(self) -> None:
+        if not self.sockets:
+            self.bind()
+        poller = zmq.Poller()
+        names = {sock: name for name, sock in self.sockets.items()}
+        for sock in self.sockets.values():
+            poller.register(sock, zmq.POLLIN)
+        next_heartbeat = time.monotonic()
+        log.info("broker %s ready: clients on %s, workers on %s", self.broker_id[:8],
+                 self.settings.client_address, self.settings.worker_address)
+        while not self._stop:
+            timeout_ms = max(0, int((next_heartbeat - time.monotonic()) * 1000))
+            for sock, _ in poller.poll(min(timeout_ms, 250)):
+                for _ in range(1000):  # drain, bounded so that heartbeats keep their time
+                    try:
+                        frames = sock.recv_multipart(zmq.NOBLOCK, copy=True)
+                    except zmq.Again:
+                        break
+                    self.handle(names[sock], frames)
+            now = time.monotonic()
+            if now >= next_heartbeat:
+                self.send_heartbeats()
+                next_heartbeat = now + self.settings.heartbeat_interval
+            self.purge_workers(now)
+            self.expire_queue(now)
+            self.dispatch()
+
+    def handle(self, socket_name: str, frames: list[bytes]) -> None:
+        if len(frames) < 2:
+            self._drop(socket_name, b"", "too few frames")
+            return
+        identity, body = frames[0], frames[1:]
+        try:
+            message = protocol.decode(body)
+        except ProtocolError as exc:
+            self._drop(socket_name, identity, str(exc))
+            return
+        if socket_name == "client":
+            self.handle_client(identity, message)
+        else:
+            self.handle_worker((socket_name, identity), message)
+
+    def _drop(self, socket_name: str, identity: bytes, why: str) -> None:
+        self.counters["dropped_frames"] += 1
+        log.warning("dropped a bad message on %s from %s: %s", socket_name, identity.hex()[:16], why)
+
+    # -- clients (fronts, supervisor) -------------------------------------------------------------------
+    def handle_client(self, client: bytes, message: Message) -> None:
+        header = message.header
+        if message.command is Command.SUBMIT:
+            self.submit(client, header)
+        elif message.command is Command.CANCEL:
+            self.cancel(header["job"])
+        elif message.command is Command.STATUS:
+            self.send("client", client, Command.STATUS, {"req": header["req"], **self.status()})
+        elif message.command is Command.WORKER_GONE:
+            self.worker_gone(header["pid"], header.get("host"))
+        else:
+            self._drop("client", client, f"{message.command.name} is not a client command")
+
+    def submit(self, client: bytes, header: dict[str, Any]) -> None:
+        job_id = header["job"]
+        if job_id in self.jobs:  # a front re-sent a job we still hold (after it saw us restart): keep one
+            self.jobs[job_id].client = client
+            return
+        texts = header["texts"]
+        if not all(isinstance(t, str) for t in texts):
+            self.fail(client, job_id, ErrorCode.BAD_REQUEST, "texts must be strings")
+            return
+        now = time.monotonic()
+        if not self.workers and self._no_workers_for(now) >= self.settings.no_worker_grace:
+            self.fail(client, job_id, ErrorCode.NO_WORKERS, self._no_workers_message())
+            return
+        if self.queued_texts() + len(texts) > self.settings.max_queue_texts:
+            self.fail(client, job_id, ErrorCode.OVERLOADED, "the queue is full; retry later")
+            return
+        options = header.get("options") or {}
+        job = Job(job_id, client, texts, header["normalize"], options if isinstance(options, dict) else {},
+                  deadline=now + max(0, header["timeout_ms"]) / 1000)
+        self.jobs[job_id] = job
+        self.queue.append(job)
+        self.counters["submitted"] += 1
+
+    def cancel(self, job_id: str) -> None:
+        job = self.jobs.get(job_id)
+        if job is not None and job.worker is None:
+            self.queue.remove(job)
+            del self.jobs[job_id]
+
+    def fail(self, client: bytes, job_id: str, code: ErrorCode, message: str) -> None:
+        self.counters["failed"] += 1
+        self.send("client", client, Command.ERROR, {"job": job_id, "code": code.value, "message": message})
+
+    def queued_texts(self) -> int:
+        return sum(len(job.texts) for job in self.queue)
+
+    def _no_workers_for(self, now: float) -> float:
+        return 0.0 if self.no_workers_since is None else now - self.no_workers_since
+
+    def _no_workers_message(self) -> str:
+        if not self.ever_ready:
+            return "no worker has registered yet (the model may still be loading)"
+        return "no worker is alive"
+
+    def status(self) -> dict[str, Any]:
+        ref = self.reference or {}
+        return {
+            "broker_id": self.broker_id,
+            "ever_ready": self.ever_ready,
+            "model": ref.get("model"),
+            "model_name": ref.get("model_name"),
+            "dim": ref.get("dim"),
+            "max_tokens": ref.get("max_tokens"),
+            "workers": [w.describe() for w in self.workers.values()],
+            "queue_jobs": len(self.queue),
+            "queue_texts": self.queued_texts(),
+            "max_queue_texts": self.settings.max_queue_texts,
+            "counters": dict(self.counters),
+        }
+
+    # -- workers ----------------------------------------------------------------------------------------
+    def handle_worker(self, key: WorkerKey, message: Message) -> None:
+        command, header = message.command, message.header
+        if command is Command.READY:
+            self.register(key, header)
+            return
+        worker = self.workers.get(key)
+        if worker is None:
+            if command is not Command.DISCONNECT:
+                # we do not know this worker (we restarted, or presumed it dead): ask it to register again
+                self.send(key[0], key[1], Command.DISCONNECT, {"reason": "unknown worker; register again"})
+            return
+        worker.expiry = time.monotonic() + self.settings.heartbeat_interval * self.settings.heartbeat_liveness
+        if command is Command.HEARTBEAT:
+            if isinstance(header.get("stats"), dict):
+                worker.stats = header["stats"]
+        elif command is Command.RESULT or command is Command.ERROR:
+            self.complete(worker, message)
+        elif command is Command.DISCONNECT:
+            self.remove_worker(worker, crashed=False, why="it disconnected")
+        else:
+            self._drop(key[0], key[1], f"{command.name} is not a worker command")
+
+    def register(self, key: WorkerKey, info: dict[str, Any]) -> None:
+        if key in self.workers:  # re-registration: whatever it held is lost
+            self.remove_worker(self.workers[key], crashed=False, why="it registered again")
+        refusal = self._check_model(info)
+        if refusal:
+            log.warning("refused worker %s (%s on %s): %s", info.get("worker_id"), info.get("model"),
+                        info.get("host"), refusal)
+            self.send(key[0], key[1], Command.REFUSED, {"code": ErrorCode.MODEL_MISMATCH.value,
+                                                         "message": refusal})
+            return
+        capacity = max(1, info["capacity"])
+        expiry = time.monotonic() + self.settings.heartbeat_interval * self.settings.heartbeat_liveness
+        worker = Worker(key, {k: v for k, v in info.items() if k != "probe"}, capacity, expiry)
+        self.workers[key] = worker
+        self.ever_ready = True
+        self.no_workers_since = None
+        self.send(key[0], key[1], Command.WELCOME, {
+            "broker_id": self.broker_id,
+            "heartbeat_interval": self.settings.heartbeat_interval,
+            "heartbeat_liveness": self.settings.heartbeat_liveness,
+        })
+        log.info("worker %s registered: %s on %s (%s), capacity %d texts", worker.worker_id,
+                 info.get("model"), info.get("device"), info.get("host"), capacity)
+
+    def _check_model(self, info: dict[str, Any]) -> str | None:
+        name = model_name(info["model"])
+        if self.settings.model and name != model_name(self.settings.model):
+            return f"this cluster serves {model_name(self.settings.model)}, the worker serves {name}"
+        probe = info.get("probe")
+        ref = self.reference
+        if ref is None:
+            self.reference = {"model": info["model"], "model_name": name, "dim": info["dim"],
+                              "probe": probe, "max_tokens": info.get("max_tokens")}
+            return None
+        if name != ref["model_name"] or info["dim"] != ref["dim"]:
+            return (f"this cluster serves {ref['model_name']} ({ref['dim']} dimensions), "
+                    f"the worker serves {name} ({info['dim']} dimensions)")
+        if isinstance(probe, bytes) and isinstance(ref.get("probe"), bytes):
+            a = np.frombuffer(probe, dtype="<f4")
+            b = np.frombuffer(ref["probe"], dtype="<f4")
+            if a.shape != b.shape:
+                return "the worker's probe vector has another shape: a different model"
+            cosine = float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-12))
+            if cosine < PROBE_MIN_COSINE:
+                return f"same name, but its vectors differ from the cluster's (cosine {cosine:.3f})"
+        return None
+
+    def remove_worker(self, worker: Worker, crashed: bool, why: str) -> None:
+        self.workers.pop(worker.key, None)
+        log.warning("worker %s removed: %s; requeueing %d jobs", worker.worker_id, why, len(worker.inflight))
+        # put its jobs back at the front of the queue, oldest first, with a new attempt number
+        for job in sorted(worker.inflight.values(), key=lambda j: j.enqueued_at, reverse=True):
+            job.worker = None
+            job.attempt += 1
+            if crashed:
+                job.crashes += 1
+            if job.crashes >= self.settings.max_crashes:
+                del self.jobs[job.job_id]
+                self.fail(job.client, job.job_id, ErrorCode.WORKER_CRASHED,
+                          f"this input crashed {job.crashes} workers; it is not retried")
+                continue
+            self.counters["requeued"] += 1
+            self.queue.appendleft(job)
+        worker.inflight.clear()
+        if not self.workers:
+            self.no_workers_since = time.monotonic()
+
+    def worker_gone(self, pid: int, host: str | None) -> None:
+        for worker in list(self.workers.values()):
+            if worker.info.get("pid") == pid and (host is None or worker.info.get("host") == host):
+                self.remove_worker(worker, crashed=True, why=f"its process {pid} exited")
+
+    def complete(self, worker: Worker, message: Message) -> None:
+        header = message.header
+        job = worker.inflight.get(header["job"])
+        if job is None or header.get("attempt") != job.attempt:
+            log.info("dropped a late reply for job %s attempt %s", header["job"], header.get("attempt"))
+            return
+        del worker.inflight[job.job_id]
+        worker.inflight_texts -= len(job.texts)
+        worker.isolated = False
+        del self.jobs[job.job_id]
+        if message.command is Command.RESULT:
+            worker.served_texts += len(job.texts)
+            worker.served_jobs += 1
+            self.counters["answered"] += 1
+            now = time.monotonic()
+            reply = {
+                "job": job.job_id, "n": header["n"], "dim": header["dim"], "worker": worker.worker_id,
+                "queue_ms": round((job.dispatched_at - job.enqueued_at) * 1000, 3),
+                "worker_ms": round((now - job.dispatched_at) * 1000, 3),
+            }
+            for extra in ("encode_ms", "truncated", "tokens", "chunks"):
+                if extra in header:
+                    reply[extra] = header[extra]
+            self.send("client", job.client, Command.RESULT, reply, *message.payload)
+        else:
+            self.counters["failed"] += 1
+            self.send("client", job.client, Command.ERROR,
+                      {"job": job.job_id, "code": header["code"], "message": header["message"]})
+
+    def dispatch(self) -> None:
+        now = time.monotonic()
+        while self.queue:
+            job = self.queue[0]
+            worker = self._pick_worker(job)
+            if worker is None:
+                return
+            self.queue.popleft()
+            job.worker = worker.key
+            job.dispatched_at = now
+            job.lease_until = now + self.settings.job_lease
+            worker.inflight[job.job_id] = job
+            worker.inflight_texts += len(job.texts)
+            worker.last_dispatch = now
+            worker.isolated = job.crashes > 0
+            header = {"job": job.job_id, "attempt": job.attempt, "texts": job.texts,
+                      "normalize": job.normalize}
+            if job.options:
+                header["options"] = job.options
+            self.send(worker.key[0], worker.key[1], Command.JOB, header)
+
+    def _pick_worker(self, job: Job) -> Worker | None:
+        best: Worker | None = None
+        best_load = 0.0
+        for worker in self.workers.values():
+            if worker.isolated or (job.crashes > 0 and worker.inflight):
+                continue
+            if worker.inflight and worker.inflight_texts + len(job.texts) > worker.capacity:
+                continue
+            load = worker.inflight_texts / worker.capacity
+            if best is None or (load, worker.last_dispatch) < (best_load, best.last_dispatch):
+                best, best_load = worker, load
+        return best
+
+    def send_heartbeats(self) -> None:
+        for worker in self.workers.values():
+            self.send(worker.key[0], worker.key[1], Command.HEARTBEAT, {})
+
+    def purge_workers(self, now: float) -> None:
+        for worker in list(self.workers.values()):
+            if worker.expiry < now:
+                self.remove_worker(worker, crashed=True, why="it stopped answering heartbeats")
+            elif any(job.lease_until < now for job in worker.inflight.values()):
+                self.remove_worker(worker, crashed=True, why="it held a job past its lease")
+                self.send(worker.key[0], worker.key[1], Command.DISCONNECT, {"reason": "job lease expired"})
+
+    def expire_queue(self, now: float) -> None:
+        if not self.queue:
+            return
+        if not self.workers and self._no_workers_for(now) >= self.settings.no_worker_grace:
+            while self.queue:
+                job = self.queue.popleft()
+                del self.jobs[job.job_id]
+                self.fail(job.client, job.job_id, ErrorCode.NO_WORKERS, self._no_workers_message())
+            return
+        if any(job.deadline < now for job in self.queue):
+            for job in [j for j in self.queue if j.deadline < now]:
+                self.queue.remove(job)
+                del self.jobs[job.job_id]
+                self.fail(job.client, job.job_id, ErrorCode.TIMEOUT, "the request's deadline passed in the queue")
+
+    def send(self, socket_name: str, identity: bytes, command: Command, header: dict[str, Any],
+             *payload: bytes) -> None:
+        sock = self.sockets.get(socket_name)
+        if sock is None:
+            return
+        try:
+            sock.send_multipart([identity, *protocol.encode(command, header, *payload)], zmq.NOBLOCK)
+        except zmq.ZMQError as exc:  # peer gone or its queue full: it will be purged by heartbeats
+            log.debug("send %s to %s failed: %s", command.name, identity.hex()[:16], exc)

@@ -1,0 +1,150 @@
+"""THE wire protocol of embed-cluster, imported by every part; nobody builds frames by hand.
+
+A message is a list of ZeroMQ frames (a ROUTER socket adds the peer's identity in front):
+
+    [PROTOCOL, command, header, *payload]
+
+- ``PROTOCOL`` is the version tag ``b"EC1"``;
+- ``command`` is one byte from :class:`Command`;
+- ``header`` is a msgpack map whose fields are checked against :data:`FIELDS`;
+- ``payload``: vectors travel as one raw little-endian float32 frame of ``n * dim`` values.
+
+Two conversations share the layout:
+
+front <-> broker (the broker's *client* socket)
+    SUBMIT  front -> broker   {job, texts, normalize, timeout_ms, [options]}
+    RESULT  broker -> front   {job, n, dim, worker, [...]} + vectors
+    ERROR   broker -> front   {job, code, message}
+    CANCEL  front -> broker   {job}
+    STATUS  front -> broker   {req}  and broker -> front {req, broker_id, ...} (also the front's heartbeat)
+    WORKER_GONE supervisor -> broker {pid, host}: a local worker exited, requeue its jobs at once
+
+worker <-> broker (the broker's *worker* sockets)
+    READY     worker -> broker {model, dim, device, capacity, ...}; broker answers WELCOME or REFUSED
+    JOB       broker -> worker {job, attempt, texts, normalize, [options]}
+    RESULT    worker -> broker {job, attempt, n, dim, [...]} + vectors
+    ERROR     worker -> broker {job, attempt, code, message}
+    HEARTBEAT both ways {}, worker's carries its stats
+    DISCONNECT worker -> broker {}: leaving cleanly
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+import numpy as np
+
+PROTOCOL = b"EC1"
+MAX_HEADER_BYTES = 64 * 1024 * 1024
+
+HEARTBEAT_INTERVAL = 1.0  # seconds between heartbeats, both ways
+HEARTBEAT_LIVENESS = 3  # missed heartbeats before a peer is presumed dead
+
+
+class Command(bytes, enum.Enum):
+    READY = b"\x01"
+    WELCOME = b"\x02"
+    REFUSED = b"\x03"
+    JOB = b"\x04"
+    RESULT = b"\x05"
+    ERROR = b"\x06"
+    HEARTBEAT = b"\x07"
+    DISCONNECT = b"\x08"
+    SUBMIT = b"\x10"
+    CANCEL = b"\x11"
+    STATUS = b"\x12"
+    WORKER_GONE = b"\x13"
+
+
+class ProtocolError(ValueError):
+    """A frame list that is not a valid message; the receiver logs and drops it."""
+
+
+# Required header fields per command and their types; extra fields are allowed (forward compatible).
+FIELDS: dict[Command, dict[str, type | tuple[type, ...]]] = {
+    Command.READY: {"model": str, "dim": int, "device": str, "capacity": int},
+    Command.WELCOME: {"broker_id": str},
+    Command.REFUSED: {"code": str, "message": str},
+    Command.JOB: {"job": str, "attempt": int, "texts": list, "normalize": bool},
+    Command.RESULT: {"job": str, "n": int, "dim": int},
+    Command.ERROR: {"job": str, "code": str, "message": str},
+    Command.HEARTBEAT: {},
+    Command.DISCONNECT: {},
+    Command.SUBMIT: {"job": str, "texts": list, "normalize": bool, "timeout_ms": int},
+    Command.CANCEL: {"job": str},
+    Command.STATUS: {"req": int},
+    Command.WORKER_GONE: {"pid": int},
+}
+
+# Commands that carry a vectors payload frame.
+WITH_VECTORS = {Command.RESULT}
+
+
+@dataclass
+class Message:
+    command: Command
+    header: dict[str, Any]
+    payload: list[bytes] = field(default_factory=list)
+
+    def vectors(self) -> np.ndarray:
+        """The (n, dim) float32 matrix carried by a RESULT."""
+        return decode_vectors(self.payload[0] if self.payload else b"", self.header["n"], self.header["dim"])
+
+
+def encode(command: Command, header: dict[str, Any] | None = None, *payload: bytes) -> list[bytes]:
+    return [PROTOCOL, command.value, msgpack.packb(header or {}, use_bin_type=True), *payload]
+
+
+def decode(frames: list[bytes]) -> Message:
+    """Parse and check a message (without any routing identity); raise ProtocolError when it is not one."""
+    if len(frames) < 3:
+        raise ProtocolError(f"expected at least 3 frames, got {len(frames)}")
+    if frames[0] != PROTOCOL:
+        raise ProtocolError(f"unknown protocol tag {frames[0][:16]!r}")
+    try:
+        command = Command(frames[1])
+    except ValueError:
+        raise ProtocolError(f"unknown command {frames[1][:8]!r}") from None
+    if len(frames[2]) > MAX_HEADER_BYTES:
+        raise ProtocolError("header too large")
+    try:
+        header = msgpack.unpackb(frames[2], raw=False, strict_map_key=True)
+    except Exception as exc:  # msgpack raises several types for garbage
+        raise ProtocolError(f"header is not msgpack: {type(exc).__name__}") from None
+    if not isinstance(header, dict):
+        raise ProtocolError("header is not a map")
+    for name, kind in FIELDS[command].items():
+        value = header.get(name)
+        # bool is an int subclass: an int field must not accept True/False and vice versa
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise ProtocolError(f"{command.name}: field {name!r} missing or not {kind}")
+    message = Message(command, header, list(frames[3:]))
+    if command in WITH_VECTORS:
+        n, dim = header["n"], header["dim"]
+        if n < 0 or dim < 0 or len(message.payload) != 1 or len(message.payload[0]) != n * dim * 4:
+            raise ProtocolError(f"{command.name}: vectors frame does not hold {n}x{dim} float32")
+    return message
+
+
+def encode_vectors(vectors: np.ndarray) -> bytes:
+    return np.ascontiguousarray(vectors, dtype="<f4").tobytes()
+
+
+def decode_vectors(data: bytes, n: int, dim: int) -> np.ndarray:
+    return np.frombuffer(data, dtype="<f4").reshape(n, dim)
+
+
+# Stable error codes: the one table that maps them to HTTP statuses lives in http_front/errors.py.
+class ErrorCode(str, enum.Enum):
+    BAD_REQUEST = "BAD_REQUEST"
+    NO_WORKERS = "NO_WORKERS"
+    OVERLOADED = "OVERLOADED"
+    TIMEOUT = "TIMEOUT"
+    WORKER_CRASHED = "WORKER_CRASHED"
+    ENCODE_FAILED = "ENCODE_FAILED"
+    INPUT_TOO_LONG = "INPUT_TOO_LONG"
+    MODEL_MISMATCH = "MODEL_MISMATCH"
+    SHUTTING_DOWN = "SHUTTING_DOWN"

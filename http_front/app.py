@@ -1,0 +1,183 @@
+"""The Falcon app: the seed's /health, /embed and /info, served from the broker's workers.
+
+``create_app(client, settings)`` is what tests call; http_front.main reads the environment and serves it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import falcon
+
+from http_front import errors
+from http_front.broker_client import BrokerClient
+from http_front.errors import ApiError
+
+log = logging.getLogger(__name__)
+
+VERSION = "0.1.0"
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_body_bytes: int = 16 * 1024 * 1024
+    max_texts: int = 2048
+    max_text_chars: int = 100_000
+    request_timeout: float = 30.0  # the seed client's timeout
+
+
+class AppState:
+    """What the resources share: the broker link, the limits, and the drain switch for shutdown."""
+
+    def __init__(self, client: BrokerClient, limits: Limits) -> None:
+        self.client = client
+        self.limits = limits
+        self.draining = False
+        self.inflight = 0
+        self._lock = threading.Lock()
+        self.idle = threading.Condition(self._lock)
+
+    def enter(self) -> None:
+        with self._lock:
+            if self.draining:
+                raise ApiError("SHUTTING_DOWN", "the service is shutting down")
+            self.inflight += 1
+
+    def leave(self) -> None:
+        with self._lock:
+            self.inflight -= 1
+            if self.inflight == 0:
+                self.idle.notify_all()
+
+    def drain(self, grace: float) -> bool:
+        """Refuse new requests; wait up to ``grace`` seconds for those in flight. True if all finished."""
+        with self._lock:
+            self.draining = True
+            return self.idle.wait_for(lambda: self.inflight == 0, timeout=grace)
+
+
+def read_json(req: falcon.Request, limits: Limits) -> Any:
+    length = req.content_length
+    if length is not None and length > limits.max_body_bytes:
+        raise ApiError("PAYLOAD_TOO_LARGE", f"the body is {length} bytes; the limit is {limits.max_body_bytes}")
+    body = req.bounded_stream.read(limits.max_body_bytes + 1)
+    if len(body) > limits.max_body_bytes:
+        raise ApiError("PAYLOAD_TOO_LARGE", f"the body is over the limit of {limits.max_body_bytes} bytes")
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise ApiError("INVALID_JSON", "the body is not valid JSON") from None
+
+
+def check_texts(texts: Any, limits: Limits, field_name: str = "texts") -> list[str]:
+    if not isinstance(texts, list):
+        raise ApiError("BAD_REQUEST", f"'{field_name}' must be a list of strings")
+    if len(texts) > limits.max_texts:
+        raise ApiError("BAD_REQUEST", f"'{field_name}' holds {len(texts)} items; the limit is {limits.max_texts}")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise ApiError("BAD_REQUEST", f"'{field_name}[{i}]' is not a string")
+        if len(text) > limits.max_text_chars:
+            raise ApiError("BAD_REQUEST", f"'{field_name}[{i}]' has {len(text)} characters; "
+                           f"the limit is {limits.max_text_chars}")
+    return texts
+
+
+def cluster_summary(status: dict[str, Any] | None) -> dict[str, Any]:
+    workers = (status or {}).get("workers") or []
+    devices = sorted({str(w.get("device")) for w in workers})
+    return {
+        "model": (status or {}).get("model_name"),
+        "model_id": (status or {}).get("model"),
+        "dim": (status or {}).get("dim"),
+        "device": devices[0] if len(devices) == 1 else ",".join(devices) or None,
+        "workers": workers,
+    }
+
+
+class Health:
+    def __init__(self, state: AppState) -> None:
+        self.state = state
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        status = self.state.client.latest_status()
+        summary = cluster_summary(status)
+        if self.state.draining:
+            state = "shutting_down"
+        elif status is None:
+            state = "starting" if self.state.client.status is None else "broker_unreachable"
+        elif summary["workers"]:
+            state = "ok"
+        else:
+            state = "no_workers" if status.get("ever_ready") else "starting"
+        resp.status = falcon.HTTP_200 if state == "ok" else falcon.HTTP_503
+        resp.media = {"status": state, **summary}
+
+
+class Info:
+    def __init__(self, state: AppState) -> None:
+        self.state = state
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        status = self.state.client.latest_status() or {}
+        summary = cluster_summary(status)
+        workers = summary["workers"]
+        resp.media = {
+            "model_id": summary["model_id"],
+            "model": summary["model"],
+            "dim": summary["dim"],
+            "device": summary["device"],
+            "precision": sorted({str(w.get("precision")) for w in workers}) or None,
+            "max_tokens": status.get("max_tokens"),
+            "version": VERSION,
+            "limits": {**asdict(self.state.limits), "max_queue_texts": status.get("max_queue_texts")},
+            "workers": workers,
+        }
+
+
+EMBED_FIELDS = {"texts", "normalize"}
+
+
+class Embed:
+    def __init__(self, state: AppState) -> None:
+        self.state = state
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        limits = self.state.limits
+        body = read_json(req, limits)
+        if not isinstance(body, dict):
+            raise ApiError("BAD_REQUEST", "the body must be a JSON object")
+        unknown = sorted(set(body) - EMBED_FIELDS)
+        if unknown:
+            raise ApiError("BAD_REQUEST", f"unknown field(s): {', '.join(unknown)}")
+        if "texts" not in body:
+            raise ApiError("BAD_REQUEST", "'texts' is required")
+        texts = check_texts(body["texts"], limits)
+        normalize = body.get("normalize", True)
+        if not isinstance(normalize, bool):
+            raise ApiError("BAD_REQUEST", "'normalize' must be true or false")
+        if not texts:
+            resp.media = {"vectors": []}
+            return
+        self.state.enter()
+        try:
+            result = self.state.client.embed(texts, normalize, limits.request_timeout)
+        finally:
+            self.state.leave()
+        resp.media = {"vectors": result.vectors.tolist()}
+
+
+def create_app(client: BrokerClient, limits: Limits | None = None, state: AppState | None = None) -> falcon.App:
+    """The app; pass ``state`` to keep a handle on it (the entry point drains it on shutdown)."""
+    state = state or AppState(client, limits or Limits())
+    app = falcon.App(cors_enable=False)
+    app.req_options.strip_url_path_trailing_slash = True
+    errors.install(app)
+    app.add_route("/health", Health(state))
+    app.add_route("/info", Info(state))
+    app.add_route("/embed", Embed(state))
+    return app

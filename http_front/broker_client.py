@@ -1,0 +1,223 @@
+"""The front's link to the broker: one I/O thread owns the DEALER socket; request threads wait on futures.
+
+Request threads call :meth:`BrokerClient.embed`; it splits the texts into jobs, queues them for the I/O
+thread and waits for every job's future until the request's deadline. The I/O thread also asks the broker
+for its status every ``status_interval``; that doubles as a heartbeat: when the broker answers with a new
+``broker_id`` (it restarted) every job still in flight is sent again with the same id, so that nothing is
+lost, and the broker's job table keeps it from being done twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import socket
+import threading
+import time
+import uuid
+from collections import deque
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import zmq
+
+from broker import protocol
+from broker.protocol import Command, ProtocolError
+from http_front.errors import ApiError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EmbedResult:
+    vectors: np.ndarray
+    truncated: list[int] = field(default_factory=list)
+    tokens: int = 0
+    chunks: list[Any] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class _Pending:
+    header: dict[str, Any]
+    future: Future
+    sent_to: str | None = None  # broker_id it was last sent to
+
+
+class BrokerClient:
+    def __init__(self, address: str, context: zmq.Context | None = None, job_texts: int = 64,
+                 status_interval: float = 0.5) -> None:
+        self.address = address
+        self.context = context or zmq.Context.instance()
+        self.job_texts = job_texts
+        self.status_interval = status_interval
+        self._outbox: deque[list[bytes]] = deque()
+        self._pending: dict[str, _Pending] = {}
+        self._lock = threading.Lock()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="broker-io", daemon=True)
+        self._req = itertools.count(1)
+        self.status: dict[str, Any] | None = None  # the broker's latest status
+        self.status_at = 0.0  # monotonic time it arrived
+        self.broker_id: str | None = None
+        self.resent = 0
+
+    # -- request threads ----------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._wake()
+        self._thread.join(timeout=5)
+
+    def latest_status(self, max_age: float = 3.0) -> dict[str, Any] | None:
+        if self.status is None or time.monotonic() - self.status_at > max_age:
+            return None
+        return self.status
+
+    def embed(self, texts: list[str], normalize: bool, timeout: float,
+              options: dict[str, Any] | None = None) -> EmbedResult:
+        deadline = time.monotonic() + timeout
+        parts = [texts[i: i + self.job_texts] for i in range(0, len(texts), self.job_texts)]
+        futures = [self._submit(part, normalize, timeout, options) for part in parts]
+        try:
+            replies = [self._wait(job_id, future, deadline) for job_id, future in futures]
+        except ApiError:
+            self._cancel([job_id for job_id, future in futures if not future.done()])
+            raise
+        vectors = np.concatenate([v for v, _ in replies]) if replies else np.zeros((0, 0), np.float32)
+        result = EmbedResult(vectors)
+        offset = 0
+        for (_part_vectors, header), part in zip(replies, parts, strict=True):
+            result.truncated.extend(offset + i for i in header.get("truncated", []))
+            result.tokens += int(header.get("tokens", 0))
+            for name in ("queue_ms", "worker_ms", "encode_ms"):
+                result.timings[name] = max(result.timings.get(name, 0.0), float(header.get(name, 0.0)))
+            if header.get("chunks"):
+                result.chunks.extend(header["chunks"])
+            offset += len(part)
+        return result
+
+    def send_control(self, command: Command, header: dict[str, Any]) -> None:
+        self._enqueue(protocol.encode(command, header))
+
+    def _submit(self, texts: list[str], normalize: bool, timeout: float,
+                options: dict[str, Any] | None) -> tuple[str, Future]:
+        job_id = uuid.uuid4().hex
+        header: dict[str, Any] = {"job": job_id, "texts": texts, "normalize": normalize,
+                                  "timeout_ms": int(timeout * 1000)}
+        if options:
+            header["options"] = options
+        future: Future = Future()
+        with self._lock:
+            self._pending[job_id] = _Pending(header, future)
+        self._enqueue(protocol.encode(Command.SUBMIT, header))
+        return job_id, future
+
+    def _wait(self, job_id: str, future: Future, deadline: float) -> tuple[np.ndarray, dict[str, Any]]:
+        try:
+            return future.result(timeout=max(0.0, deadline - time.monotonic()))
+        except FutureTimeout:
+            raise ApiError("TIMEOUT", "the request did not finish before its deadline") from None
+        finally:
+            with self._lock:
+                self._pending.pop(job_id, None)
+
+    def _cancel(self, job_ids: list[str]) -> None:
+        with self._lock:
+            for job_id in job_ids:
+                self._pending.pop(job_id, None)
+        for job_id in job_ids:
+            self._enqueue(protocol.encode(Command.CANCEL, {"job": job_id}))
+
+    def _enqueue(self, frames: list[bytes]) -> None:
+        self._outbox.append(frames)
+        self._wake()
+
+    def _wake(self) -> None:
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"\0")
+
+    # -- the I/O thread ----------------------------------------------------------------------------------
+    def _run(self) -> None:
+        sock = self.context.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, 512 * 1024 * 1024)
+        sock.connect(self.address)
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(self._wake_r, zmq.POLLIN)
+        next_status = 0.0
+        try:
+            while not self._stop.is_set():
+                now = time.monotonic()
+                if now >= next_status:
+                    self._send(sock, protocol.encode(Command.STATUS, {"req": next(self._req)}))
+                    next_status = now + self.status_interval
+                events = dict(poller.poll(max(1, int((next_status - now) * 1000))))
+                if self._wake_r.fileno() in events:
+                    try:
+                        while self._wake_r.recv(4096):
+                            pass
+                    except (BlockingIOError, OSError):
+                        pass
+                while self._outbox:
+                    self._send(sock, self._outbox.popleft())
+                if sock in events:
+                    for _ in range(10_000):
+                        try:
+                            frames = sock.recv_multipart(zmq.NOBLOCK, copy=True)
+                        except zmq.Again:
+                            break
+                        self._handle(sock, frames)
+        finally:
+            sock.close(linger=0)
+
+    def _send(self, sock: zmq.Socket, frames: list[bytes]) -> None:
+        try:
+            sock.send_multipart(frames, zmq.NOBLOCK)
+        except zmq.Again:
+            log.warning("broker queue full: message dropped (the request will time out or be resent)")
+
+    def _handle(self, sock: zmq.Socket, frames: list[bytes]) -> None:
+        try:
+            message = protocol.decode(frames)
+        except ProtocolError as exc:
+            log.warning("dropped a bad message from the broker: %s", exc)
+            return
+        header = message.header
+        if message.command is Command.STATUS:
+            self._on_status(sock, header)
+            return
+        job_id = header.get("job")
+        with self._lock:
+            pending = self._pending.get(job_id) if isinstance(job_id, str) else None
+        if pending is None or pending.future.done():
+            return  # answered already, cancelled or timed out: a reply is used at most once
+        if message.command is Command.RESULT:
+            pending.future.set_result((message.vectors(), header))
+        elif message.command is Command.ERROR:
+            pending.future.set_exception(ApiError(header["code"], header["message"]))
+
+    def _on_status(self, sock: zmq.Socket, header: dict[str, Any]) -> None:
+        self.status = header
+        self.status_at = time.monotonic()
+        broker_id = header.get("broker_id")
+        if broker_id == self.broker_id:
+            return
+        if self.broker_id is not None:
+            with self._lock:
+                pending = [p for p in self._pending.values() if not p.future.done()]
+            log.warning("broker restarted (%s -> %s): re-sending %d jobs in flight",
+                        self.broker_id[:8], str(broker_id)[:8], len(pending))
+            for p in pending:
+                self._send(sock, protocol.encode(Command.SUBMIT, p.header))
+            self.resent += len(pending)
+        self.broker_id = broker_id

@@ -1,0 +1,63 @@
+"""Entry point of the HTTP front: the Falcon app served by waitress, linked to the broker."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from dataclasses import dataclass, field
+
+from http_front.app import AppState, Limits, create_app
+from http_front.broker_client import BrokerClient
+from http_front.server import make_server
+from supervisor import lifeline, progress
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FrontSettings:
+    broker: str
+    host: str = "127.0.0.1"
+    port: int = 8421
+    threads: int = 32
+    limits: Limits = field(default_factory=Limits)
+    shutdown_grace: float = 30.0
+    parent_pid: int = 0
+
+
+def run(settings: FrontSettings) -> int:
+    lifeline.watch_parent(settings.parent_pid)
+    client = BrokerClient(settings.broker)
+    client.start()
+    state = AppState(client, settings.limits)
+    app = create_app(client, state=state)
+    server = make_server(app, settings.host, settings.port, settings.threads, settings.limits.max_body_bytes)
+    port = server.socket.getsockname()[1]  # type: ignore[union-attr]
+    stopping = threading.Event()
+
+    def stop(signum: int, frame: object) -> None:
+        if stopping.is_set():
+            return
+        stopping.set()
+        # drain on a thread: the signal handler must return for waitress's loop to keep serving
+        threading.Thread(target=shutdown, name="drain", daemon=True).start()
+
+    def shutdown() -> None:
+        finished = state.drain(settings.shutdown_grace)
+        log.info("front drained (%s); closing", "all requests finished" if finished else "grace expired")
+        server.close()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    progress.emit("front_listening", {"host": settings.host, "port": port,
+                                      "url": f"http://{settings.host}:{port}"})
+    log.info("front listening on http://%s:%d, broker at %s", settings.host, port, settings.broker)
+    try:
+        server.run()
+    except OSError:  # waitress raises when its socket is closed under it during shutdown
+        if not stopping.is_set():
+            raise
+    finally:
+        client.close()
+    return 0

@@ -1,0 +1,44 @@
+"""How a child of the supervisor makes sure it never outlives it.
+
+On Linux the kernel sends SIGTERM when the parent dies (PR_SET_PDEATHSIG); everywhere, a daemon thread
+also watches the parent pid and ends the process when it changes.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+
+log = logging.getLogger(__name__)
+
+PR_SET_PDEATHSIG = 1
+
+
+def watch_parent(parent_pid: int | None, interval: float = 0.5) -> None:
+    """End this process (SIGTERM to itself, then exit) when ``parent_pid`` is no longer its parent."""
+    if not parent_pid:
+        return
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        except (OSError, AttributeError):
+            pass
+
+    def watch() -> None:
+        while True:
+            if os.getppid() != parent_pid:
+                log.warning("parent %d is gone: exiting", parent_pid)
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(5)
+                os._exit(1)
+            time.sleep(interval)
+
+    if os.getppid() != parent_pid:
+        os._exit(1)
+    threading.Thread(target=watch, name="lifeline", daemon=True).start()

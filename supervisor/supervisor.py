@@ -1,0 +1,330 @@
+"""The supervisor: starts the broker, the front and the workers, relays their PROGRESS events as one
+cluster's events on its own stdout, restarts what dies (with backoff), and shuts everything down in order.
+
+Signal handlers only set a flag; the loop in :meth:`Supervisor.run` does the work.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+import zmq
+
+from broker import protocol
+from broker.protocol import Command
+from supervisor import progress
+
+log = logging.getLogger(__name__)
+
+HEALTHY_AFTER = 60.0  # a child that ran this long resets its backoff
+BACKOFF_FIRST = 1.0
+BACKOFF_MAX = 30.0
+FAILED_AFTER = 5  # consecutive quick failures before a worker is reported failed
+EXIT_REFUSED = 3  # worker/main.py: the broker refused it; restarting will not help
+
+
+@dataclass(frozen=True)
+class ClusterSettings:
+    host: str = "127.0.0.1"
+    port: int = 8421
+    workers: str = "auto"  # a count, or "auto": one per device
+    model: str = "sentence-transformers/all-MiniLM-L6-v2"
+    device: str = "auto"
+    precision: str = "auto"
+    threads: int = 0
+    lan: str | None = None
+    keys: str | None = None
+    shutdown_grace: float = 30.0
+    extra_front_args: tuple[str, ...] = ()
+    extra_broker_args: tuple[str, ...] = ()
+    extra_worker_args: tuple[str, ...] = ()
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    kind: str  # broker, front or worker
+    device: str = ""
+    proc: subprocess.Popen | None = None
+    started_at: float = 0.0
+    failures: int = 0  # consecutive quick failures
+    restart_at: float | None = None
+    starts: int = 0
+    failed: bool = False
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def plan_devices(device: str, workers: str) -> list[str]:
+    """One device per worker: ``auto`` is one worker per GPU, else one for MPS, else one for the CPU."""
+    found = detect_devices() if device == "auto" else [device if device != "cuda" else "cuda:0"]
+    if workers == "auto":
+        return found
+    count = int(workers)
+    if device == "cuda":
+        found = detect_devices()
+    return [found[i % len(found)] for i in range(count)]
+
+
+def detect_devices() -> list[str]:
+    """GPUs without importing torch: CUDA_VISIBLE_DEVICES, the NVIDIA driver's /proc entries, Apple silicon."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    count = 0
+    if visible is not None:
+        count = len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
+    elif os.path.isdir("/proc/driver/nvidia/gpus"):
+        count = len(os.listdir("/proc/driver/nvidia/gpus"))
+    elif shutil.which("nvidia-smi"):
+        try:
+            out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10).stdout
+            count = sum(1 for line in out.splitlines() if line.startswith("GPU "))
+        except (OSError, subprocess.SubprocessError):
+            count = 0
+    if count:
+        return [f"cuda:{i}" for i in range(count)]
+    if sys.platform == "darwin" and os.uname().machine == "arm64":
+        return ["mps"]
+    return ["cpu"]
+
+
+def physical_cores() -> int:
+    from worker.devices import physical_cores as cores  # reads /proc/cpuinfo; no torch import
+
+    return cores()
+
+
+class Supervisor:
+    def __init__(self, settings: ClusterSettings, stdout: IO[str] | None = None) -> None:
+        self.settings = settings
+        self.stdout = stdout or sys.stdout
+        self.events: queue.Queue[tuple[Child, dict[str, Any] | None]] = queue.Queue()
+        self.should_exit = threading.Event()
+        self.children: list[Child] = []
+        self.rundir = tempfile.mkdtemp(prefix="embed-cluster-")
+        self.client_address = f"ipc://{self.rundir}/clients.ipc"
+        self.worker_address = f"ipc://{self.rundir}/workers.ipc"
+        self.emitted: set[str] = set()
+        self.front_url: str | None = None
+        self.first_ready: dict[str, Any] | None = None
+        self.context = zmq.Context()
+        self.broker_link: zmq.Socket | None = None
+
+    # -- what to start ----------------------------------------------------------------------------------
+    def plan(self) -> None:
+        s = self.settings
+        base = [sys.executable, "-m", "supervisor.cli"]
+        parent = ["--parent-pid", str(os.getpid())]
+        broker = [*base, "broker", "--clients", self.client_address, "--workers-address", self.worker_address]
+        if s.lan:
+            broker += ["--lan", s.lan]
+        if s.keys:
+            broker += ["--keys", s.keys]
+        self.children.append(Child("broker", [*broker, *s.extra_broker_args, *parent], "broker"))
+        front = [*base, "front", "--broker", self.client_address, "--host", s.host, "--port", str(s.port),
+                 "--shutdown-grace", str(s.shutdown_grace)]
+        self.children.append(Child("front", [*front, *s.extra_front_args, *parent], "front"))
+        devices = plan_devices(s.device, s.workers)
+        cpu_workers = sum(1 for d in devices if d == "cpu")
+        threads = s.threads or (max(1, physical_cores() // cpu_workers) if cpu_workers else 0)
+        for i, device in enumerate(devices):
+            name = f"worker-{i}"
+            argv = [*base, "worker", "--broker", self.worker_address, "--model", s.model, "--device", device,
+                    "--precision", s.precision, "--worker-id", name]
+            if device == "cpu" and threads:
+                argv += ["--threads", str(threads)]
+            self.children.append(Child(name, [*argv, *s.extra_worker_args, *parent], "worker", device))
+
+    # -- events -----------------------------------------------------------------------------------------
+    def emit(self, event_type: str, data: dict[str, Any]) -> None:
+        progress.emit(event_type, data, self.stdout)
+
+    def emit_once(self, event_type: str, data: dict[str, Any]) -> None:
+        if event_type not in self.emitted:
+            self.emitted.add(event_type)
+            self.emit(event_type, data)
+
+    def on_event(self, child: Child, event: dict[str, Any]) -> None:
+        kind, data = event["type"], event["data"]
+        if kind in ("model_cached", "download_started"):
+            if "model_cached" not in self.emitted and "download_started" not in self.emitted:
+                self.emit_once(kind, {"model": data.get("model")})
+        elif kind == "download_progress":
+            self.emit(kind, data)
+        elif kind == "model_loaded" and child.kind == "worker":
+            child.info.update(data)
+            self.emit("worker_loaded", {**data, "worker": child.name})
+        elif kind == "worker_ready":
+            child.info["ready"] = True
+            self.emit("worker_ready", {**data, "worker": child.name})
+            if self.first_ready is None:
+                self.first_ready = child.info
+            self._maybe_cluster_ready()
+        elif kind == "front_listening":
+            self.front_url = data.get("url")
+            self.emit("front_listening", data)
+            self._maybe_cluster_ready()
+        elif kind in ("worker_failed", "worker_refused", "worker_reconnected", "worker_disconnected"):
+            self.emit(kind, {**data, "worker": child.name})
+        elif kind == "broker_listening":
+            self.emit(kind, {k: v for k, v in data.items() if v})
+        else:
+            log.debug("event %s from %s not relayed", kind, child.name)
+
+    def _maybe_cluster_ready(self) -> None:
+        if self.first_ready is not None and self.front_url is not None:
+            info = self.first_ready
+            self.emit_once("model_loaded", {"model": info.get("model"), "dimensions": info.get("dimensions")})
+
+    # -- children ---------------------------------------------------------------------------------------
+    def start(self, child: Child) -> None:
+        child.proc = subprocess.Popen(child.argv, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                                      text=True, encoding="utf-8", errors="replace", bufsize=1,
+                                      env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        child.started_at = time.monotonic()
+        child.starts += 1
+        child.restart_at = None
+        child.info = {}
+        threading.Thread(target=self._read, args=(child, child.proc), name=f"read-{child.name}",
+                         daemon=True).start()
+        if child.kind == "worker":
+            data = {"worker": child.name, "pid": child.proc.pid, "device": child.device}
+            if child.starts > 1:
+                self.emit("worker_restarted", {**data, "restarts": child.starts - 1})
+            else:
+                self.emit("worker_started", data)
+        else:
+            log.info("started %s (pid %d)", child.name, child.proc.pid)
+
+    def _read(self, child: Child, proc: subprocess.Popen) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:  # line by line: a line split over two reads is joined by the reader
+            event = progress.parse_line(line.rstrip("\n"))
+            if event is None:
+                log.debug("%s printed a non-event line: %r", child.name, line[:200])
+                continue
+            self.events.put((child, event))
+
+    def check_children(self) -> None:
+        now = time.monotonic()
+        for child in self.children:
+            proc = child.proc
+            if proc is not None and proc.poll() is not None:
+                self.on_exit(child, proc.returncode, now)
+            if child.proc is None and child.restart_at is not None and now >= child.restart_at:
+                self.start(child)
+
+    def on_exit(self, child: Child, code: int, now: float) -> None:
+        pid = child.proc.pid if child.proc else 0
+        child.proc = None
+        ran = now - child.started_at
+        child.failures = 0 if ran >= HEALTHY_AFTER else child.failures + 1
+        delay = min(BACKOFF_FIRST * 2 ** max(0, child.failures - 1), BACKOFF_MAX)
+        if child.kind == "worker":
+            self.emit("worker_exited", {"worker": child.name, "pid": pid, "code": code})
+            self.tell_broker_gone(pid)
+            if code == EXIT_REFUSED:
+                child.failed = True
+                self.emit("worker_failed", {"worker": child.name, "reason": "refused by the broker"})
+                return
+            if child.failures >= FAILED_AFTER and not child.failed:
+                child.failed = True
+                self.emit("worker_failed", {"worker": child.name, "reason": "crash loop",
+                                            "failures": child.failures, "retry_in": delay})
+            elif child.failures < FAILED_AFTER:
+                child.failed = False
+        else:
+            log.error("%s exited with code %s after %.1fs; restarting in %.0fs", child.name, code, ran, delay)
+        child.restart_at = now + delay
+
+    def tell_broker_gone(self, pid: int) -> None:
+        """Tell the broker at once that a local worker died, so its jobs are requeued without waiting for
+        heartbeats to expire."""
+        if self.broker_link is None:
+            sock = self.context.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.SNDHWM, 100)
+            sock.connect(self.client_address)
+            self.broker_link = sock
+        with contextlib.suppress(zmq.Again):
+            self.broker_link.send_multipart(protocol.encode(Command.WORKER_GONE, {"pid": pid}), zmq.NOBLOCK)
+
+    # -- the loop ---------------------------------------------------------------------------------------
+    def request_exit(self, signum: int = 0, frame: object = None) -> None:
+        self.should_exit.set()
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self.request_exit)
+        signal.signal(signal.SIGINT, self.request_exit)
+        self.plan()
+        try:
+            for child in self.children:
+                self.start(child)
+            while not self.should_exit.is_set():
+                self.drain_events(timeout=0.2)
+                self.check_children()
+            self.emit("shutdown_started", {})
+            self.shutdown()
+            self.drain_events(timeout=0)
+            self.emit("shutdown_complete", {})
+            return 0
+        finally:
+            for child in self.children:  # nothing may outlive us, whatever happened above
+                if child.proc is not None and child.proc.poll() is None:
+                    child.proc.kill()
+            if self.broker_link is not None:
+                self.broker_link.close(linger=0)
+            self.context.term()
+            shutil.rmtree(self.rundir, ignore_errors=True)
+
+    def drain_events(self, timeout: float) -> None:
+        try:
+            child, event = self.events.get(timeout=timeout) if timeout else self.events.get_nowait()
+        except queue.Empty:
+            return
+        while True:
+            if event is not None:
+                self.on_event(child, event)
+            try:
+                child, event = self.events.get_nowait()
+            except queue.Empty:
+                return
+
+    def shutdown(self) -> None:
+        """The front first (it drains requests in flight), then the workers, then the broker."""
+        grace = self.settings.shutdown_grace
+        for kind, wait in (("front", grace + 5), ("worker", 10.0), ("broker", 5.0)):
+            group = [c for c in self.children if c.kind == kind and c.proc is not None]
+            for child in group:
+                stop_child(child, wait)
+            for child in group:
+                if child.kind == "worker" and child.info.get("exit_code") is not None:
+                    self.emit("worker_exited", {"worker": child.name, "code": child.info["exit_code"]})
+
+
+def stop_child(child: Child, grace: float) -> None:
+    """SIGTERM, wait up to ``grace`` seconds, SIGKILL, reap, and record the exit code."""
+    proc = child.proc
+    if proc is None:
+        return
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            log.warning("%s did not stop within %.0fs: killing it", child.name, grace)
+            proc.kill()
+            proc.wait()
+    child.info["exit_code"] = proc.returncode
+    child.proc = None

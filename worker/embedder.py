@@ -1,0 +1,218 @@
+"""The embedder interface a worker drives, its sentence-transformers implementation, and a fake for tests.
+
+An embedder tokenizes (so that the batcher can plan by tokens) and encodes already tokenized inputs into
+*unnormalized* float32 vectors; the worker normalizes on request. Only this module and model_loading import
+torch or sentence-transformers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+PROBE_TEXTS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Embeddings map text to vectors.",
+    "Ein kurzer deutscher Satz über das Wetter.",
+    "Une phrase française, un peu plus longue, avec des virgules et des accents.",
+    "短い日本語の文です。",
+    "How do I reset my password?",
+    "",
+    "42",
+]
+
+
+@dataclass
+class Tokenized:
+    ids: list[list[int]]  # token ids per text, truncated to max_tokens
+    truncated: list[int]  # indices of texts that were longer than max_tokens
+
+
+class Embedder(Protocol):
+    model_id: str
+    dim: int
+    max_tokens: int
+    device: str
+    precision: str
+
+    def tokenize(self, texts: list[str]) -> Tokenized: ...
+
+    def encode_ids(self, ids: list[list[int]]) -> np.ndarray: ...
+
+    def decode_span(self, text: str, max_tokens: int) -> list[tuple[int, int]]: ...
+
+
+def normalize_rows(vectors: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors / np.maximum(norms, 1e-12)
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.sum(normalize_rows(a) * normalize_rows(b), axis=1)
+
+
+class FakeEmbedder:
+    """Deterministic vectors from a hash of each text's tokens: for unit tests of batching and routing."""
+
+    def __init__(self, dim: int = 8, max_tokens: int = 32, delay_per_token: float = 0.0,
+                 model_id: str = "fake/fake-model") -> None:
+        self.model_id = model_id
+        self.dim = dim
+        self.max_tokens = max_tokens
+        self.device = "cpu"
+        self.precision = "fp32"
+        self.delay_per_token = delay_per_token
+        self.batches: list[int] = []  # sizes of the batches encoded, for tests
+
+    def tokenize(self, texts: list[str]) -> Tokenized:
+        ids, truncated = [], []
+        for i, text in enumerate(texts):
+            words = [int.from_bytes(hashlib.blake2b(w.encode(), digest_size=4).digest(), "little")
+                     for w in text.split()]
+            if len(words) + 2 > self.max_tokens:
+                truncated.append(i)
+            ids.append([1, *words[: self.max_tokens - 2], 2])
+        return Tokenized(ids, truncated)
+
+    def encode_ids(self, ids: list[list[int]]) -> np.ndarray:
+        self.batches.append(len(ids))
+        if self.delay_per_token:
+            time.sleep(self.delay_per_token * len(ids) * max(map(len, ids), default=0))
+        out = np.empty((len(ids), self.dim), dtype=np.float32)
+        for row, seq in enumerate(ids):
+            seed = int.from_bytes(hashlib.blake2b(repr(seq).encode(), digest_size=8).digest(), "little")
+            out[row] = np.random.default_rng(seed).standard_normal(self.dim).astype(np.float32) * 3
+        return out
+
+    def decode_span(self, text: str, max_tokens: int) -> list[tuple[int, int]]:
+        raise NotImplementedError
+
+
+class SentenceTransformerEmbedder:
+    """A sentence-transformers model on one device, run on pre-tokenized, length-sorted batches."""
+
+    def __init__(self, path: str, model_id: str, device: str, precision: str = "auto",
+                 threads: int | None = None) -> None:
+        import torch
+        from sentence_transformers import SentenceTransformer
+
+        if threads:
+            torch.set_num_threads(threads)
+        self._torch = torch
+        self.model_id = model_id
+        self.device = device
+        model = SentenceTransformer(path, device=device)
+        model.eval()
+        # A trailing Normalize module would make `normalize: false` meaningless: we normalize on request.
+        self.model_normalizes = type(model[len(model) - 1]).__name__ == "Normalize"
+        if self.model_normalizes:
+            model.pop(len(model) - 1)
+        self.model = model
+        self.tokenizer = model.tokenizer
+        self.input_names = [n for n in self.tokenizer.model_input_names if n != "token_type_ids"] + (
+            ["token_type_ids"] if "token_type_ids" in self.tokenizer.model_input_names else [])
+        self.max_tokens = int(model.max_seq_length or self.tokenizer.model_max_length)
+        dim_of = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+        self.dim = int(dim_of())
+        self.pad_id = self.tokenizer.pad_token_id or 0
+        self.precision = "fp32"
+        self.precision_note = ""
+        self._choose_precision(precision)
+
+    # -- precision --------------------------------------------------------------------------------------
+    def _choose_precision(self, requested: str) -> None:
+        """Cast to the requested (or best) precision, keeping it only if its vectors match fp32's."""
+        candidates = [requested] if requested != "auto" else self._auto_candidates()
+        if candidates == ["fp32"]:
+            return
+        reference = self.encode_ids(self.tokenize(PROBE_TEXTS).ids)
+        fp32_time = self._time_probe()
+        for precision in candidates:
+            dtype = {"bf16": self._torch.bfloat16, "fp16": self._torch.float16}[precision]
+            self.model.to(dtype)
+            self.precision = precision
+            low = self.encode_ids(self.tokenize(PROBE_TEXTS).ids)
+            worst = float(cosines(reference, low).min())
+            elapsed = self._time_probe()
+            if worst < 0.999:
+                self.precision_note = f"{precision} rejected: cosine {worst:.5f} to fp32 on the probe set"
+            elif requested == "auto" and self.device == "cpu" and elapsed > fp32_time:
+                self.precision_note = f"{precision} rejected: slower than fp32 here ({elapsed:.3f}s vs " \
+                                      f"{fp32_time:.3f}s on the probe set)"
+            else:
+                self.precision_note = f"{precision}: cosine {worst:.5f} to fp32 on the probe set"
+                log.info("precision %s", self.precision_note)
+                return
+            log.warning("%s; using fp32", self.precision_note)
+            self.model.to(self._torch.float32)
+            self.precision = "fp32"
+
+    def _auto_candidates(self) -> list[str]:
+        if self.device.startswith("cuda"):
+            return ["fp16"]
+        if self.device == "cpu" and cpu_has_fast_bf16():
+            return ["bf16"]
+        return ["fp32"]
+
+    def _time_probe(self) -> float:
+        ids = self.tokenize(PROBE_TEXTS * 4).ids
+        self.encode_ids(ids)
+        start = time.perf_counter()
+        self.encode_ids(ids)
+        return time.perf_counter() - start
+
+    # -- the hot path -----------------------------------------------------------------------------------
+    def tokenize(self, texts: list[str]) -> Tokenized:
+        encoded = self.tokenizer(texts, add_special_tokens=True, truncation=True, max_length=self.max_tokens,
+                                 return_attention_mask=False, return_token_type_ids=False)
+        ids = encoded["input_ids"]
+        candidates = [i for i, seq in enumerate(ids) if len(seq) >= self.max_tokens]
+        truncated = []
+        if candidates:
+            full = self.tokenizer([texts[i] for i in candidates], add_special_tokens=True,
+                                  return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+            truncated = [i for i, seq in zip(candidates, full, strict=True) if len(seq) > self.max_tokens]
+        return Tokenized(ids, truncated)
+
+    def encode_ids(self, ids: list[list[int]]) -> np.ndarray:
+        torch = self._torch
+        if not ids:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        width = max(len(seq) for seq in ids)
+        input_ids = torch.full((len(ids), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(ids), width), dtype=torch.long)
+        for row, seq in enumerate(ids):
+            input_ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+            mask[row, : len(seq)] = 1
+        features = {"input_ids": input_ids, "attention_mask": mask}
+        if "token_type_ids" in self.input_names:
+            features["token_type_ids"] = torch.zeros_like(input_ids)
+        features = {k: v.to(self.model.device) for k, v in features.items()}
+        with torch.inference_mode():
+            out = self.model.forward(features)["sentence_embedding"]
+        return out.float().cpu().numpy()
+
+    def decode_span(self, text: str, max_tokens: int) -> list[tuple[int, int]]:
+        """Character offsets of each token of ``text`` (no special tokens): for chunking by tokens."""
+        encoded = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        return [tuple(span) for span in encoded["offset_mapping"]]
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True when the CPU has native bf16 matrix instructions (AVX512-BF16 or AMX); on others bf16 is slow."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    return False

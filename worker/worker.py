@@ -1,0 +1,334 @@
+"""A worker: registers with the broker, takes jobs, encodes them in batches, heartbeats throughout.
+
+Two threads. The I/O thread (``WorkerLoop.run``) owns the ZeroMQ socket: it registers, answers heartbeats,
+hands jobs to the compute thread and sends back what it finishes, so the broker keeps hearing from us
+while a long batch runs. The compute thread owns the embedder and runs :func:`plan_batches` over every
+job that is waiting.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import queue
+import socket
+import threading
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import zmq
+
+from broker import protocol
+from broker.protocol import Command, ErrorCode, ProtocolError
+from worker.batching import PendingJob, plan_batches
+from worker.embedder import PROBE_TEXTS, Embedder, normalize_rows
+
+log = logging.getLogger(__name__)
+
+VERSION = "0.1.0"
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    broker: str
+    model: str = "sentence-transformers/all-MiniLM-L6-v2"
+    device: str = "auto"
+    precision: str = "auto"
+    threads: int = 0  # torch threads; 0: physical cores / local workers
+    capacity: int = 0  # texts in flight the broker may give us; 0: chosen from the device
+    token_budget: int = 0  # padded tokens per batch; 0: chosen from the device
+    max_batch: int = 256
+    worker_id: str = ""
+    broker_key: str | None = None  # broker's public key file (CurveZMQ, for --lan brokers)
+    key: str | None = None  # this worker's secret key file
+    reconnect_max: float = 30.0
+    parent_pid: int = 0
+
+
+class ComputeThread(threading.Thread):
+    """Encodes jobs in cross-request batches; reports each finished job through ``done``."""
+
+    def __init__(self, embedder: Embedder, token_budget: int, max_batch: int, wake: socket.socket) -> None:
+        super().__init__(name="compute", daemon=True)
+        self.embedder = embedder
+        self.token_budget = token_budget
+        self.max_batch = max_batch
+        self.inbox: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self.done: deque[tuple[PendingJob | None, dict[str, Any] | None]] = deque()
+        self.generation = 0  # bumped when the broker forgets us: older jobs are dropped
+        self._wake = wake
+        self.texts_done = 0
+        self.busy_seconds = 0.0
+
+    def submit(self, header: dict[str, Any]) -> None:
+        self.inbox.put({**header, "_generation": self.generation})
+
+    def reset(self) -> None:
+        self.generation += 1
+
+    def stop(self) -> None:
+        self.inbox.put(None)
+
+    def run(self) -> None:
+        while True:
+            first = self.inbox.get()
+            if first is None:
+                return
+            window = [first]
+            while True:  # take everything that is waiting: the batching window
+                try:
+                    item = self.inbox.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    return
+                window.append(item)
+            self.encode_window(window)
+
+    def encode_window(self, headers: list[dict[str, Any]]) -> None:
+        generation = self.generation
+        jobs: list[PendingJob] = []
+        for header in headers:
+            if header["_generation"] != generation:
+                continue  # taken before the broker forgot us: it was requeued elsewhere
+            try:
+                jobs.append(self.prepare(header))
+            except InputError as exc:
+                self._finish(None, {"job": header["job"], "attempt": header["attempt"],
+                                    "code": exc.code, "message": str(exc)})
+        if not jobs:
+            return
+        start = time.perf_counter()
+        for batch in plan_batches(jobs, self.token_budget, self.max_batch):
+            if generation != self.generation:
+                return  # the broker has requeued these jobs elsewhere
+            t0 = time.perf_counter()
+            try:
+                vectors = self.embedder.encode_ids([jobs[j].ids[t] for j, t in batch])
+            except Exception as exc:  # a model failure fails these jobs, not the worker
+                log.exception("encode failed")
+                for j in sorted({j for j, _ in batch}):
+                    if jobs[j].remaining > 0:
+                        jobs[j].remaining = -1
+                        self._finish(None, {"job": jobs[j].job_id, "attempt": jobs[j].attempt,
+                                            "code": ErrorCode.ENCODE_FAILED.value,
+                                            "message": f"the model failed: {type(exc).__name__}"})
+                continue
+            spent = time.perf_counter() - t0
+            for row, (j, t) in enumerate(batch):
+                job = jobs[j]
+                if job.remaining < 0:
+                    continue
+                job.vectors[t] = vectors[row]
+                job.remaining -= 1
+                job.encode_seconds += spent / len(batch)
+                if job.remaining == 0:
+                    if job.normalize:
+                        job.vectors = normalize_rows(job.vectors)
+                    self._finish(job, None)
+            self.texts_done += len(batch)
+        self.busy_seconds += time.perf_counter() - start
+
+    def prepare(self, header: dict[str, Any]) -> PendingJob:
+        options = header.get("options") or {}
+        tokenized = self.embedder.tokenize(header["texts"])
+        if tokenized.truncated and options.get("truncate") is False:
+            raise InputError(ErrorCode.INPUT_TOO_LONG.value,
+                             f"inputs longer than {self.embedder.max_tokens} tokens: {tokenized.truncated}")
+        return PendingJob(header["job"], header["attempt"], header["normalize"], tokenized.ids,
+                          tokenized.truncated, self.embedder.dim, options)
+
+    def _finish(self, job: PendingJob | None, error: dict[str, Any] | None) -> None:
+        self.done.append((job, error))
+        with contextlib.suppress(OSError):
+            self._wake.send(b"\0")
+
+
+class InputError(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class WorkerLoop:
+    """The I/O side: registration, heartbeats, reconnects, and moving jobs between broker and compute."""
+
+    def __init__(self, settings: WorkerSettings, embedder: Embedder, info: dict[str, Any],
+                 context: zmq.Context | None = None, on_event: Any = None) -> None:
+        self.settings = settings
+        self.embedder = embedder
+        self.info = info
+        self.context = context or zmq.Context.instance()
+        self.on_event = on_event or (lambda event_type, data: None)
+        self.worker_id = settings.worker_id or f"{socket.gethostname()}-{os.getpid()}"
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        budget = settings.token_budget or default_token_budget(embedder.device)
+        self.compute = ComputeThread(embedder, budget, settings.max_batch, self._wake_w)
+        self.capacity = settings.capacity or default_capacity(embedder.device)
+        self.sock: zmq.Socket | None = None
+        self.registered = False
+        self.broker_id: str | None = None
+        self.refused: str | None = None
+        self._stop = threading.Event()
+        self.probe = protocol.encode_vectors(
+            normalize_rows(embedder.encode_ids(embedder.tokenize(PROBE_TEXTS[:2]).ids)).mean(axis=0)[None, :]
+        )
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def ready_header(self) -> dict[str, Any]:
+        e = self.embedder
+        stats = self.stats()
+        return {
+            "model": e.model_id, "dim": e.dim, "device": e.device, "capacity": self.capacity,
+            "precision": e.precision, "max_tokens": e.max_tokens, "worker_id": self.worker_id,
+            "pid": os.getpid(), "host": socket.gethostname(), "version": VERSION, "probe": self.probe,
+            "stats": stats, **self.info,
+        }
+
+    def stats(self) -> dict[str, Any]:
+        busy = self.compute.busy_seconds
+        return {"texts_done": self.compute.texts_done,
+                "texts_per_s": round(self.compute.texts_done / busy, 1) if busy > 0 else None}
+
+    def connect(self) -> None:
+        if self.sock is not None:
+            self.sock.close(linger=0)
+        sock = self.context.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.IDENTITY, f"{self.worker_id}/{uuid.uuid4().hex[:8]}".encode())
+        if self.settings.broker_key:
+            from broker.security import configure_curve_client
+
+            configure_curve_client(sock, self.settings.broker_key, self.settings.key)
+        sock.connect(self.settings.broker)
+        self.sock = sock
+        self.registered = False
+        self.compute.reset()
+        self.send(Command.READY, self.ready_header())
+
+    def send(self, command: Command, header: dict[str, Any], *payload: bytes) -> None:
+        assert self.sock is not None
+        try:
+            self.sock.send_multipart(protocol.encode(command, header, *payload), zmq.NOBLOCK)
+        except zmq.Again:
+            log.debug("broker not reachable: %s not sent", command.name)
+
+    def run(self) -> int:
+        """Serve until stopped or refused; return the process exit code."""
+        self.compute.start()
+        interval = protocol.HEARTBEAT_INTERVAL
+        liveness = protocol.HEARTBEAT_LIVENESS
+        backoff = 1.0
+        self.connect()
+        broker_seen = time.monotonic()
+        next_heartbeat = time.monotonic() + interval
+        poller = zmq.Poller()
+        poller.register(self._wake_r, zmq.POLLIN)
+        assert self.sock is not None
+        current = self.sock
+        poller.register(current, zmq.POLLIN)
+        try:
+            while not self._stop.is_set():
+                if self.sock is not current:
+                    poller.unregister(current)
+                    current = self.sock
+                    poller.register(current, zmq.POLLIN)
+                events = dict(poller.poll(max(0, int((next_heartbeat - time.monotonic()) * 1000))))
+                if current in events:
+                    while True:
+                        try:
+                            frames = current.recv_multipart(zmq.NOBLOCK)
+                        except zmq.Again:
+                            break
+                        broker_seen = time.monotonic()
+                        backoff = 1.0
+                        if self.handle(frames) is False:
+                            return 3
+                if self._wake_r.fileno() in events or self.compute.done:
+                    self.flush_results()
+                now = time.monotonic()
+                if now >= next_heartbeat:
+                    self.send(Command.HEARTBEAT, {"stats": self.stats()})
+                    next_heartbeat = now + interval
+                if now - broker_seen > interval * liveness:
+                    log.warning("broker silent for %.1fs: reconnecting (next try in %.0fs)",
+                                now - broker_seen, backoff)
+                    if self.registered:
+                        self.on_event("worker_disconnected", {"worker": self.worker_id})
+                    self.connect()
+                    broker_seen = now + backoff  # give the new connection this long before the next try
+                    backoff = min(backoff * 2, self.settings.reconnect_max)
+            if self.sock is not None and self.registered:
+                self.send(Command.DISCONNECT, {})
+            return 0
+        finally:
+            self.compute.stop()
+            if self.sock is not None:
+                self.sock.close(linger=100)
+
+    def handle(self, frames: list[bytes]) -> bool:
+        try:
+            message = protocol.decode(frames)
+        except ProtocolError as exc:
+            log.warning("dropped a bad message from the broker: %s", exc)
+            return True
+        command, header = message.command, message.header
+        if command is Command.JOB:
+            if self.registered:
+                self.compute.submit(header)
+        elif command is Command.WELCOME:
+            first = self.broker_id is None
+            self.registered = True
+            if header["broker_id"] != self.broker_id:
+                self.compute.reset()
+            self.broker_id = header["broker_id"]
+            self.on_event("worker_ready" if first else "worker_reconnected",
+                          {"worker": self.worker_id, "device": self.embedder.device,
+                           "precision": self.embedder.precision, "pid": os.getpid()})
+        elif command is Command.REFUSED:
+            self.refused = header["message"]
+            log.error("the broker refused this worker: %s", header["message"])
+            self.on_event("worker_refused", {"worker": self.worker_id, "code": header["code"],
+                                             "message": header["message"]})
+            return False
+        elif command is Command.DISCONNECT:
+            log.warning("broker asked us to register again: %s", header.get("reason"))
+            self.registered = False
+            self.compute.reset()
+            self.send(Command.READY, self.ready_header())
+        return True
+
+    def flush_results(self) -> None:
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except (BlockingIOError, OSError):
+            pass
+        while self.compute.done:
+            job, error = self.compute.done.popleft()
+            if error is not None:
+                self.send(Command.ERROR, error)
+                continue
+            assert job is not None
+            header: dict[str, Any] = {
+                "job": job.job_id, "attempt": job.attempt, "n": len(job.ids), "dim": job.dim,
+                "encode_ms": round(job.encode_seconds * 1000, 3), "tokens": job.tokens,
+            }
+            if job.truncated:
+                header["truncated"] = job.truncated
+            self.send(Command.RESULT, header, protocol.encode_vectors(job.vectors))
+
+
+def default_capacity(device: str) -> int:
+    return 1024 if device.startswith("cuda") else 256
+
+
+def default_token_budget(device: str) -> int:
+    return 65536 if device.startswith("cuda") else 8192
