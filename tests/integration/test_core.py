@@ -124,3 +124,13 @@ def test_without_workers_health_says_starting_and_embed_says_no_workers() -> Non
         assert e.json()["error"]["code"] == "NO_WORKERS" and e.headers["Retry-After"]
     finally:
         assert c.stop() == 0
+
+
+def test_python_client_splits_and_reassembles_through_the_cluster(cluster: Cluster, reference_model) -> None:
+    from embed_client import EmbedClient
+
+    texts = sample_texts(90, seed=3)
+    client = EmbedClient(cluster.url, max_texts=16)
+    assert client.check_health() and client.info()["dim"] == 384
+    got = np.array(client.embed(texts))
+    assert cosine_rows(got, reference_model.encode(texts)).min() > 0.999

@@ -1,0 +1,170 @@
+"""A small Python client for embed-cluster with the seed client's semantics.
+
+- network errors, timeouts and 5xx are retried ``retry_attempts`` times, ``retry_delay`` seconds apart
+  (longer when the server sends ``Retry-After``); 4xx never is;
+- every failure is an :class:`EmbedError` whose ``kind`` is one of the seed's ``NETWORK_ERROR``, ``TIMEOUT``,
+  ``HTTP_ERROR``, ``PARSE_ERROR``;
+- :meth:`EmbedClient.embed` splits a big list into requests within the server's limits (read once from
+  ``/info``) and reassembles the vectors in input order.
+
+Standard library only, so that it imports anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from typing import Any
+
+NETWORK_ERROR = "NETWORK_ERROR"
+TIMEOUT = "TIMEOUT"
+HTTP_ERROR = "HTTP_ERROR"
+PARSE_ERROR = "PARSE_ERROR"
+
+DEFAULT_MAX_TEXTS = 256  # texts per request when the server does not say; small requests keep latency low
+BODY_HEADROOM = 0.8  # fill request bodies to this fraction of the server's limit
+
+
+class EmbedError(Exception):
+    def __init__(self, kind: str, message: str, status: int | None = None, code: str | None = None,
+                 retry_after: float | None = None) -> None:
+        super().__init__(f"{kind}: {message}")
+        self.kind = kind
+        self.message = message
+        self.status = status  # HTTP status, for HTTP_ERROR
+        self.code = code  # the server's error code (BAD_REQUEST, OVERLOADED, ...), for HTTP_ERROR
+        self.retry_after = retry_after
+
+    @property
+    def retryable(self) -> bool:
+        return self.kind in (NETWORK_ERROR, TIMEOUT) or (self.kind == HTTP_ERROR and (self.status or 0) >= 500)
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_texts: int
+    max_body_bytes: int
+    max_text_chars: int
+
+
+class EmbedClient:
+    def __init__(self, base_url: str = "http://127.0.0.1:8421", timeout: float = 30, retry_attempts: int = 2,
+                 retry_delay: float = 1, api_key: str | None = None, max_texts: int | None = None) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self.retry_attempts = retry_attempts
+        self.retry_delay = retry_delay
+        self.api_key = api_key
+        self.max_texts = max_texts  # cap texts per request below the server's limit
+        self._limits: Limits | None = None
+
+    # -- endpoints --------------------------------------------------------------------------------------
+    def health(self) -> dict[str, Any]:
+        """The /health body; a 503 (starting, no workers) is an answer here, not an error."""
+        return self._call("GET", "/health", ok_statuses=(200, 503))
+
+    def check_health(self) -> bool:
+        try:
+            return self.health().get("status") == "ok"
+        except EmbedError:
+            return False
+
+    def info(self) -> dict[str, Any]:
+        return self._call("GET", "/info")
+
+    def embed(self, texts: list[str], normalize: bool = True) -> list[list[float]]:
+        vectors: list[list[float]] = []
+        for batch in self._split(texts):
+            body = self._call("POST", "/embed", {"texts": batch, "normalize": normalize})
+            got = body.get("vectors") if isinstance(body, dict) else None
+            if not isinstance(got, list) or len(got) != len(batch):
+                raise EmbedError(PARSE_ERROR, f"expected {len(batch)} vectors, got {type(got).__name__}")
+            vectors.extend(got)
+        return vectors
+
+    # -- splitting --------------------------------------------------------------------------------------
+    def limits(self) -> Limits:
+        if self._limits is None:
+            limits = self.info().get("limits") or {}
+            self._limits = Limits(int(limits.get("max_texts") or DEFAULT_MAX_TEXTS),
+                                  int(limits.get("max_body_bytes") or 1 << 20),
+                                  int(limits.get("max_text_chars") or 1 << 30))
+        return self._limits
+
+    def _split(self, texts: list[str]) -> list[list[str]]:
+        if not texts:
+            return []
+        limits = self.limits()
+        max_texts = min(limits.max_texts, self.max_texts or DEFAULT_MAX_TEXTS)
+        budget = int(limits.max_body_bytes * BODY_HEADROOM)
+        batches: list[list[str]] = []
+        current: list[str] = []
+        size = 0
+        for text in texts:
+            cost = len(json.dumps(text).encode()) + 2
+            if current and (len(current) >= max_texts or size + cost > budget):
+                batches.append(current)
+                current, size = [], 0
+            current.append(text)
+            size += cost
+        batches.append(current)
+        return batches
+
+    # -- transport --------------------------------------------------------------------------------------
+    def _call(self, method: str, path: str, payload: Any = None, ok_statuses: tuple[int, ...] = (200,)) -> Any:
+        attempt = 0
+        while True:
+            try:
+                return self._once(method, path, payload, ok_statuses)
+            except EmbedError as error:
+                if not error.retryable or attempt >= self.retry_attempts:
+                    raise
+                attempt += 1
+                time.sleep(max(self.retry_delay, min(error.retry_after or 0, 30)))
+
+    def _once(self, method: str, path: str, payload: Any, ok_statuses: tuple[int, ...]) -> Any:
+        data = None if payload is None else json.dumps(payload).encode()
+        request = urllib.request.Request(self.base_url + path, data=data, method=method)
+        if data is not None:
+            request.add_header("Content-Type", "application/json")
+        if self.api_key:
+            request.add_header("Authorization", f"Bearer {self.api_key}")
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                status, body = response.status, response.read()
+                retry_after = None
+        except urllib.error.HTTPError as exc:
+            status, body = exc.code, exc.read()
+            retry_after = _seconds(exc.headers.get("Retry-After"))
+        except TimeoutError as exc:
+            raise EmbedError(TIMEOUT, f"{method} {path} took longer than {self.timeout}s") from exc
+        except urllib.error.URLError as exc:
+            if isinstance(exc.reason, (TimeoutError, socket.timeout)):
+                raise EmbedError(TIMEOUT, f"{method} {path} took longer than {self.timeout}s") from exc
+            raise EmbedError(NETWORK_ERROR, f"{method} {path}: {exc.reason}") from exc
+        except (ConnectionError, OSError) as exc:
+            raise EmbedError(NETWORK_ERROR, f"{method} {path}: {exc}") from exc
+        try:
+            parsed = json.loads(body)
+        except ValueError as exc:
+            if status in ok_statuses:
+                raise EmbedError(PARSE_ERROR, f"{method} {path}: the response is not JSON") from exc
+            parsed = None
+        if status in ok_statuses:
+            return parsed
+        error = parsed.get("error") if isinstance(parsed, dict) else None
+        code = error.get("code") if isinstance(error, dict) else None
+        message = error.get("message") if isinstance(error, dict) else body[:200].decode(errors="replace")
+        raise EmbedError(HTTP_ERROR, f"{method} {path} -> {status}: {message}", status=status, code=code,
+                         retry_after=retry_after)
+
+
+def _seconds(value: str | None) -> float | None:
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None

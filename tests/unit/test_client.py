@@ -1,0 +1,138 @@
+"""EmbedClient's retry and error rules against a real HTTP server that fails on purpose."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+from embed_client import HTTP_ERROR, NETWORK_ERROR, PARSE_ERROR, TIMEOUT, EmbedClient, EmbedError
+from tests.conftest import free_port
+
+
+class Script:
+    """What the server answers: a list of (status, body, headers, delay) consumed per /embed request."""
+
+    def __init__(self) -> None:
+        self.replies: list[tuple[int, Any, dict[str, str], float]] = []
+        self.requests: list[dict[str, Any]] = []
+        self.max_texts = 1000
+
+
+@pytest.fixture
+def server() -> Iterator[tuple[str, Script]]:
+    script = Script()
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def reply(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
+            data = body if isinstance(body, bytes) else json.dumps(body).encode()
+            self.send_response(status)
+            for k, v in (headers or {}).items():
+                self.send_header(k, v)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self) -> None:
+            if self.path == "/info":
+                self.reply(200, {"limits": {"max_texts": script.max_texts, "max_body_bytes": 4096}})
+            else:
+                self.reply(503, {"status": "starting", "workers": []})
+
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            script.requests.append(body)
+            if script.replies:
+                status, reply, headers, delay = script.replies.pop(0)
+                time.sleep(delay)
+                self.reply(status, reply, headers)
+            else:
+                self.reply(200, {"vectors": [[float(len(t)), 0.0] for t in body["texts"]]})
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}", script
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def client(url: str, **kw: Any) -> EmbedClient:
+    return EmbedClient(url, retry_delay=kw.pop("retry_delay", 0.01), **kw)
+
+
+def test_5xx_is_retried_then_succeeds(server: tuple[str, Script]) -> None:
+    url, script = server
+    script.replies = [(503, {"error": {"code": "OVERLOADED", "message": "full"}}, {}, 0),
+                      (500, {"error": {"code": "INTERNAL", "message": "x"}}, {}, 0)]
+    assert client(url).embed(["abc"]) == [[3.0, 0.0]]
+    assert len(script.requests) == 3
+
+
+def test_5xx_gives_up_after_retry_attempts(server: tuple[str, Script]) -> None:
+    url, script = server
+    script.replies = [(503, {"error": {"code": "NO_WORKERS", "message": "none"}}, {}, 0)] * 5
+    with pytest.raises(EmbedError) as caught:
+        client(url, retry_attempts=2).embed(["abc"])
+    assert caught.value.kind == HTTP_ERROR and caught.value.status == 503 and caught.value.code == "NO_WORKERS"
+    assert len(script.requests) == 3
+
+
+def test_4xx_is_never_retried(server: tuple[str, Script]) -> None:
+    url, script = server
+    script.replies = [(400, {"error": {"code": "BAD_REQUEST", "message": "no"}}, {}, 0)]
+    with pytest.raises(EmbedError) as caught:
+        client(url).embed(["abc"])
+    assert caught.value.kind == HTTP_ERROR and caught.value.code == "BAD_REQUEST" and not caught.value.retryable
+    assert len(script.requests) == 1
+
+
+def test_unparsable_response_is_a_parse_error(server: tuple[str, Script]) -> None:
+    url, script = server
+    script.replies = [(200, b"<html>not json", {}, 0)]
+    with pytest.raises(EmbedError) as caught:
+        client(url).embed(["abc"])
+    assert caught.value.kind == PARSE_ERROR
+
+
+def test_slow_server_is_a_timeout_and_retried(server: tuple[str, Script]) -> None:
+    url, script = server
+    script.replies = [(200, {"vectors": [[1.0, 0.0]]}, {}, 1.0)]
+    assert client(url, timeout=0.3).embed(["abc"]) == [[3.0, 0.0]]  # first try timed out, the retry answered
+    script.replies = [(200, {"vectors": [[1.0, 0.0]]}, {}, 1.0)] * 3
+    with pytest.raises(EmbedError) as caught:
+        client(url, timeout=0.3, retry_attempts=0).embed(["abc"])
+    assert caught.value.kind == TIMEOUT
+
+
+def test_connection_refused_is_a_network_error() -> None:
+    with pytest.raises(EmbedError) as caught:
+        client(f"http://127.0.0.1:{free_port()}", retry_attempts=1).embed(["abc"])
+    assert caught.value.kind == NETWORK_ERROR
+
+
+def test_big_lists_are_split_within_limits_and_kept_in_order(server: tuple[str, Script]) -> None:
+    url, script = server
+    script.max_texts = 7
+    texts = ["x" * (i % 50) for i in range(100)]
+    vectors = client(url).embed(texts)
+    assert [v[0] for v in vectors] == [float(len(t)) for t in texts]
+    assert all(len(r["texts"]) <= 7 for r in script.requests)
+    assert all(len(json.dumps(r)) <= 4096 for r in script.requests)
+    assert sum(len(r["texts"]) for r in script.requests) == 100
+
+
+def test_health_reports_503_bodies_and_check_health_is_false(server: tuple[str, Script]) -> None:
+    url, _ = server
+    assert client(url).health()["status"] == "starting"
+    assert client(url).check_health() is False
