@@ -113,6 +113,8 @@ class Broker:
         self.ever_ready = False
         self.no_workers_since: float | None = time.monotonic()
         self.counters = {"submitted": 0, "answered": 0, "failed": 0, "requeued": 0, "dropped_frames": 0}
+        self.seen_processes: dict[str, tuple[Any, Any]] = {}  # worker id -> (host, pid) it last registered from
+        self.restarts: dict[str, int] = {}  # worker id -> times it registered again from a new process
         self._stop = False
 
     # -- sockets --------------------------------------------------------------------------------------
@@ -260,6 +262,8 @@ class Broker:
             "queue_texts": self.queued_texts(),
             "max_queue_texts": self.settings.max_queue_texts,
             "counters": dict(self.counters),
+            "worker_restarts": dict(self.restarts),
+            "worker_stats": {w.worker_id: w.stats for w in self.workers.values()},
         }
 
     # -- workers ----------------------------------------------------------------------------------------
@@ -298,7 +302,10 @@ class Broker:
         capacity = max(1, info["capacity"])
         expiry = time.monotonic() + self.settings.heartbeat_interval * self.settings.heartbeat_liveness
         worker = Worker(key, {k: v for k, v in info.items() if k != "probe"}, capacity, expiry)
+        if isinstance(info.get("stats"), dict):
+            worker.stats = info["stats"]
         self.workers[key] = worker
+        self._count_restart(worker)
         self.ever_ready = True
         self.no_workers_since = None
         self.send(key[0], key[1], Command.WELCOME, {
@@ -308,6 +315,14 @@ class Broker:
         })
         log.info("worker %s registered: %s on %s (%s), capacity %d texts", worker.worker_id,
                  info.get("model"), info.get("device"), info.get("host"), capacity)
+
+    def _count_restart(self, worker: Worker) -> None:
+        """A worker id that registers from another process than last time was restarted (by whoever runs it)."""
+        process = (worker.info.get("host"), worker.info.get("pid"))
+        previous = self.seen_processes.get(worker.worker_id)
+        if previous is not None and previous != process:
+            self.restarts[worker.worker_id] = self.restarts.get(worker.worker_id, 0) + 1
+        self.seen_processes[worker.worker_id] = process
 
     def _check_model(self, info: dict[str, Any]) -> str | None:
         name = model_name(info["model"])
@@ -383,8 +398,11 @@ class Broker:
             self.send("client", job.client, Command.RESULT, reply, *message.payload)
         else:
             self.counters["failed"] += 1
-            self.send("client", job.client, Command.ERROR,
-                      {"job": job.job_id, "code": header["code"], "message": header["message"]})
+            error = {"job": job.job_id, "code": header["code"], "message": header["message"]}
+            for extra in ("indices", "max_tokens"):  # structured details, e.g. INPUT_TOO_LONG's job-local indices
+                if extra in header:
+                    error[extra] = header[extra]
+            self.send("client", job.client, Command.ERROR, error)
 
     def dispatch(self) -> None:
         now = time.monotonic()

@@ -14,7 +14,7 @@ Two conversations share the layout:
 front <-> broker (the broker's *client* socket)
     SUBMIT  front -> broker   {job, texts, normalize, timeout_ms, [options]}
     RESULT  broker -> front   {job, n, dim, worker, [...]} + vectors
-    ERROR   broker -> front   {job, code, message}
+    ERROR   broker -> front   {job, code, message, [indices, max_tokens]}  (INPUT_TOO_LONG: the job's indices)
     CANCEL  front -> broker   {job}
     STATUS  front -> broker   {req}  and broker -> front {req, broker_id, ...} (also the front's heartbeat)
     WORKER_GONE supervisor -> broker {pid, host}: a local worker exited, requeue its jobs at once
@@ -23,8 +23,8 @@ worker <-> broker (the broker's *worker* sockets)
     READY     worker -> broker {model, dim, device, capacity, ...}; broker answers WELCOME or REFUSED
     JOB       broker -> worker {job, attempt, texts, normalize, [options]}
     RESULT    worker -> broker {job, attempt, n, dim, [...]} + vectors
-    ERROR     worker -> broker {job, attempt, code, message}
-    HEARTBEAT both ways {}, worker's carries its stats
+    ERROR     worker -> broker {job, attempt, code, message, [indices, max_tokens]}
+    HEARTBEAT both ways {}, worker's carries its stats {texts_done, texts_per_s, batch_sizes}
     DISCONNECT worker -> broker {}: leaving cleanly
 """
 

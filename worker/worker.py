@@ -24,6 +24,7 @@ import zmq
 
 from broker import protocol
 from broker.protocol import Command, ErrorCode, ProtocolError
+from worker.batch_stats import BatchSizes
 from worker.batching import PendingJob, plan_batches
 from worker.embedder import PROBE_TEXTS, Embedder, normalize_rows
 
@@ -63,6 +64,7 @@ class ComputeThread(threading.Thread):
         self._wake = wake
         self.texts_done = 0
         self.busy_seconds = 0.0
+        self.batch_sizes = BatchSizes()
 
     def submit(self, header: dict[str, Any]) -> None:
         self.inbox.put({**header, "_generation": self.generation})
@@ -99,7 +101,7 @@ class ComputeThread(threading.Thread):
                 jobs.append(self.prepare(header))
             except InputError as exc:
                 self._finish(None, {"job": header["job"], "attempt": header["attempt"],
-                                    "code": exc.code, "message": str(exc)})
+                                    "code": exc.code, "message": str(exc), **exc.details})
         if not jobs:
             return
         start = time.perf_counter()
@@ -131,14 +133,17 @@ class ComputeThread(threading.Thread):
                         job.vectors = normalize_rows(job.vectors)
                     self._finish(job, None)
             self.texts_done += len(batch)
+            self.batch_sizes.observe(len(batch))
         self.busy_seconds += time.perf_counter() - start
 
     def prepare(self, header: dict[str, Any]) -> PendingJob:
         options = header.get("options") or {}
         tokenized = self.embedder.tokenize(header["texts"])
         if tokenized.truncated and options.get("truncate") is False:
+            # the indices are this job's; the front offsets them to the request's
             raise InputError(ErrorCode.INPUT_TOO_LONG.value,
-                             f"inputs longer than {self.embedder.max_tokens} tokens: {tokenized.truncated}")
+                             f"{len(tokenized.truncated)} input(s) longer than {self.embedder.max_tokens} tokens",
+                             indices=tokenized.truncated, max_tokens=self.embedder.max_tokens)
         return PendingJob(header["job"], header["attempt"], header["normalize"], tokenized.ids,
                           tokenized.truncated, self.embedder.dim, options)
 
@@ -149,9 +154,10 @@ class ComputeThread(threading.Thread):
 
 
 class InputError(Exception):
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, **details: Any) -> None:
         super().__init__(message)
         self.code = code
+        self.details = details  # structured fields of the ERROR header, e.g. indices
 
 
 class WorkerLoop:
@@ -195,7 +201,8 @@ class WorkerLoop:
     def stats(self) -> dict[str, Any]:
         busy = self.compute.busy_seconds
         return {"texts_done": self.compute.texts_done,
-                "texts_per_s": round(self.compute.texts_done / busy, 1) if busy > 0 else None}
+                "texts_per_s": round(self.compute.texts_done / busy, 1) if busy > 0 else None,
+                "batch_sizes": self.compute.batch_sizes.snapshot()}
 
     def connect(self) -> None:
         if self.sock is not None:
