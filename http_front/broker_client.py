@@ -87,11 +87,25 @@ class BrokerClient:
         deadline = time.monotonic() + timeout
         parts = [texts[i: i + self.job_texts] for i in range(0, len(texts), self.job_texts)]
         futures = [self._submit(part, normalize, timeout, options) for part in parts]
+        replies = []
+        too_long: list[int] = []  # request-level indices of inputs over the token limit (with truncate: false)
+        max_tokens = None
         try:
-            replies = [self._wait(job_id, future, deadline) for job_id, future in futures]
+            for start, (job_id, future) in zip(range(0, len(texts), self.job_texts), futures, strict=True):
+                try:
+                    replies.append(self._wait(job_id, future, deadline))
+                except ApiError as exc:  # INPUT_TOO_LONG: wait for every job, to name every such input
+                    if exc.code != "INPUT_TOO_LONG":
+                        raise
+                    too_long.extend(start + int(i) for i in exc.details.get("indices", []))
+                    max_tokens = exc.details.get("max_tokens", max_tokens)
         except ApiError:
             self._cancel([job_id for job_id, future in futures if not future.done()])
             raise
+        if too_long:
+            raise ApiError("INPUT_TOO_LONG", f"{len(too_long)} input(s) longer than the model's limit of "
+                           f"{max_tokens} tokens, at indices {too_long}; shorten them or allow truncation",
+                           indices=too_long, max_tokens=max_tokens)
         vectors = np.concatenate([v for v, _ in replies]) if replies else np.zeros((0, 0), np.float32)
         result = EmbedResult(vectors)
         offset = 0
@@ -204,7 +218,8 @@ class BrokerClient:
         if message.command is Command.RESULT:
             pending.future.set_result((message.vectors(), header))
         elif message.command is Command.ERROR:
-            pending.future.set_exception(ApiError(header["code"], header["message"]))
+            details = {k: header[k] for k in ("indices", "max_tokens") if k in header}
+            pending.future.set_exception(ApiError(header["code"], header["message"], **details))
 
     def _on_status(self, sock: zmq.Socket, header: dict[str, Any]) -> None:
         self.status = header
