@@ -130,6 +130,20 @@ def build_parser() -> argparse.ArgumentParser:
     env.add("--broker-key", default=None, help="the broker's public key file (for a --lan broker)")
     env.add("--key", default=None, help="this worker's secret key file")
     add_common(env)
+
+    keys = sub.add_parser("keys", help="CurveZMQ keys for LAN workers (broker.keys)")
+    keys.set_defaults(log_level="WARNING")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    init = keys_sub.add_parser("init", help="write DIR/broker.key, DIR/broker.key_secret and DIR/allowed/")
+    init.add_argument("dir", help="key directory (give it to up/broker --keys)")
+    init.add_argument("--exist-ok", action="store_true", help="keep an existing broker key instead of failing")
+    add = keys_sub.add_parser("add-worker", help="write DIR/NAME.key_secret and allow NAME's public key")
+    add.add_argument("dir", help="key directory made by keys init")
+    add.add_argument("name", help="the worker's name (letters, digits, '.', '_', '-')")
+    add.add_argument("--exist-ok", action="store_true", help="keep an existing key of NAME instead of failing")
+    remove = keys_sub.add_parser("remove-worker", help="take NAME off the allow-list")
+    remove.add_argument("dir", help="key directory made by keys init")
+    remove.add_argument("name", help="the worker's name")
     return parser
 
 
@@ -158,6 +172,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_front(args)
     if args.command == "worker":
         return run_worker(args)
+    if args.command == "keys":
+        return run_keys(args)
     parser.error(f"unknown command {args.command}")
     return 2
 
@@ -173,6 +189,8 @@ def run_up(args: argparse.Namespace) -> int:
 
     if args.lan and not args.keys:
         sys.exit("embed-cluster: --lan needs --keys DIR (create it with: embed-cluster keys init DIR)")
+    if args.lan:
+        check_keys(keys_dir=args.keys)
     front_args = ("--max-body-bytes", str(args.max_body_bytes), "--max-texts", str(args.max_texts),
                   "--max-text-chars", str(args.max_text_chars), "--request-timeout", str(args.request_timeout),
                   "--log-level", args.log_level)
@@ -191,6 +209,8 @@ def run_broker(args: argparse.Namespace) -> int:
 
     if args.lan and not args.keys:
         sys.exit("embed-cluster: --lan needs --keys DIR (create it with: embed-cluster keys init DIR)")
+    if args.lan:
+        check_keys(keys_dir=args.keys)
     lan = f"tcp://{args.lan}" if args.lan and "://" not in args.lan else args.lan
     settings = BrokerSettings(client_address=args.clients, worker_address=args.workers_address,
                               lan_address=lan, keys_dir=args.keys, model=args.expect_model,
@@ -213,6 +233,8 @@ def run_worker(args: argparse.Namespace) -> int:
 
     if bool(args.key) != bool(args.broker_key):
         sys.exit("embed-cluster: --key and --broker-key go together (CurveZMQ needs both)")
+    if args.key:
+        check_keys(broker_key=args.broker_key, key=args.key)
     if args.device not in DEVICES and not args.device.startswith("cuda:"):
         sys.exit(f"embed-cluster: --device {args.device!r}: choose auto, cpu, cuda, cuda:N or mps")
     settings = WorkerSettings(broker=args.broker, model=args.model, device=args.device,
@@ -220,6 +242,36 @@ def run_worker(args: argparse.Namespace) -> int:
                               token_budget=args.token_budget, worker_id=args.worker_id,
                               broker_key=args.broker_key, key=args.key, parent_pid=args.parent_pid)
     return run(settings)
+
+
+def check_keys(keys_dir: str | None = None, broker_key: str | None = None, key: str | None = None) -> None:
+    """Check the CurveZMQ key files before starting anything; a bad one ends the command with a clear message."""
+    from broker.security import KeyFileError, check_client_keys, check_server_keys
+
+    try:
+        if keys_dir:
+            check_server_keys(keys_dir)
+        if broker_key and key:
+            check_client_keys(broker_key, key)
+    except KeyFileError as exc:
+        sys.exit(f"embed-cluster: {exc}")
+
+
+def run_keys(args: argparse.Namespace) -> int:
+    from broker import keys
+    from broker.security import KeyFileError
+
+    try:
+        if args.keys_command == "init":
+            message = keys.init(args.dir, exist_ok=args.exist_ok)
+        elif args.keys_command == "add-worker":
+            message = keys.add_worker(args.dir, args.name, exist_ok=args.exist_ok)
+        else:
+            message = keys.remove_worker(args.dir, args.name)
+    except (KeyFileError, OSError) as exc:
+        sys.exit(f"embed-cluster keys {args.keys_command}: {exc}")
+    print(message)
+    return 0
 
 
 if __name__ == "__main__":
