@@ -2,7 +2,7 @@
 
 One thread owns every socket and runs :meth:`Broker.run`'s poll loop. Fronts submit jobs on the *client*
 socket; workers register and take jobs on the *worker* sockets (local, and optionally a CurveZMQ one for the
-LAN). A job is handed to the ready worker with the most free capacity (credits counted in texts); a reply is
+LAN). A job is handed to the worker that would finish it first, within its credit (broker.balancing); a reply is
 accepted only from the worker and attempt that hold the job, so late replies from a presumed-dead worker are
 dropped. When a worker dies or overstays a job's lease, its jobs go back to the front of the queue.
 """
@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import zmq
 
-from broker import protocol
+from broker import balancing, protocol
 from broker.protocol import Command, ErrorCode, Message, ProtocolError
 
 log = logging.getLogger(__name__)
@@ -89,6 +89,7 @@ class Worker:
             "pid": info.get("pid"),
             "remote": self.key[0] == "lan",
             "capacity": self.capacity,
+            "credit": balancing.credit(self),
             "inflight_texts": self.inflight_texts,
             "served_texts": self.served_texts,
             "texts_per_s": self.stats.get("texts_per_s"),
@@ -426,17 +427,10 @@ class Broker:
             self.send(worker.key[0], worker.key[1], Command.JOB, header)
 
     def _pick_worker(self, job: Job) -> Worker | None:
-        best: Worker | None = None
-        best_load = 0.0
-        for worker in self.workers.values():
-            if worker.isolated or (job.crashes > 0 and worker.inflight):
-                continue
-            if worker.inflight and worker.inflight_texts + len(job.texts) > worker.capacity:
-                continue
-            load = worker.inflight_texts / worker.capacity
-            if best is None or (load, worker.last_dispatch) < (best_load, best.last_dispatch):
-                best, best_load = worker, load
-        return best
+        """The worker that would finish ``job`` first, within its credit (broker.balancing), or None."""
+        candidates = [w for w in self.workers.values()
+                      if not (w.isolated or (job.crashes > 0 and w.inflight))]
+        return balancing.pick(candidates, len(job.texts))
 
     def send_heartbeats(self) -> None:
         for worker in self.workers.values():
