@@ -8,14 +8,17 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import falcon
 
 from http_front import errors
-from http_front.broker_client import BrokerClient
+from http_front.auth import ApiKeyAuth
+from http_front.broker_client import BrokerClient, EmbedResult
 from http_front.errors import ApiError
+from http_front.observability import Metrics, MetricsResource, RequestObservability
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +39,7 @@ class AppState:
     def __init__(self, client: BrokerClient, limits: Limits) -> None:
         self.client = client
         self.limits = limits
+        self.metrics = Metrics(client)
         self.draining = False
         self.inflight = 0
         self._lock = threading.Lock()
@@ -52,6 +56,21 @@ class AppState:
             self.inflight -= 1
             if self.inflight == 0:
                 self.idle.notify_all()
+
+    def embed(self, route: str, texts: list[str], normalize: bool,
+              options: dict[str, Any] | None = None) -> EmbedResult:
+        """Every embedding route's way to the broker: counted in flight (for draining) and in the metrics."""
+        self.enter()
+        started = time.perf_counter()
+        try:
+            result = self.client.embed(texts, normalize, self.limits.request_timeout, options)
+        except ApiError as exc:
+            self.metrics.observe_embed_error(route, len(texts), exc.code)
+            raise
+        finally:
+            self.leave()
+        self.metrics.observe_embed(route, len(texts), result, time.perf_counter() - started)
+        return result
 
     def drain(self, grace: float) -> bool:
         """Refuse new requests; wait up to ``grace`` seconds for those in flight. True if all finished."""
@@ -99,23 +118,45 @@ def cluster_summary(status: dict[str, Any] | None) -> dict[str, Any]:
     }
 
 
+def readiness(state: AppState, status: dict[str, Any] | None) -> str:
+    """``ok`` when a worker can serve; else why not (the seed's /health ``status`` and /readyz's)."""
+    if state.draining:
+        return "shutting_down"
+    if status is None:
+        return "starting" if state.client.status is None else "broker_unreachable"
+    if status.get("workers"):
+        return "ok"
+    return "no_workers" if status.get("ever_ready") else "starting"
+
+
 class Health:
     def __init__(self, state: AppState) -> None:
         self.state = state
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         status = self.state.client.latest_status()
-        summary = cluster_summary(status)
-        if self.state.draining:
-            state = "shutting_down"
-        elif status is None:
-            state = "starting" if self.state.client.status is None else "broker_unreachable"
-        elif summary["workers"]:
-            state = "ok"
-        else:
-            state = "no_workers" if status.get("ever_ready") else "starting"
+        state = readiness(self.state, status)
         resp.status = falcon.HTTP_200 if state == "ok" else falcon.HTTP_503
-        resp.media = {"status": state, **summary}
+        resp.media = {"status": state, **cluster_summary(status)}
+
+
+class Livez:
+    """The front's process is up and serving HTTP; nothing else is checked."""
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.media = {"status": "alive"}
+
+
+class Readyz:
+    """200 when a worker can serve (what /health says, without the details)."""
+
+    def __init__(self, state: AppState) -> None:
+        self.state = state
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        state = readiness(self.state, self.state.client.latest_status())
+        resp.status = falcon.HTTP_200 if state == "ok" else falcon.HTTP_503
+        resp.media = {"status": state}
 
 
 class Info:
@@ -139,7 +180,7 @@ class Info:
         }
 
 
-EMBED_FIELDS = {"texts", "normalize"}
+EMBED_FIELDS = {"texts", "normalize", "truncate"}
 
 
 class Embed:
@@ -160,24 +201,37 @@ class Embed:
         normalize = body.get("normalize", True)
         if not isinstance(normalize, bool):
             raise ApiError("BAD_REQUEST", "'normalize' must be true or false")
+        truncate = body.get("truncate", True)
+        if not isinstance(truncate, bool):
+            raise ApiError("BAD_REQUEST", "'truncate' must be true or false")
         if not texts:
             resp.media = {"vectors": []}
             return
-        self.state.enter()
-        try:
-            result = self.state.client.embed(texts, normalize, limits.request_timeout)
-        finally:
-            self.state.leave()
+        result = self.state.embed("/embed", texts, normalize, None if truncate else {"truncate": False})
         resp.media = {"vectors": result.vectors.tolist()}
+        if result.truncated:  # only when any: the seed's response is unchanged otherwise
+            resp.media["truncated"] = result.truncated
 
 
-def create_app(client: BrokerClient, limits: Limits | None = None, state: AppState | None = None) -> falcon.App:
-    """The app; pass ``state`` to keep a handle on it (the entry point drains it on shutdown)."""
+def create_app(client: BrokerClient, limits: Limits | None = None, state: AppState | None = None,
+               api_key: str | None = None) -> falcon.App:
+    """The app; pass ``state`` to keep a handle on it (the entry point drains it on shutdown). With ``api_key``
+    every request but the probes needs it (http_front/auth.py)."""
+    from http_front import openai_api, openapi  # they build on this module's helpers
+
     state = state or AppState(client, limits or Limits())
-    app = falcon.App(cors_enable=False)
+    middleware: list[Any] = [RequestObservability(state.metrics)]
+    if api_key:
+        middleware.append(ApiKeyAuth(api_key))
+    app = falcon.App(cors_enable=False, middleware=middleware)
     app.req_options.strip_url_path_trailing_slash = True
     errors.install(app)
     app.add_route("/health", Health(state))
     app.add_route("/info", Info(state))
     app.add_route("/embed", Embed(state))
+    app.add_route("/livez", Livez())
+    app.add_route("/readyz", Readyz(state))
+    app.add_route("/metrics", MetricsResource(state.metrics))
+    app.add_route("/openapi.json", openapi.OpenApiSpec(state))
+    openai_api.register(app, state)
     return app

@@ -1,0 +1,134 @@
+"""OpenAI-compatible routes: ``POST /v1/embeddings``, ``GET /v1/models`` and ``GET /v1/models/{model}``.
+
+Requests and responses follow OpenAI's embeddings API, so its SDKs and the tools built on them work unchanged:
+``input`` (a string or a list of strings), ``model`` (this cluster's model id or short name), ``encoding_format``
+(``float``, or ``base64``: little-endian float32, what the official SDK asks for by default), ``dimensions``
+(the first N dimensions, normalized again), ``user`` (accepted, unused). Vectors are always L2-normalized.
+Over-long inputs are truncated at the model's token limit unless the request says ``"truncate": false`` (an
+extension: then 422 INPUT_TOO_LONG names them). Errors under /v1/ come in OpenAI's shape
+(http_front/errors.py ``ApiError.openai_body``).
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import falcon
+import numpy as np
+
+from http_front.app import AppState, check_texts, read_json
+from http_front.errors import ApiError
+
+ROUTE = "/v1/embeddings"
+FIELDS = {"input", "model", "encoding_format", "dimensions", "user", "truncate"}
+OWNER = "embed-cluster"
+
+
+def served_model(state: AppState) -> tuple[str | None, str | None]:
+    """The cluster's model id and short name, once a worker has registered."""
+    status = state.client.latest_status() or {}
+    return status.get("model"), status.get("model_name")
+
+
+def check_model(state: AppState, model: str) -> str:
+    """The served model's id when ``model`` names it (by id or short name); MODEL_NOT_FOUND otherwise."""
+    model_id, name = served_model(state)
+    if model_id is None:
+        raise ApiError("NO_WORKERS", "no worker has registered yet (the model may still be loading)")
+    if model not in (model_id, name):
+        raise ApiError("MODEL_NOT_FOUND", f"the model {model!r} is not served here; this cluster serves "
+                       f"{model_id!r}", param="model")
+    return model_id
+
+
+def parse_input(value: Any, state: AppState) -> list[str]:
+    if isinstance(value, str):
+        value = [value]
+    if isinstance(value, list) and value and all(isinstance(v, (int, list)) for v in value):
+        raise ApiError("BAD_REQUEST", "token arrays are not supported: send 'input' as strings", param="input")
+    try:
+        return check_texts(value, state.limits, field_name="input")
+    except ApiError as exc:
+        raise ApiError(exc.code, exc.message + " (or a string)", param="input") from None
+
+
+def model_card(model_id: str) -> dict[str, Any]:
+    return {"id": model_id, "object": "model", "created": 0, "owned_by": OWNER}
+
+
+def unit_rows(vectors: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors / np.maximum(norms, 1e-12)
+
+
+class Embeddings:
+    def __init__(self, state: AppState) -> None:
+        self.state = state
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        body = read_json(req, self.state.limits)
+        if not isinstance(body, dict):
+            raise ApiError("BAD_REQUEST", "the body must be a JSON object")
+        unknown = sorted(set(body) - FIELDS)
+        if unknown:
+            raise ApiError("BAD_REQUEST", f"unrecognized request argument(s): {', '.join(unknown)}",
+                           param=unknown[0])
+        for name in ("input", "model"):
+            if name not in body:
+                raise ApiError("BAD_REQUEST", f"'{name}' is required", param=name)
+        if not isinstance(body["model"], str):
+            raise ApiError("BAD_REQUEST", "'model' must be a string", param="model")
+        texts = parse_input(body["input"], self.state)
+        encoding = body.get("encoding_format", "float")
+        if encoding not in ("float", "base64"):
+            raise ApiError("BAD_REQUEST", "'encoding_format' must be 'float' or 'base64'", param="encoding_format")
+        dimensions = body.get("dimensions")
+        if dimensions is not None and (not isinstance(dimensions, int) or isinstance(dimensions, bool)
+                                       or dimensions < 1):
+            raise ApiError("BAD_REQUEST", "'dimensions' must be a positive integer", param="dimensions")
+        truncate = body.get("truncate", True)
+        if not isinstance(truncate, bool):
+            raise ApiError("BAD_REQUEST", "'truncate' must be true or false", param="truncate")
+        model_id = check_model(self.state, body["model"])
+        dim = (self.state.client.latest_status() or {}).get("dim")
+        if dimensions is not None and isinstance(dim, int) and dimensions > dim:
+            raise ApiError("BAD_REQUEST", f"'dimensions' is {dimensions}; this model has {dim}", param="dimensions")
+        result = self.state.embed(ROUTE, texts, True, None if truncate else {"truncate": False}) if texts else None
+        vectors = result.vectors if result is not None else np.zeros((0, dim or 0), np.float32)
+        if dimensions is not None and dimensions < vectors.shape[1]:
+            vectors = unit_rows(vectors[:, :dimensions])
+        data = [{"object": "embedding", "index": i, "embedding": e} for i, e in enumerate(encode(vectors, encoding))]
+        tokens = result.tokens if result is not None else 0
+        resp.media = {"object": "list", "data": data, "model": model_id,
+                      "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+
+
+def encode(vectors: np.ndarray, encoding: str) -> list[Any]:
+    if encoding == "base64":
+        rows = np.ascontiguousarray(vectors, dtype="<f4")
+        return [base64.b64encode(row.tobytes()).decode("ascii") for row in rows]
+    return vectors.tolist()
+
+
+class Models:
+    def __init__(self, state: AppState) -> None:
+        self.state = state
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        model_id, _ = served_model(self.state)
+        resp.media = {"object": "list", "data": [model_card(model_id)] if model_id else []}
+
+
+class Model:
+    def __init__(self, state: AppState) -> None:
+        self.state = state
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, model: str) -> None:
+        resp.media = model_card(check_model(self.state, model))
+
+
+def register(app: falcon.App, state: AppState) -> None:
+    app.add_route(ROUTE, Embeddings(state))
+    app.add_route("/v1/models", Models(state))
+    app.add_route("/v1/models/{model:path}", Model(state))  # model ids hold a slash

@@ -1,0 +1,172 @@
+"""``GET /openapi.json``: an OpenAPI 3.0 description of every route, written by hand.
+
+The spec is built per request from the live limits and the served model (the ``model`` enum and the
+``dimensions`` maximum), so that what it promises is what this server accepts; tests/integration/test_api.py
+checks it against the live server with schemathesis. A route added to the front is added here too.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import falcon
+
+from http_front.app import VERSION, AppState
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _errors(statuses: tuple[int, ...], openai: bool = False) -> dict[str, Any]:
+    ref = {"$ref": "#/components/schemas/OpenAIError" if openai else "#/components/schemas/Error"}
+    return {str(s): _json(ref, _STATUS_TEXT[s]) for s in statuses}
+
+
+_STATUS_TEXT = {
+    400: "bad request: INVALID_JSON or BAD_REQUEST (wrong field, type or limit)",
+    401: "UNAUTHORIZED: an API key is configured and the request did not carry it",
+    404: "MODEL_NOT_FOUND: the model is not served here",
+    413: "PAYLOAD_TOO_LARGE: the body is over max_body_bytes",
+    422: "INPUT_TOO_LONG: an input is over the model's token limit and truncation was refused",
+    500: "WORKER_CRASHED, ENCODE_FAILED or INTERNAL",
+    503: "NO_WORKERS, OVERLOADED or SHUTTING_DOWN (Retry-After is set)",
+    504: "TIMEOUT: not done within request_timeout",
+}
+_EMBED_ERRORS = (400, 401, 413, 422, 500, 503, 504)
+_OPEN: list[dict[str, Any]] = []  # security: none, for the probes and this spec
+
+
+def build_spec(state: AppState) -> dict[str, Any]:
+    limits = state.limits
+    status = state.client.latest_status() or {}
+    model_id, model_name, dim = status.get("model"), status.get("model_name"), status.get("dim")
+    text = {"type": "string", "maxLength": limits.max_text_chars}
+    texts = {"type": "array", "items": text, "maxItems": limits.max_texts}
+    model: dict[str, Any] = {"type": "string", "description": "the served model's id or short name"}
+    if model_id:
+        model["enum"] = sorted({model_id, model_name or model_id})
+    dimensions: dict[str, Any] = {"type": "integer", "minimum": 1,
+                                  "description": "keep the first N dimensions, then normalize again"}
+    if isinstance(dim, int):
+        dimensions["maximum"] = dim
+    free_object = {"type": "object", "additionalProperties": True}
+    schemas = {
+        "Error": {"type": "object", "required": ["error"], "properties": {"error": {
+            "type": "object", "required": ["code", "message"], "additionalProperties": True,
+            "properties": {"code": {"type": "string"}, "message": {"type": "string"},
+                           "indices": {"type": "array", "items": {"type": "integer"}}}}}},
+        "OpenAIError": {"type": "object", "required": ["error"], "properties": {"error": {
+            "type": "object", "required": ["message", "type", "code"], "additionalProperties": True,
+            "properties": {"message": {"type": "string"}, "type": {"type": "string"},
+                           "param": {"type": "string", "nullable": True}, "code": {"type": "string"}}}}},
+        "EmbedRequest": {"type": "object", "required": ["texts"], "additionalProperties": False, "properties": {
+            "texts": texts,
+            "normalize": {"type": "boolean", "default": True, "description": "L2-normalize the vectors"},
+            "truncate": {"type": "boolean", "default": True,
+                         "description": "cut inputs at the model's token limit; false: 422 INPUT_TOO_LONG"}}},
+        "EmbedResponse": {"type": "object", "required": ["vectors"], "properties": {
+            "vectors": {"type": "array", "items": {"type": "array", "items": {"type": "number"}}},
+            "truncated": {"type": "array", "items": {"type": "integer"},
+                          "description": "indices of inputs cut at the token limit; present only when any"}}},
+        "Health": {"type": "object", "required": ["status", "workers"], "properties": {
+            "status": {"type": "string", "enum": ["ok", "starting", "no_workers", "broker_unreachable",
+                                                  "shutting_down"]},
+            "model": {"type": "string", "nullable": True}, "model_id": {"type": "string", "nullable": True},
+            "dim": {"type": "integer", "nullable": True}, "device": {"type": "string", "nullable": True},
+            "workers": {"type": "array", "items": free_object}}},
+        "Info": {"type": "object", "required": ["version", "limits", "workers"], "properties": {
+            "model_id": {"type": "string", "nullable": True}, "dim": {"type": "integer", "nullable": True},
+            "max_tokens": {"type": "integer", "nullable": True}, "version": {"type": "string"},
+            "limits": free_object, "workers": {"type": "array", "items": free_object}}},
+        "Probe": {"type": "object", "required": ["status"], "properties": {"status": {"type": "string"}}},
+        "EmbeddingsRequest": {"type": "object", "required": ["input", "model"], "additionalProperties": False,
+                              "properties": {
+            "input": {"oneOf": [text, texts]},
+            "model": model,
+            "encoding_format": {"type": "string", "enum": ["float", "base64"], "default": "float"},
+            "dimensions": dimensions,
+            "user": {"type": "string"},
+            "truncate": {"type": "boolean", "default": True, "description": "extension: false refuses to cut"}}},
+        "EmbeddingsResponse": {"type": "object", "required": ["object", "data", "model", "usage"], "properties": {
+            "object": {"type": "string", "enum": ["list"]},
+            "data": {"type": "array", "items": {"type": "object", "required": ["object", "index", "embedding"],
+                                                "properties": {
+                "object": {"type": "string", "enum": ["embedding"]}, "index": {"type": "integer"},
+                "embedding": {"oneOf": [{"type": "array", "items": {"type": "number"}},
+                                        {"type": "string", "description": "base64 of little-endian float32"}]}}}},
+            "model": {"type": "string"},
+            "usage": {"type": "object", "required": ["prompt_tokens", "total_tokens"], "properties": {
+                "prompt_tokens": {"type": "integer"}, "total_tokens": {"type": "integer"}}}}},
+        "Model": {"type": "object", "required": ["id", "object", "created", "owned_by"], "properties": {
+            "id": {"type": "string"}, "object": {"type": "string", "enum": ["model"]},
+            "created": {"type": "integer"}, "owned_by": {"type": "string"}}},
+        "ModelList": {"type": "object", "required": ["object", "data"], "properties": {
+            "object": {"type": "string", "enum": ["list"]},
+            "data": {"type": "array", "items": {"$ref": "#/components/schemas/Model"}}}},
+    }
+
+    def ref(name: str) -> dict[str, Any]:
+        return {"$ref": f"#/components/schemas/{name}"}
+
+    def body(name: str) -> dict[str, Any]:
+        return {"required": True, "content": {"application/json": {"schema": ref(name)}}}
+
+    paths: dict[str, Any] = {
+        "/health": {"get": {"summary": "the seed's health check: 200 once a worker can serve",
+                            "responses": {"200": _json(ref("Health"), "a worker can serve"),
+                                          "503": _json(ref("Health"), "not (yet) able to serve"),
+                                          **_errors((401,))}}},
+        "/info": {"get": {"summary": "model, limits and workers",
+                          "responses": {"200": _json(ref("Info"), "the cluster"), **_errors((401,))}}},
+        "/embed": {"post": {"summary": "the seed's embedding call", "requestBody": body("EmbedRequest"),
+                            "responses": {"200": _json(ref("EmbedResponse"), "one vector per text, in order"),
+                                          **_errors(_EMBED_ERRORS)}}},
+        "/v1/embeddings": {"post": {"summary": "OpenAI-compatible embeddings",
+                                    "requestBody": body("EmbeddingsRequest"),
+                                    "responses": {"200": _json(ref("EmbeddingsResponse"), "the embeddings"),
+                                                  **_errors((*_EMBED_ERRORS, 404), openai=True)}}},
+        "/v1/models": {"get": {"summary": "the served model, OpenAI-style",
+                               "responses": {"200": _json(ref("ModelList"), "the models"),
+                                             **_errors((401,), openai=True)}}},
+        "/v1/models/{model}": {"get": {
+            "summary": "one model, OpenAI-style",
+            "parameters": [{"name": "model", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "responses": {"200": _json(ref("Model"), "the model"), **_errors((401, 404, 503), openai=True)}}},
+        "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {
+            "200": {"description": "the text exposition format", "content": {"text/plain": {
+                "schema": {"type": "string"}}}}, **_errors((401,))}}},
+        "/livez": {"get": {"summary": "the front's process is up", "security": _OPEN,
+                           "responses": {"200": _json(ref("Probe"), "alive")}}},
+        "/readyz": {"get": {"summary": "a worker can serve", "security": _OPEN,
+                            "responses": {"200": _json(ref("Probe"), "ready"),
+                                          "503": _json(ref("Probe"), "not ready")}}},
+        "/openapi.json": {"get": {"summary": "this document", "security": _OPEN,
+                                  "responses": {"200": _json({"type": "object"}, "the OpenAPI document")}}},
+    }
+    for item in paths.values():
+        item["parameters"] = [{"$ref": "#/components/parameters/RequestId"}]
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "embed-cluster", "version": VERSION,
+                 "description": "Text embeddings from a cluster of sentence-transformers workers. Every response "
+                                "echoes X-Request-ID (or a new one). When the server has an API key, send "
+                                "'Authorization: Bearer <key>'."},
+        "paths": paths,
+        "components": {
+            "schemas": schemas,
+            "parameters": {"RequestId": {"name": "X-Request-ID", "in": "header", "required": False,
+                                         "description": "echoed, and logged with the request",
+                                         "schema": {"type": "string"}}},
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+        "security": [{"bearer": []}, {}],  # the key is needed only when the server has one
+    }
+
+
+class OpenApiSpec:
+    def __init__(self, state: AppState) -> None:
+        self.state = state
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.media = build_spec(self.state)
