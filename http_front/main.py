@@ -24,6 +24,7 @@ class FrontSettings:
     limits: Limits = field(default_factory=Limits)
     shutdown_grace: float = 30.0
     parent_pid: int = 0
+    api_key: str | None = field(default=None, repr=False)  # from EMBED_API_KEY; never logged
 
 
 def run(settings: FrontSettings) -> int:
@@ -31,7 +32,7 @@ def run(settings: FrontSettings) -> int:
     client = BrokerClient(settings.broker)
     client.start()
     state = AppState(client, settings.limits)
-    app = create_app(client, state=state)
+    app = create_app(client, state=state, api_key=settings.api_key)
     server = make_server(app, settings.host, settings.port, settings.threads, settings.limits.max_body_bytes)
     port = server.socket.getsockname()[1]  # type: ignore[union-attr]
     stopping = threading.Event()
@@ -52,7 +53,8 @@ def run(settings: FrontSettings) -> int:
     signal.signal(signal.SIGINT, stop)
     progress.emit("front_listening", {"host": settings.host, "port": port,
                                       "url": f"http://{settings.host}:{port}"})
-    log.info("front listening on http://%s:%d, broker at %s", settings.host, port, settings.broker)
+    log.info("front listening on http://%s:%d, broker at %s, %s", settings.host, port, settings.broker,
+             "API key required" if settings.api_key else "no API key")
     try:
         server.run()
     except OSError:  # waitress raises when its socket is closed under it during shutdown

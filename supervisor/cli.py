@@ -77,6 +77,18 @@ def add_front_limits(env: EnvArgs) -> None:
     env.add("--shutdown-grace", default=30.0, type=float, help="seconds to finish requests on SIGTERM")
 
 
+def add_front_auth(env: EnvArgs) -> None:
+    # the key itself is read from EMBED_API_KEY only (http_front/auth.py): a flag would show it in argv
+    EnvArgs.known.add("EMBED_API_KEY")
+    env.flag("--insecure", help="allow a non-loopback --host without EMBED_API_KEY (anyone who reaches it "
+                                "may use it)")
+
+
+def add_broker_limits(env: EnvArgs) -> None:
+    env.add("--max-queue-texts", default=50_000, type=int, help="texts queued before 503 OVERLOADED")
+    env.add("--job-lease", default=60.0, type=positive_float, help="seconds a worker may hold a job")
+
+
 def add_worker_model(env: EnvArgs) -> None:
     env.add("--model", default="sentence-transformers/all-MiniLM-L6-v2",
             help="sentence-transformers model id or local path")
@@ -98,6 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     env.add("--lan", default=None, help="HOST:PORT where remote workers connect (CurveZMQ)")
     env.add("--keys", default=None, help="key directory for --lan (embed-cluster keys init)")
     add_front_limits(env)
+    add_broker_limits(env)
+    add_front_auth(env)
     add_common(env)
 
     broker = sub.add_parser("broker", help="run the broker alone")
@@ -107,8 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     env.add("--lan", default=None, help="HOST:PORT where remote workers connect (CurveZMQ)")
     env.add("--keys", default=None, help="key directory for --lan")
     env.add("--expect-model", default=None, help="refuse workers that serve another model")
-    env.add("--max-queue-texts", default=50_000, type=int, help="texts queued before 503 OVERLOADED")
-    env.add("--job-lease", default=60.0, type=positive_float, help="seconds a worker may hold a job")
+    add_broker_limits(env)
     add_common(env)
 
     front = sub.add_parser("front", help="run the HTTP front alone")
@@ -118,6 +131,16 @@ def build_parser() -> argparse.ArgumentParser:
     env.add("--port", default=8421, type=int, help="HTTP port")
     env.add("--http-threads", default=32, type=int, help="waitress request threads")
     add_front_limits(env)
+    add_front_auth(env)
+    add_common(env)
+
+    doctor = sub.add_parser("doctor", help="check that this machine can run the cluster (exit 0 when it can)")
+    env = EnvArgs(doctor)
+    env.add("--host", default="127.0.0.1", help="address the HTTP front would bind")
+    env.add("--port", default=8421, type=int, help="HTTP port that must be free")
+    env.add("--model", default="sentence-transformers/all-MiniLM-L6-v2", help="model that must be available")
+    env.add("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    doctor.add_argument("--json", action="store_true", help="print one JSON document (for programs)")
     add_common(env)
 
     worker = sub.add_parser("worker", help="run one model worker")
@@ -174,6 +197,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_worker(args)
     if args.command == "keys":
         return run_keys(args)
+    if args.command == "doctor":
+        from supervisor.doctor import run_doctor  # imports nothing that may be missing
+
+        return run_doctor(args.host, args.port, args.model, args.device, args.json)
     parser.error(f"unknown command {args.command}")
     return 2
 
@@ -191,14 +218,17 @@ def run_up(args: argparse.Namespace) -> int:
         sys.exit("embed-cluster: --lan needs --keys DIR (create it with: embed-cluster keys init DIR)")
     if args.lan:
         check_keys(keys_dir=args.keys)
+    check_bind(args.host, args.insecure)
     front_args = ("--max-body-bytes", str(args.max_body_bytes), "--max-texts", str(args.max_texts),
                   "--max-text-chars", str(args.max_text_chars), "--request-timeout", str(args.request_timeout),
-                  "--log-level", args.log_level)
+                  "--log-level", args.log_level, *(("--insecure",) if args.insecure else ()))
     settings = ClusterSettings(
         host=args.host, port=args.port, workers=args.workers, model=args.model, device=args.device,
         precision=args.precision, threads=args.threads, lan=args.lan, keys=args.keys,
         shutdown_grace=args.shutdown_grace, extra_front_args=front_args,
-        extra_broker_args=("--log-level", args.log_level), extra_worker_args=("--log-level", args.log_level),
+        extra_broker_args=("--max-queue-texts", str(args.max_queue_texts), "--job-lease", str(args.job_lease),
+                           "--log-level", args.log_level),
+        extra_worker_args=("--log-level", args.log_level),
     )
     return Supervisor(settings).run()
 
@@ -218,12 +248,24 @@ def run_broker(args: argparse.Namespace) -> int:
     return run(settings, args.parent_pid)
 
 
+def check_bind(host: str, insecure: bool) -> str | None:
+    """The API key from the environment; exit when ``host`` is not loopback and there is none (http_front/auth)."""
+    from http_front.auth import API_KEY_ENV, bind_refusal
+
+    api_key = os.environ.get(API_KEY_ENV) or None
+    refusal = bind_refusal(host, api_key, insecure)
+    if refusal:
+        sys.exit(f"embed-cluster: {refusal}")
+    return api_key
+
+
 def run_front(args: argparse.Namespace) -> int:
     from http_front.main import FrontSettings, run
 
+    api_key = check_bind(args.host, args.insecure)
     settings = FrontSettings(broker=args.broker, host=args.host, port=args.port, threads=args.http_threads,
                              limits=limits_from(args), shutdown_grace=args.shutdown_grace,
-                             parent_pid=args.parent_pid)
+                             parent_pid=args.parent_pid, api_key=api_key)
     return run(settings)
 
 
