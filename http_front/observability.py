@@ -17,8 +17,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import falcon
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
 from http_front.broker_client import BrokerClient, EmbedResult
@@ -62,8 +63,10 @@ class Metrics:
     def observe_embed_error(self, route: str, texts: int, code: str) -> None:
         self.texts.labels(route, code).inc(texts)
 
-    def exposition(self) -> bytes:
-        return generate_latest(self.registry)
+    def exposition(self, accept: str | None) -> tuple[bytes, str]:
+        """The metrics in the format the scraper accepts (Prometheus text, or OpenMetrics) and its type."""
+        encoder, content_type = choose_encoder(accept or "")
+        return encoder(self.registry), content_type
 
 
 class ClusterCollector(Collector):
@@ -157,5 +160,4 @@ class MetricsResource:
         self.metrics = metrics
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        resp.content_type = CONTENT_TYPE_LATEST
-        resp.data = self.metrics.exposition()
+        resp.data, resp.content_type = self.metrics.exposition(req.get_header("Accept"))
