@@ -118,6 +118,7 @@ class Supervisor:
         self.emitted: set[str] = set()
         self.front_url: str | None = None
         self.first_ready: dict[str, Any] | None = None
+        self.downloader: str | None = None  # the worker whose download the cluster's events follow
         self.context = zmq.Context()
         self.broker_link: zmq.Socket | None = None
 
@@ -160,8 +161,10 @@ class Supervisor:
         if kind in ("model_cached", "download_started"):
             if "model_cached" not in self.emitted and "download_started" not in self.emitted:
                 self.emit_once(kind, {"model": data.get("model")})
+                self.downloader = child.name if kind == "download_started" else None
         elif kind == "download_progress":
-            self.emit(kind, data)
+            if child.name == self.downloader:  # workers that download at once would interleave their counts
+                self.emit(kind, {k: v for k, v in data.items() if k != "worker"})
         elif kind == "model_loaded" and child.kind == "worker":
             child.info.update(data)
             self.emit("worker_loaded", {**data, "worker": child.name})
