@@ -140,19 +140,20 @@ class RequestObservability:
         resp.set_header(REQUEST_ID_HEADER, request_id)
         seconds = time.perf_counter() - req.context.get("started", time.perf_counter())
         route = req.uri_template or "unmatched"  # unmatched paths share one label: bounded cardinality
-        code = error_code(resp)
+        code = outcome(resp)
         self.metrics.requests.labels(route, req.method, code).inc()
         self.metrics.request_seconds.labels(route).observe(seconds)
         log.info("%s %s -> %s %s in %.1f ms [request %s]", req.method, req.path, resp.status_code, code,
                  seconds * 1000, request_id)
 
 
-def error_code(resp: falcon.Response) -> str:
+def outcome(resp: falcon.Response) -> str:
+    """The error's stable code; ``OK`` for a success; ``HTTP_<status>`` for another answer (/health's 503)."""
     media = resp.media if isinstance(resp.media, dict) else None
     error = media.get("error") if media else None
     if isinstance(error, dict) and isinstance(error.get("code"), str):
         return error["code"]
-    return "OK"
+    return "OK" if resp.status_code < 400 else f"HTTP_{resp.status_code}"
 
 
 class MetricsResource:
