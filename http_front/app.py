@@ -19,6 +19,7 @@ from http_front.auth import ApiKeyAuth
 from http_front.broker_client import BrokerClient, EmbedResult
 from http_front.errors import ApiError
 from http_front.observability import Metrics, MetricsResource, RequestObservability
+from http_front.pdf_text import PdfPool
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,8 @@ class Limits:
     max_texts: int = 2048
     max_text_chars: int = 100_000
     request_timeout: float = 30.0  # the seed client's timeout
+    max_pdf_pages: int = 1000  # POST /embed/pdf: more pages is PDF_TOO_LARGE
+    pdf_timeout: float = 20.0  # seconds to read one PDF's text (within request_timeout)
 
 
 class AppState:
@@ -57,13 +60,14 @@ class AppState:
             if self.inflight == 0:
                 self.idle.notify_all()
 
-    def embed(self, route: str, texts: list[str], normalize: bool,
-              options: dict[str, Any] | None = None) -> EmbedResult:
+    def embed(self, route: str, texts: list[str], normalize: bool, options: dict[str, Any] | None = None,
+              timeout: float | None = None, job_texts: int | None = None) -> EmbedResult:
         """Every embedding route's way to the broker: counted in flight (for draining) and in the metrics."""
         self.enter()
         started = time.perf_counter()
         try:
-            result = self.client.embed(texts, normalize, self.limits.request_timeout, options)
+            result = self.client.embed(texts, normalize, timeout or self.limits.request_timeout, options,
+                                       job_texts=job_texts)
         except ApiError as exc:
             self.metrics.observe_embed_error(route, len(texts), exc.code)
             raise
@@ -214,10 +218,11 @@ class Embed:
 
 
 def create_app(client: BrokerClient, limits: Limits | None = None, state: AppState | None = None,
-               api_key: str | None = None) -> falcon.App:
+               api_key: str | None = None, pdf_parsers: PdfPool | None = None) -> falcon.App:
     """The app; pass ``state`` to keep a handle on it (the entry point drains it on shutdown). With ``api_key``
-    every request but the probes needs it (http_front/auth.py)."""
-    from http_front import openai_api, openapi  # they build on this module's helpers
+    every request but the probes needs it (http_front/auth.py). ``pdf_parsers``: the processes that read PDFs
+    (http_front/pdf_text.py); by default a pool of its own, started on the first PDF."""
+    from http_front import documents, openai_api, openapi  # they build on this module's helpers
 
     state = state or AppState(client, limits or Limits())
     middleware: list[Any] = [RequestObservability(state.metrics)]
@@ -234,4 +239,5 @@ def create_app(client: BrokerClient, limits: Limits | None = None, state: AppSta
     app.add_route("/metrics", MetricsResource(state.metrics))
     app.add_route("/openapi.json", openapi.OpenApiSpec(state))
     openai_api.register(app, state)
+    documents.register(app, state, pdf_parsers)
     return app

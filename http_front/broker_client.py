@@ -17,7 +17,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from concurrent.futures import Future
+from concurrent.futures import FIRST_EXCEPTION, Future, wait
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any
@@ -76,6 +76,9 @@ class BrokerClient:
         self._stop.set()
         self._wake()
         self._thread.join(timeout=5)
+        if not self._thread.is_alive():
+            self._wake_r.close()
+            self._wake_w.close()
 
     def latest_status(self, max_age: float = 3.0) -> dict[str, Any] | None:
         if self.status is None or time.monotonic() - self.status_at > max_age:
@@ -83,15 +86,19 @@ class BrokerClient:
         return self.status
 
     def embed(self, texts: list[str], normalize: bool, timeout: float,
-              options: dict[str, Any] | None = None) -> EmbedResult:
+              options: dict[str, Any] | None = None, job_texts: int | None = None) -> EmbedResult:
+        """Embed ``texts`` in jobs of ``job_texts`` (default: the client's); with a ``chunk`` option each job's
+        rows are its texts' chunks, and ``chunks`` holds ``[text index, start, end]`` for every row."""
         deadline = time.monotonic() + timeout
-        parts = [texts[i: i + self.job_texts] for i in range(0, len(texts), self.job_texts)]
+        size = job_texts or self.job_texts
+        parts = [texts[i: i + size] for i in range(0, len(texts), size)]
         futures = [self._submit(part, normalize, timeout, options) for part in parts]
         replies = []
         too_long: list[int] = []  # request-level indices of inputs over the token limit (with truncate: false)
         max_tokens = None
         try:
-            for start, (job_id, future) in zip(range(0, len(texts), self.job_texts), futures, strict=True):
+            self._raise_first_error([future for _, future in futures], deadline)
+            for start, (job_id, future) in zip(range(0, len(texts), size), futures, strict=True):
                 try:
                     replies.append(self._wait(job_id, future, deadline))
                 except ApiError as exc:  # INPUT_TOO_LONG: wait for every job, to name every such input
@@ -101,6 +108,9 @@ class BrokerClient:
                     max_tokens = exc.details.get("max_tokens", max_tokens)
         except ApiError:
             self._cancel([job_id for job_id, future in futures if not future.done()])
+            with self._lock:  # and forget the answered ones
+                for job_id, _ in futures:
+                    self._pending.pop(job_id, None)
             raise
         if too_long:
             raise ApiError("INPUT_TOO_LONG", f"{len(too_long)} input(s) longer than the model's limit of "
@@ -108,15 +118,15 @@ class BrokerClient:
                            indices=too_long, max_tokens=max_tokens)
         vectors = np.concatenate([v for v, _ in replies]) if replies else np.zeros((0, 0), np.float32)
         result = EmbedResult(vectors)
-        offset = 0
-        for (_part_vectors, header), part in zip(replies, parts, strict=True):
-            result.truncated.extend(offset + i for i in header.get("truncated", []))
+        offset = rows = 0  # texts and vector rows of the jobs before this one (rows are chunks, when chunked)
+        for (part_vectors, header), part in zip(replies, parts, strict=True):
+            result.truncated.extend(rows + i for i in header.get("truncated", []))
             result.tokens += int(header.get("tokens", 0))
             for name in ("queue_ms", "worker_ms", "encode_ms"):
                 result.timings[name] = max(result.timings.get(name, 0.0), float(header.get(name, 0.0)))
-            if header.get("chunks"):
-                result.chunks.extend(header["chunks"])
+            result.chunks.extend([offset + index, start, end] for index, start, end in header.get("chunks", []))
             offset += len(part)
+            rows += len(part_vectors)
         return result
 
     def send_control(self, command: Command, header: dict[str, Any]) -> None:
@@ -134,6 +144,20 @@ class BrokerClient:
             self._pending[job_id] = _Pending(header, future)
         self._enqueue(protocol.encode(Command.SUBMIT, header))
         return job_id, future
+
+    @staticmethod
+    def _raise_first_error(futures: list[Future], deadline: float) -> None:
+        """Raise the first error of any job as soon as it comes (an OVERLOADED third job fails the request
+        now, not after the first two are done), except INPUT_TOO_LONG, which the caller gathers from all."""
+        waiting = set(futures)
+        while waiting:
+            done, waiting = wait(waiting, max(0.0, deadline - time.monotonic()), FIRST_EXCEPTION)
+            if not done:
+                return  # the deadline passed: the caller reports TIMEOUT
+            for future in done:
+                error = future.exception()
+                if isinstance(error, ApiError) and error.code != "INPUT_TOO_LONG":
+                    raise error
 
     def _wait(self, job_id: str, future: Future, deadline: float) -> tuple[np.ndarray, dict[str, Any]]:
         try:

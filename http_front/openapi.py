@@ -27,13 +27,21 @@ _STATUS_TEXT = {
     400: "bad request: INVALID_JSON or BAD_REQUEST (wrong field, type or limit)",
     401: "UNAUTHORIZED: an API key is configured and the request did not carry it",
     404: "MODEL_NOT_FOUND: the model is not served here",
-    413: "PAYLOAD_TOO_LARGE: the body is over max_body_bytes",
-    422: "INPUT_TOO_LONG: an input is over the model's token limit and truncation was refused",
+    413: "PAYLOAD_TOO_LARGE: the body is over max_body_bytes; PDF_TOO_LARGE: over max_pdf_pages or pdf_timeout",
+    415: "UNSUPPORTED_MEDIA_TYPE: /embed/pdf takes the PDF itself, as application/pdf",
+    422: "INPUT_TOO_LONG: an input is over the model's token limit and truncation was refused; "
+         "PDF_INVALID (not a PDF, corrupt or truncated) or PDF_ENCRYPTED (needs a password)",
     500: "WORKER_CRASHED, ENCODE_FAILED or INTERNAL",
     503: "NO_WORKERS, OVERLOADED or SHUTTING_DOWN (Retry-After is set)",
     504: "TIMEOUT: not done within request_timeout",
 }
 _EMBED_ERRORS = (400, 401, 413, 422, 500, 503, 504)
+_CHUNK_OPTIONS: dict[str, Any] = {
+    "chunk_tokens": {"type": "integer", "minimum": 1, "description": "tokens a chunk at most (default and "
+                     "cap: the model's limit less its special tokens)"},
+    "overlap_tokens": {"type": "integer", "minimum": 0, "description": "tokens a chunk may share with the one "
+                       "before (default: chunk_tokens // 8); less than chunk_tokens"},
+}
 _OPEN: list[dict[str, Any]] = []  # security: none, for the probes and this spec
 
 
@@ -104,6 +112,26 @@ def build_spec(state: AppState) -> dict[str, Any]:
         "ModelList": {"type": "object", "required": ["object", "data"], "properties": {
             "object": {"type": "string", "enum": ["list"]},
             "data": {"type": "array", "items": {"$ref": "#/components/schemas/Model"}}}},
+        # http_front/documents.py
+        "ChunksRequest": {"type": "object", "required": ["texts"], "additionalProperties": False, "properties": {
+            "texts": texts, **_CHUNK_OPTIONS,
+            "normalize": {"type": "boolean", "default": True, "description": "L2-normalize the vectors"}}},
+        "Chunk": {"type": "object", "required": ["text", "start", "end"], "properties": {
+            "page": {"type": "integer", "description": "/embed/pdf: the chunk's page, from 1"},
+            "index": {"type": "integer", "description": "/embed/chunks: the index of the chunk's text"},
+            "text": {"type": "string"},
+            "start": {"type": "integer", "description": "offset of its first character in its page or text"},
+            "end": {"type": "integer", "description": "offset after its last character"}}},
+        "ChunksResponse": {"type": "object", "required": ["chunks", "vectors"], "properties": {
+            "chunks": {"type": "array", "items": {"$ref": "#/components/schemas/Chunk"}},
+            "vectors": {"type": "array", "items": {"type": "array", "items": {"type": "number"}}}}},
+        "PdfResponse": {"type": "object", "required": ["pages", "text_layer", "pages_without_text", "chunks",
+                                                       "vectors"], "properties": {
+            "pages": {"type": "integer"},
+            "text_layer": {"type": "boolean", "description": "false: no page has text (a scan); OCR it first"},
+            "pages_without_text": {"type": "array", "items": {"type": "integer"}},
+            "chunks": {"type": "array", "items": {"$ref": "#/components/schemas/Chunk"}},
+            "vectors": {"type": "array", "items": {"type": "array", "items": {"type": "number"}}}}},
     }
 
     def ref(name: str) -> dict[str, Any]:
@@ -143,6 +171,19 @@ def build_spec(state: AppState) -> dict[str, Any]:
                                           "503": _json(ref("Probe"), "not ready")}}},
         "/openapi.json": {"get": {"summary": "this document", "security": _OPEN,
                                   "responses": {"200": _json({"type": "object"}, "the OpenAPI document")}}},
+        "/embed/pdf": {"post": {
+            "summary": "a PDF's text, page by page, in chunks of at most chunk_tokens tokens, and their vectors",
+            "parameters": [{"name": name, "in": "query", "required": False, "schema": schema}
+                           for name, schema in (*_CHUNK_OPTIONS.items(), ("normalize", {"type": "boolean"}))],
+            "requestBody": {"required": True, "content": {"application/pdf": {"schema": {
+                "type": "string", "format": "binary", "maxLength": limits.max_body_bytes}}}},
+            "responses": {"200": _json(ref("PdfResponse"), "the chunks of every page, in order"),
+                          **_errors((400, 401, 413, 415, 422, 500, 503, 504))}}},
+        "/embed/chunks": {"post": {
+            "summary": "texts in chunks of at most chunk_tokens tokens, and their vectors",
+            "requestBody": body("ChunksRequest"),
+            "responses": {"200": _json(ref("ChunksResponse"), "the chunks of every text, in order"),
+                          **_errors(_EMBED_ERRORS)}}},
     }
     for item in paths.values():
         item["parameters"] = [{"$ref": "#/components/parameters/RequestId"}]

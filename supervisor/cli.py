@@ -61,6 +61,13 @@ def positive_float(raw: str) -> float:
 
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+def device_value(raw: str) -> str:
+    """auto, cpu, cuda, cuda:N or mps."""
+    if raw in DEVICES or (raw.startswith("cuda:") and raw[5:].isdigit()):
+        return raw
+    raise ValueError(raw)
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
@@ -74,6 +81,8 @@ def add_front_limits(env: EnvArgs) -> None:
     env.add("--max-texts", default=2048, type=int, help="most texts in one request")
     env.add("--max-text-chars", default=100_000, type=int, help="most characters in one text")
     env.add("--request-timeout", default=30.0, type=positive_float, help="seconds before a request gets 504")
+    env.add("--max-pdf-pages", default=1000, type=int, help="most pages of a PDF to /embed/pdf")
+    env.add("--pdf-timeout", default=20.0, type=positive_float, help="seconds to read one PDF's text")
     env.add("--shutdown-grace", default=30.0, type=float, help="seconds to finish requests on SIGTERM")
 
 
@@ -92,7 +101,7 @@ def add_broker_limits(env: EnvArgs) -> None:
 def add_worker_model(env: EnvArgs) -> None:
     env.add("--model", default="sentence-transformers/all-MiniLM-L6-v2",
             help="sentence-transformers model id or local path")
-    env.add("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    env.add("--device", default="auto", type=device_value, help="auto, cpu, cuda, cuda:N or mps")
     env.add("--precision", default="auto", choices=PRECISIONS, help="weights' precision")
     env.add("--threads", default=0, type=int, help="torch threads per CPU worker (0: cores / workers)")
 
@@ -208,7 +217,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def limits_from(args: argparse.Namespace) -> Any:
     from http_front.app import Limits
 
-    return Limits(args.max_body_bytes, args.max_texts, args.max_text_chars, args.request_timeout)
+    return Limits(args.max_body_bytes, args.max_texts, args.max_text_chars, args.request_timeout,
+                  max_pdf_pages=args.max_pdf_pages, pdf_timeout=args.pdf_timeout)
 
 
 def run_up(args: argparse.Namespace) -> int:
@@ -221,6 +231,7 @@ def run_up(args: argparse.Namespace) -> int:
     check_bind(args.host, args.insecure)
     front_args = ("--max-body-bytes", str(args.max_body_bytes), "--max-texts", str(args.max_texts),
                   "--max-text-chars", str(args.max_text_chars), "--request-timeout", str(args.request_timeout),
+                  "--max-pdf-pages", str(args.max_pdf_pages), "--pdf-timeout", str(args.pdf_timeout),
                   "--log-level", args.log_level, *(("--insecure",) if args.insecure else ()))
     settings = ClusterSettings(
         host=args.host, port=args.port, workers=args.workers, model=args.model, device=args.device,
@@ -277,8 +288,6 @@ def run_worker(args: argparse.Namespace) -> int:
         sys.exit("embed-cluster: --key and --broker-key go together (CurveZMQ needs both)")
     if args.key:
         check_keys(broker_key=args.broker_key, key=args.key)
-    if args.device not in DEVICES and not args.device.startswith("cuda:"):
-        sys.exit(f"embed-cluster: --device {args.device!r}: choose auto, cpu, cuda, cuda:N or mps")
     settings = WorkerSettings(broker=args.broker, model=args.model, device=args.device,
                               precision=args.precision, threads=args.threads, capacity=args.capacity,
                               token_budget=args.token_budget, worker_id=args.worker_id,

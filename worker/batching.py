@@ -22,6 +22,7 @@ class PendingJob:
     truncated: list[int]
     dim: int
     options: dict[str, Any] = field(default_factory=dict)
+    chunks: list[list[int]] | None = None  # for a chunked job: [text index, start, end] of each row
     vectors: np.ndarray = field(init=False)
     remaining: int = field(init=False)
     encode_seconds: float = 0.0

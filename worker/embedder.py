@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import time
 from dataclasses import dataclass
 from typing import Protocol
@@ -46,7 +47,9 @@ class Embedder(Protocol):
 
     def encode_ids(self, ids: list[list[int]]) -> np.ndarray: ...
 
-    def decode_span(self, text: str, max_tokens: int) -> list[tuple[int, int]]: ...
+    special_tokens: int  # tokens the tokenizer adds around every text ([CLS] and [SEP]: 2)
+
+    def token_spans(self, text: str) -> list[tuple[int, int]]: ...
 
 
 def normalize_rows(vectors: np.ndarray) -> np.ndarray:
@@ -66,6 +69,7 @@ class FakeEmbedder:
         self.model_id = model_id
         self.dim = dim
         self.max_tokens = max_tokens
+        self.special_tokens = 2
         self.device = "cpu"
         self.precision = "fp32"
         self.delay_per_token = delay_per_token
@@ -91,8 +95,8 @@ class FakeEmbedder:
             out[row] = np.random.default_rng(seed).standard_normal(self.dim).astype(np.float32) * 3
         return out
 
-    def decode_span(self, text: str, max_tokens: int) -> list[tuple[int, int]]:
-        raise NotImplementedError
+    def token_spans(self, text: str) -> list[tuple[int, int]]:
+        return [match.span() for match in re.finditer(r"\S+", text)]  # one token per word, as tokenize()
 
 
 class SentenceTransformerEmbedder:
@@ -119,6 +123,7 @@ class SentenceTransformerEmbedder:
         self.input_names = [n for n in self.tokenizer.model_input_names if n != "token_type_ids"] + (
             ["token_type_ids"] if "token_type_ids" in self.tokenizer.model_input_names else [])
         self.max_tokens = int(model.max_seq_length or self.tokenizer.model_max_length)
+        self.special_tokens = int(self.tokenizer.num_special_tokens_to_add(pair=False))
         dim_of = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
         self.dim = int(dim_of())
         self.pad_id = self.tokenizer.pad_token_id or 0
@@ -199,10 +204,10 @@ class SentenceTransformerEmbedder:
             out = self.model.forward(features)["sentence_embedding"]
         return out.float().cpu().numpy()
 
-    def decode_span(self, text: str, max_tokens: int) -> list[tuple[int, int]]:
-        """Character offsets of each token of ``text`` (no special tokens): for chunking by tokens."""
-        encoded = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        return [tuple(span) for span in encoded["offset_mapping"]]
+    def token_spans(self, text: str) -> list[tuple[int, int]]:
+        """Character offsets of each token of ``text`` (no special tokens, no limit): for chunking by tokens."""
+        encoded = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
+        return [(int(start), int(end)) for start, end in encoded["offset_mapping"]]
 
 
 def cpu_has_fast_bf16() -> bool:

@@ -26,6 +26,7 @@ from broker import protocol
 from broker.protocol import Command, ErrorCode, ProtocolError
 from worker.batch_stats import BatchSizes
 from worker.batching import PendingJob, plan_batches
+from worker.chunking import ChunkPlan, chunk_texts
 from worker.embedder import PROBE_TEXTS, Embedder, normalize_rows
 
 log = logging.getLogger(__name__)
@@ -98,7 +99,11 @@ class ComputeThread(threading.Thread):
             if header["_generation"] != generation:
                 continue  # taken before the broker forgot us: it was requeued elsewhere
             try:
-                jobs.append(self.prepare(header))
+                job = self.prepare(header)
+                if job.remaining == 0:  # a chunked job whose texts hold no tokens: nothing to encode
+                    self._finish(job, None)
+                else:
+                    jobs.append(job)
             except InputError as exc:
                 self._finish(None, {"job": header["job"], "attempt": header["attempt"],
                                     "code": exc.code, "message": str(exc), **exc.details})
@@ -138,14 +143,27 @@ class ComputeThread(threading.Thread):
 
     def prepare(self, header: dict[str, Any]) -> PendingJob:
         options = header.get("options") or {}
-        tokenized = self.embedder.tokenize(header["texts"])
+        texts, chunks = header["texts"], None
+        if "chunk" in options:  # embed each text's chunks instead of the text: see worker/chunking.py
+            texts, chunks = self.chunk(texts, options["chunk"])
+        tokenized = self.embedder.tokenize(texts)
         if tokenized.truncated and options.get("truncate") is False:
             # the indices are this job's; the front offsets them to the request's
             raise InputError(ErrorCode.INPUT_TOO_LONG.value,
                              f"{len(tokenized.truncated)} input(s) longer than {self.embedder.max_tokens} tokens",
                              indices=tokenized.truncated, max_tokens=self.embedder.max_tokens)
         return PendingJob(header["job"], header["attempt"], header["normalize"], tokenized.ids,
-                          tokenized.truncated, self.embedder.dim, options)
+                          tokenized.truncated, self.embedder.dim, options, chunks=chunks)
+
+    def chunk(self, texts: list[str], options: Any) -> tuple[list[str], list[list[int]]]:
+        try:
+            plan = ChunkPlan.from_options(options, self.embedder.max_tokens - self.embedder.special_tokens)
+        except ValueError as exc:
+            raise InputError(ErrorCode.BAD_REQUEST.value, str(exc)) from None
+        try:
+            return chunk_texts(texts, self.embedder.token_spans, plan)
+        except NotImplementedError:  # a slow (pure Python) tokenizer gives no character offsets
+            raise InputError(ErrorCode.BAD_REQUEST.value, "this model's tokenizer cannot chunk text") from None
 
     def _finish(self, job: PendingJob | None, error: dict[str, Any] | None) -> None:
         self.done.append((job, error))
@@ -181,6 +199,9 @@ class WorkerLoop:
         self.broker_id: str | None = None
         self.refused: str | None = None
         self._stop = threading.Event()
+        # the broker decides the heartbeat timing (its WELCOME carries it); these hold until then
+        self.heartbeat_interval = protocol.HEARTBEAT_INTERVAL
+        self.heartbeat_liveness = protocol.HEARTBEAT_LIVENESS
         self.probe = protocol.encode_vectors(
             normalize_rows(embedder.encode_ids(embedder.tokenize(PROBE_TEXTS[:2]).ids)).mean(axis=0)[None, :]
         )
@@ -230,12 +251,10 @@ class WorkerLoop:
     def run(self) -> int:
         """Serve until stopped or refused; return the process exit code."""
         self.compute.start()
-        interval = protocol.HEARTBEAT_INTERVAL
-        liveness = protocol.HEARTBEAT_LIVENESS
         backoff = 1.0
         self.connect()
         broker_seen = time.monotonic()
-        next_heartbeat = time.monotonic() + interval
+        next_heartbeat = time.monotonic() + self.heartbeat_interval
         poller = zmq.Poller()
         poller.register(self._wake_r, zmq.POLLIN)
         assert self.sock is not None
@@ -247,6 +266,8 @@ class WorkerLoop:
                     poller.unregister(current)
                     current = self.sock
                     poller.register(current, zmq.POLLIN)
+                interval = self.heartbeat_interval  # a WELCOME may have changed it
+                next_heartbeat = min(next_heartbeat, time.monotonic() + interval)
                 events = dict(poller.poll(max(0, int((next_heartbeat - time.monotonic()) * 1000))))
                 if current in events:
                     while True:
@@ -264,7 +285,7 @@ class WorkerLoop:
                 if now >= next_heartbeat:
                     self.send(Command.HEARTBEAT, {"stats": self.stats()})
                     next_heartbeat = now + interval
-                if now - broker_seen > interval * liveness:
+                if now - broker_seen > interval * self.heartbeat_liveness:
                     log.warning("broker silent for %.1fs: reconnecting (next try in %.0fs)",
                                 now - broker_seen, backoff)
                     if self.registered:
@@ -279,6 +300,8 @@ class WorkerLoop:
             self.compute.stop()
             if self.sock is not None:
                 self.sock.close(linger=100)
+            self._wake_r.close()
+            self._wake_w.close()  # a batch that finishes after this is not sent: its wake-up is suppressed
 
     def handle(self, frames: list[bytes]) -> bool:
         try:
@@ -296,6 +319,7 @@ class WorkerLoop:
             if header["broker_id"] != self.broker_id:
                 self.compute.reset()
             self.broker_id = header["broker_id"]
+            self.adopt_heartbeat(header)
             self.on_event("worker_ready" if first else "worker_reconnected",
                           {"worker": self.worker_id, "device": self.embedder.device,
                            "precision": self.embedder.precision, "pid": os.getpid()})
@@ -311,6 +335,14 @@ class WorkerLoop:
             self.compute.reset()
             self.send(Command.READY, self.ready_header())
         return True
+
+    def adopt_heartbeat(self, welcome: dict[str, Any]) -> None:
+        """Heartbeat at the broker's pace: its WELCOME says how often, and after how many misses it gives up."""
+        interval, liveness = welcome.get("heartbeat_interval"), welcome.get("heartbeat_liveness")
+        if isinstance(interval, (int, float)) and not isinstance(interval, bool) and 0 < interval <= 60:
+            self.heartbeat_interval = float(interval)
+        if isinstance(liveness, int) and not isinstance(liveness, bool) and liveness >= 1:
+            self.heartbeat_liveness = liveness
 
     def flush_results(self) -> None:
         try:
@@ -330,6 +362,8 @@ class WorkerLoop:
             }
             if job.truncated:
                 header["truncated"] = job.truncated
+            if job.chunks is not None:  # a row per vector: [index of its text in the job, start, end]
+                header["chunks"] = job.chunks
             self.send(Command.RESULT, header, protocol.encode_vectors(job.vectors))
 
 

@@ -1,0 +1,150 @@
+"""Documents in, chunks and their vectors out: ``POST /embed/pdf`` and ``POST /embed/chunks``.
+
+A PDF's pages are read in the front's parser processes (http_front/pdf_text.py); the page texts then go to
+the workers as jobs with a ``chunk`` option: a worker splits each text into chunks by its model's tokenizer
+(worker/chunking.py), embeds the chunks, and answers a ``[text index, start, end]`` row per vector. So a
+chunk's vector is what ``/embed`` gives for its text, and its offsets index the text it came from.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import falcon
+
+from http_front.app import AppState, check_texts, read_json
+from http_front.errors import ApiError
+from http_front.pdf_text import PdfPool
+
+CHUNK_JOB_TEXTS = 4  # texts (pages) per job: each may hold many chunks, and a job is a worker's unit
+PDF_PARAMS = {"chunk_tokens", "overlap_tokens", "normalize"}
+CHUNKS_FIELDS = {"texts", "chunk_tokens", "overlap_tokens", "normalize"}
+
+
+def chunk_option(tokens: Any, overlap: Any) -> dict[str, Any]:
+    """The job option for ``chunk_tokens`` / ``overlap_tokens`` (None: the worker's defaults)."""
+    for name, value in (("chunk_tokens", tokens), ("overlap_tokens", overlap)):
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+            raise ApiError("BAD_REQUEST", f"'{name}' must be a whole number")
+    if tokens is not None and tokens < 1:
+        raise ApiError("BAD_REQUEST", "'chunk_tokens' must be at least 1")
+    if tokens is not None and overlap is not None and overlap >= tokens:
+        raise ApiError("BAD_REQUEST", "'overlap_tokens' must be less than 'chunk_tokens'")
+    option = {"tokens": tokens, "overlap": overlap}
+    return {"chunk": {k: v for k, v in option.items() if v is not None}}
+
+
+def query_int(req: falcon.Request, name: str) -> int | None:
+    raw = req.params.get(name)
+    if raw is None:
+        return None
+    if not isinstance(raw, str) or not raw.isdigit() or len(raw) > 9:
+        raise ApiError("BAD_REQUEST", f"'{name}' must be a whole number")
+    return int(raw)
+
+
+def query_bool(req: falcon.Request, name: str, default: bool) -> bool:
+    raw = req.params.get(name)
+    if raw is None:
+        return default
+    if raw not in ("true", "false"):
+        raise ApiError("BAD_REQUEST", f"'{name}' must be true or false")
+    return raw == "true"
+
+
+def read_pdf(req: falcon.Request, max_bytes: int) -> bytes:
+    media_type = (req.content_type or "").split(";", 1)[0].strip().lower()
+    if media_type != "application/pdf":
+        raise ApiError("UNSUPPORTED_MEDIA_TYPE", "send the PDF itself as the body, with Content-Type: "
+                       f"application/pdf (got {media_type or 'none'!r})")
+    length = req.content_length
+    if length is not None and length > max_bytes:
+        raise ApiError("PAYLOAD_TOO_LARGE", f"the body is {length} bytes; the limit is {max_bytes}")
+    data = req.bounded_stream.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise ApiError("PAYLOAD_TOO_LARGE", f"the body is over the limit of {max_bytes} bytes")
+    if not data:
+        raise ApiError("PDF_INVALID", "the body is empty")
+    return data
+
+
+def embed_chunked(state: AppState, route: str, texts: list[str], normalize: bool, option: dict[str, Any],
+                  deadline: float) -> tuple[list[list[int]], list[list[float]]]:
+    """The ``[text index, start, end]`` rows and the vectors of every chunk of ``texts``."""
+    if not texts:
+        return [], []
+    result = state.embed(route, texts, normalize, option, timeout=max(0.001, deadline - time.monotonic()),
+                         job_texts=CHUNK_JOB_TEXTS)
+    return result.chunks, result.vectors.tolist()
+
+
+class EmbedPdf:
+    def __init__(self, state: AppState, parsers: PdfPool) -> None:
+        self.state = state
+        self.parsers = parsers
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        limits = self.state.limits
+        unknown = sorted(set(req.params) - PDF_PARAMS)
+        if unknown:
+            raise ApiError("BAD_REQUEST", f"unknown query parameter(s): {', '.join(unknown)}")
+        option = chunk_option(query_int(req, "chunk_tokens"), query_int(req, "overlap_tokens"))
+        normalize = query_bool(req, "normalize", True)
+        data = read_pdf(req, limits.max_body_bytes)
+        deadline = time.monotonic() + limits.request_timeout
+        self.state.enter()  # counted in flight while it is parsed too: a drain waits for it
+        try:
+            pages = self.parsers.extract(data, limits.max_pdf_pages, min(limits.pdf_timeout, limits.request_timeout))
+            with_text = [i for i, text in enumerate(pages) if text.strip()]
+            rows, vectors = embed_chunked(self.state, "/embed/pdf", [pages[i] for i in with_text], normalize,
+                                          option, deadline)
+        finally:
+            self.state.leave()
+        chunks = []
+        for index, start, end in rows:
+            page = with_text[index]
+            chunks.append({"page": page + 1, "text": pages[page][start:end], "start": start, "end": end})
+        resp.media = {
+            "pages": len(pages),
+            "text_layer": bool(with_text),  # false: a scan (images only); OCR it first
+            "pages_without_text": [i + 1 for i, text in enumerate(pages) if not text.strip()],
+            "chunks": chunks,
+            "vectors": vectors,
+        }
+
+
+class EmbedChunks:
+    def __init__(self, state: AppState) -> None:
+        self.state = state
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        limits = self.state.limits
+        body = read_json(req, limits)
+        if not isinstance(body, dict):
+            raise ApiError("BAD_REQUEST", "the body must be a JSON object")
+        unknown = sorted(set(body) - CHUNKS_FIELDS)
+        if unknown:
+            raise ApiError("BAD_REQUEST", f"unknown field(s): {', '.join(unknown)}")
+        if "texts" not in body:
+            raise ApiError("BAD_REQUEST", "'texts' is required")
+        texts = check_texts(body["texts"], limits)
+        option = chunk_option(body.get("chunk_tokens"), body.get("overlap_tokens"))
+        normalize = body.get("normalize", True)
+        if not isinstance(normalize, bool):
+            raise ApiError("BAD_REQUEST", "'normalize' must be true or false")
+        deadline = time.monotonic() + limits.request_timeout
+        rows, vectors = embed_chunked(self.state, "/embed/chunks", texts, normalize, option, deadline)
+        resp.media = {
+            "chunks": [{"index": index, "text": texts[index][start:end], "start": start, "end": end}
+                       for index, start, end in rows],
+            "vectors": vectors,
+        }
+
+
+def register(app: falcon.App, state: AppState, parsers: PdfPool | None = None) -> PdfPool:
+    """Add the document routes; returns the PDF parser pool (its processes start on the first PDF)."""
+    parsers = parsers or PdfPool()
+    app.add_route("/embed/pdf", EmbedPdf(state, parsers))
+    app.add_route("/embed/chunks", EmbedChunks(state))
+    return parsers
