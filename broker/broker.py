@@ -113,7 +113,9 @@ class Broker:
         self.reference: dict[str, Any] | None = None  # model, dim, probe of the cluster
         self.ever_ready = False
         self.no_workers_since: float | None = time.monotonic()
-        self.counters = {"submitted": 0, "answered": 0, "failed": 0, "requeued": 0, "dropped_frames": 0}
+        self.counters = {"submitted": 0, "answered": 0, "failed": 0, "requeued": 0, "dropped_frames": 0,
+                         "late_replies": 0}
+        self.workers_down: list[dict[str, Any]] = []  # the supervisor's local workers that do not serve now
         self.seen_processes: dict[str, tuple[Any, Any]] = {}  # worker id -> (host, pid) it last registered from
         self.restarts: dict[str, int] = {}  # worker id -> times it registered again from a new process
         self._stop = False
@@ -202,6 +204,8 @@ class Broker:
             self.send("client", client, Command.STATUS, {"req": header["req"], **self.status()})
         elif message.command is Command.WORKER_GONE:
             self.worker_gone(header["pid"], header.get("host"))
+        elif message.command is Command.WORKERS_DOWN:
+            self.workers_down = [w for w in header["workers"] if isinstance(w, dict) and isinstance(w.get("id"), str)]
         else:
             self._drop("client", client, f"{message.command.name} is not a client command")
 
@@ -259,6 +263,7 @@ class Broker:
             "dim": ref.get("dim"),
             "max_tokens": ref.get("max_tokens"),
             "workers": [w.describe() for w in self.workers.values()],
+            "workers_down": self.down_workers(),
             "queue_jobs": len(self.queue),
             "queue_texts": self.queued_texts(),
             "max_queue_texts": self.settings.max_queue_texts,
@@ -266,6 +271,11 @@ class Broker:
             "worker_restarts": dict(self.restarts),
             "worker_stats": {w.worker_id: w.stats for w in self.workers.values()},
         }
+
+    def down_workers(self) -> list[dict[str, Any]]:
+        """The supervisor's report of local workers that do not serve, less those registered since."""
+        serving = {w.worker_id for w in self.workers.values()}
+        return [w for w in self.workers_down if w["id"] not in serving]
 
     # -- workers ----------------------------------------------------------------------------------------
     def handle_worker(self, key: WorkerKey, message: Message) -> None:
@@ -275,6 +285,8 @@ class Broker:
             return
         worker = self.workers.get(key)
         if worker is None:
+            if command is Command.RESULT or command is Command.ERROR:
+                self._late_reply(header, "from a worker presumed dead")
             if command is not Command.DISCONNECT:
                 # we do not know this worker (we restarted, or presumed it dead): ask it to register again
                 self.send(key[0], key[1], Command.DISCONNECT, {"reason": "unknown worker; register again"})
@@ -369,15 +381,20 @@ class Broker:
             self.no_workers_since = time.monotonic()
 
     def worker_gone(self, pid: int, host: str | None) -> None:
+        """The supervisor saw a local worker's process exit: requeue its jobs now, not at heartbeat expiry."""
         for worker in list(self.workers.values()):
-            if worker.info.get("pid") == pid and (host is None or worker.info.get("host") == host):
+            if worker.key[0] == "local" and worker.info.get("pid") == pid and worker.info.get("host") == host:
                 self.remove_worker(worker, crashed=True, why=f"its process {pid} exited")
+
+    def _late_reply(self, header: dict[str, Any], why: str) -> None:
+        self.counters["late_replies"] += 1
+        log.info("dropped a late reply %s: job %s attempt %s", why, header.get("job"), header.get("attempt"))
 
     def complete(self, worker: Worker, message: Message) -> None:
         header = message.header
         job = worker.inflight.get(header["job"])
         if job is None or header.get("attempt") != job.attempt:
-            log.info("dropped a late reply for job %s attempt %s", header["job"], header.get("attempt"))
+            self._late_reply(header, "for an attempt no longer in flight")
             return
         del worker.inflight[job.job_id]
         worker.inflight_texts -= len(job.texts)

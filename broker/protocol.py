@@ -18,6 +18,8 @@ front <-> broker (the broker's *client* socket)
     CANCEL  front -> broker   {job}
     STATUS  front -> broker   {req}  and broker -> front {req, broker_id, ...} (also the front's heartbeat)
     WORKER_GONE supervisor -> broker {pid, host}: a local worker exited, requeue its jobs at once
+    WORKERS_DOWN supervisor -> broker {workers: [{id, state, ...}]}: its local workers that do not serve now
+                (exited and restarting, or failed); the whole list each time, so that it can be re-sent
 
 worker <-> broker (the broker's *worker* sockets)
     READY     worker -> broker {model, dim, device, capacity, ...}; broker answers WELCOME or REFUSED
@@ -57,6 +59,7 @@ class Command(bytes, enum.Enum):
     CANCEL = b"\x11"
     STATUS = b"\x12"
     WORKER_GONE = b"\x13"
+    WORKERS_DOWN = b"\x14"
 
 
 class ProtocolError(ValueError):
@@ -77,6 +80,7 @@ FIELDS: dict[Command, dict[str, type | tuple[type, ...]]] = {
     Command.CANCEL: {"job": str},
     Command.STATUS: {"req": int},
     Command.WORKER_GONE: {"pid": int},
+    Command.WORKERS_DOWN: {"workers": list},
 }
 
 # Commands that carry a vectors payload frame.

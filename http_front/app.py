@@ -119,6 +119,8 @@ def cluster_summary(status: dict[str, Any] | None) -> dict[str, Any]:
         "dim": (status or {}).get("dim"),
         "device": devices[0] if len(devices) == 1 else ",".join(devices) or None,
         "workers": workers,
+        # local workers that exited and do not serve yet: restarting, or failed (crash loop, refused)
+        "workers_down": (status or {}).get("workers_down") or [],
     }
 
 

@@ -6,7 +6,6 @@ Signal handlers only set a flag; the loop in :meth:`Supervisor.run` does the wor
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import queue
@@ -22,9 +21,8 @@ from typing import IO, Any
 
 import zmq
 
-from broker import protocol
-from broker.protocol import Command
 from supervisor import progress
+from supervisor.broker_link import BrokerLink
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +63,7 @@ class Child:
     starts: int = 0
     failed: bool = False
     info: dict[str, Any] = field(default_factory=dict)
+    down: dict[str, Any] | None = None  # a worker that exited and does not serve yet: what /health shows
 
 
 def plan_devices(device: str, workers: str) -> list[str]:
@@ -120,7 +119,7 @@ class Supervisor:
         self.first_ready: dict[str, Any] | None = None
         self.downloader: str | None = None  # the worker whose download the cluster's events follow
         self.context = zmq.Context()
-        self.broker_link: zmq.Socket | None = None
+        self.broker_link = BrokerLink(self.context, self.client_address)
 
     # -- what to start ----------------------------------------------------------------------------------
     def plan(self) -> None:
@@ -170,6 +169,8 @@ class Supervisor:
             self.emit("worker_loaded", {**data, "worker": child.name})
         elif kind == "worker_ready":
             child.info["ready"] = True
+            child.down = None
+            child.failed = False  # serving again; its failures still count until it has run a healthy minute
             self.emit("worker_ready", {**data, "worker": child.name})
             if self.first_ready is None:
                 self.first_ready = child.info
@@ -179,6 +180,8 @@ class Supervisor:
             self.emit("front_listening", data)
             self._maybe_cluster_ready()
         elif kind in ("worker_failed", "worker_refused", "worker_reconnected", "worker_disconnected"):
+            if kind in ("worker_failed", "worker_refused"):
+                child.info["error"] = data.get("reason") or data.get("message") or data.get("error")
             self.emit(kind, {**data, "worker": child.name})
         elif kind == "broker_listening":
             self.emit(kind, {k: v for k, v in data.items() if v})
@@ -235,33 +238,25 @@ class Supervisor:
         child.failures = 0 if ran >= HEALTHY_AFTER else child.failures + 1
         delay = min(BACKOFF_FIRST * 2 ** max(0, child.failures - 1), BACKOFF_MAX)
         if child.kind == "worker":
-            self.emit("worker_exited", {"worker": child.name, "pid": pid, "code": code})
-            self.tell_broker_gone(pid)
-            if code == EXIT_REFUSED:
+            refused = code == EXIT_REFUSED  # restarting will not help: it stays down
+            self.emit("worker_exited", {"worker": child.name, "pid": pid, "code": code,
+                                        "restart_in": None if refused else delay})
+            self.broker_link.worker_gone(pid)
+            if refused:
                 child.failed = True
                 self.emit("worker_failed", {"worker": child.name, "reason": "refused by the broker"})
-                return
-            if child.failures >= FAILED_AFTER and not child.failed:
+            elif child.failures >= FAILED_AFTER and not child.failed:
                 child.failed = True
                 self.emit("worker_failed", {"worker": child.name, "reason": "crash loop",
                                             "failures": child.failures, "retry_in": delay})
             elif child.failures < FAILED_AFTER:
                 child.failed = False
+            child.down = down_report(child, pid, code, None if refused else delay)
+            if refused:
+                return
         else:
             log.error("%s exited with code %s after %.1fs; restarting in %.0fs", child.name, code, ran, delay)
         child.restart_at = now + delay
-
-    def tell_broker_gone(self, pid: int) -> None:
-        """Tell the broker at once that a local worker died, so its jobs are requeued without waiting for
-        heartbeats to expire."""
-        if self.broker_link is None:
-            sock = self.context.socket(zmq.DEALER)
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.SNDHWM, 100)
-            sock.connect(self.client_address)
-            self.broker_link = sock
-        with contextlib.suppress(zmq.Again):
-            self.broker_link.send_multipart(protocol.encode(Command.WORKER_GONE, {"pid": pid}), zmq.NOBLOCK)
 
     # -- the loop ---------------------------------------------------------------------------------------
     def request_exit(self, signum: int = 0, frame: object = None) -> None:
@@ -277,6 +272,7 @@ class Supervisor:
             while not self.should_exit.is_set():
                 self.drain_events(timeout=0.2)
                 self.check_children()
+                self.broker_link.workers_down([c.down for c in self.children if c.down])
             self.emit("shutdown_started", {})
             self.shutdown()
             self.drain_events(timeout=0)
@@ -286,8 +282,7 @@ class Supervisor:
             for child in self.children:  # nothing may outlive us, whatever happened above
                 if child.proc is not None and child.proc.poll() is None:
                     child.proc.kill()
-            if self.broker_link is not None:
-                self.broker_link.close(linger=0)
+            self.broker_link.close()
             self.context.term()
             shutil.rmtree(self.rundir, ignore_errors=True)
 
@@ -314,6 +309,21 @@ class Supervisor:
             for child in group:
                 if child.kind == "worker" and child.info.get("exit_code") is not None:
                     self.emit("worker_exited", {"worker": child.name, "code": child.info["exit_code"]})
+
+
+def down_report(child: Child, pid: int, code: int, restart_in: float | None) -> dict[str, Any]:
+    """How /health shows a worker whose process exited, until it serves again."""
+    if code == EXIT_REFUSED:
+        reason = "refused by the broker"
+    elif child.failed:
+        reason = f"crash loop: {child.failures} quick exits in a row"
+    else:
+        reason = f"exited with code {code}"
+    if child.info.get("error"):
+        reason += f" ({child.info['error']})"
+    return {"id": child.name, "state": "failed" if child.failed else "restarting", "device": child.device,
+            "pid": pid, "exit_code": code, "reason": reason, "failures": child.failures,
+            "restarts": child.starts - 1, "restart_in": restart_in, "since": round(time.time(), 3)}
 
 
 def stop_child(child: Child, grace: float) -> None:

@@ -30,6 +30,7 @@ VALID: dict[Command, dict[str, Any]] = {
     Command.CANCEL: {"job": "j1"},
     Command.STATUS: {"req": 7},
     Command.WORKER_GONE: {"pid": 4242, "host": "box"},
+    Command.WORKERS_DOWN: {"workers": [{"id": "worker-1", "state": "failed", "reason": "crash loop"}]},
 }
 
 
