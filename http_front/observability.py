@@ -85,9 +85,10 @@ class ClusterCollector(Collector):
                                 value=status.get("queue_texts") or 0)
         yield GaugeMetricFamily("embed_queue_jobs", "jobs waiting in the broker's queue",
                                 value=status.get("queue_jobs") or 0)
-        workers = GaugeMetricFamily("embed_workers", "registered workers by state", labels=["state"])
-        states: dict[str, int] = {"ready": 0, "busy": 0}
-        for worker in status.get("workers") or []:
+        workers = GaugeMetricFamily("embed_workers", "workers by state: ready and busy (registered), restarting "
+                                    "and failed (local workers down, as the supervisor reports)", labels=["state"])
+        states: dict[str, int] = {"ready": 0, "busy": 0, "restarting": 0, "failed": 0}
+        for worker in [*(status.get("workers") or []), *(status.get("workers_down") or [])]:
             state = str(worker.get("state"))
             states[state] = states.get(state, 0) + 1
         for state, count in sorted(states.items()):
