@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -94,6 +95,11 @@ def read_json(req: falcon.Request, limits: Limits) -> Any:
         return json.loads(body)
     except (ValueError, UnicodeDecodeError):
         raise ApiError("INVALID_JSON", "the body is not valid JSON") from None
+    except RecursionError:  # json raises it, not ValueError, for arrays or objects nested thousands deep
+        raise ApiError("INVALID_JSON", "the body is nested too deeply") from None
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def check_texts(texts: Any, limits: Limits, field_name: str = "texts") -> list[str]:
@@ -107,6 +113,8 @@ def check_texts(texts: Any, limits: Limits, field_name: str = "texts") -> list[s
         if len(text) > limits.max_text_chars:
             raise ApiError("BAD_REQUEST", f"'{field_name}[{i}]' has {len(text)} characters; "
                            f"the limit is {limits.max_text_chars}")
+        if _SURROGATE.search(text):  # JSON allows a lone "\ud800"; UTF-8 (and so the wire) does not
+            raise ApiError("BAD_REQUEST", f"'{field_name}[{i}]' holds a lone UTF-16 surrogate: not valid Unicode")
     return texts
 
 

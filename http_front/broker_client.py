@@ -139,10 +139,11 @@ class BrokerClient:
                                   "timeout_ms": int(timeout * 1000)}
         if options:
             header["options"] = options
+        frames = protocol.encode(Command.SUBMIT, header)  # first: what cannot be encoded is never pending
         future: Future = Future()
         with self._lock:
             self._pending[job_id] = _Pending(header, future)
-        self._enqueue(protocol.encode(Command.SUBMIT, header))
+        self._enqueue(frames)
         return job_id, future
 
     @staticmethod
