@@ -16,6 +16,7 @@ import json
 import socket
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from typing import Any
@@ -86,6 +87,38 @@ class EmbedClient:
             vectors.extend(got)
         return vectors
 
+    def embed_chunks(self, texts: list[str], chunk_tokens: int | None = None, overlap_tokens: int | None = None,
+                     normalize: bool = True) -> dict[str, list[Any]]:
+        """``/embed/chunks``: every text in chunks of at most ``chunk_tokens`` tokens (None: the server's
+        defaults), in requests within the server's limits: ``{"chunks": [{index, text, start, end}], "vectors"}``
+        where ``index`` is the chunk's text's index in ``texts``."""
+        options = _chunk_options(chunk_tokens, overlap_tokens, normalize)
+        chunks: list[dict[str, Any]] = []
+        vectors: list[list[float]] = []
+        offset = 0
+        for batch in self._split(texts):
+            body = self._call("POST", "/embed/chunks", {"texts": batch, **options})
+            got_chunks = body.get("chunks") if isinstance(body, dict) else None
+            got_vectors = body.get("vectors") if isinstance(body, dict) else None
+            if not isinstance(got_chunks, list) or not isinstance(got_vectors, list) \
+                    or len(got_chunks) != len(got_vectors):
+                raise EmbedError(PARSE_ERROR, "expected as many chunks as vectors")
+            chunks.extend({**chunk, "index": chunk["index"] + offset} for chunk in got_chunks)
+            vectors.extend(got_vectors)
+            offset += len(batch)
+        return {"chunks": chunks, "vectors": vectors}
+
+    def embed_pdf(self, pdf: bytes, chunk_tokens: int | None = None, overlap_tokens: int | None = None,
+                  normalize: bool = True) -> dict[str, Any]:
+        """``/embed/pdf``: the server's answer, ``{"pages", "text_layer", "pages_without_text", "chunks",
+        "vectors"}``, each chunk with its ``page`` (from 1) and offsets in that page's text."""
+        options = _chunk_options(chunk_tokens, overlap_tokens, normalize)
+        query = urllib.parse.urlencode({k: str(v).lower() if isinstance(v, bool) else v for k, v in options.items()})
+        body = self._call("POST", f"/embed/pdf?{query}", pdf, content_type="application/pdf")
+        if not isinstance(body, dict) or len(body.get("chunks") or []) != len(body.get("vectors") or []):
+            raise EmbedError(PARSE_ERROR, "expected as many chunks as vectors")
+        return body
+
     # -- splitting --------------------------------------------------------------------------------------
     def limits(self) -> Limits:
         if self._limits is None:
@@ -115,22 +148,24 @@ class EmbedClient:
         return batches
 
     # -- transport --------------------------------------------------------------------------------------
-    def _call(self, method: str, path: str, payload: Any = None, ok_statuses: tuple[int, ...] = (200,)) -> Any:
+    def _call(self, method: str, path: str, payload: Any = None, ok_statuses: tuple[int, ...] = (200,),
+              content_type: str = "application/json") -> Any:
+        """``payload``: sent as JSON, or as it is when it is bytes (with ``content_type``)."""
         attempt = 0
         while True:
             try:
-                return self._once(method, path, payload, ok_statuses)
+                return self._once(method, path, payload, ok_statuses, content_type)
             except EmbedError as error:
                 if not error.retryable or attempt >= self.retry_attempts:
                     raise
                 attempt += 1
                 time.sleep(max(self.retry_delay, min(error.retry_after or 0, 30)))
 
-    def _once(self, method: str, path: str, payload: Any, ok_statuses: tuple[int, ...]) -> Any:
-        data = None if payload is None else json.dumps(payload).encode()
+    def _once(self, method: str, path: str, payload: Any, ok_statuses: tuple[int, ...], content_type: str) -> Any:
+        data = payload if isinstance(payload, bytes) or payload is None else json.dumps(payload).encode()
         request = urllib.request.Request(self.base_url + path, data=data, method=method)
         if data is not None:
-            request.add_header("Content-Type", "application/json")
+            request.add_header("Content-Type", content_type)
         if self.api_key:
             request.add_header("Authorization", f"Bearer {self.api_key}")
         try:
@@ -161,6 +196,11 @@ class EmbedClient:
         message = error.get("message") if isinstance(error, dict) else body[:200].decode(errors="replace")
         raise EmbedError(HTTP_ERROR, f"{method} {path} -> {status}: {message}", status=status, code=code,
                          retry_after=retry_after)
+
+
+def _chunk_options(chunk_tokens: int | None, overlap_tokens: int | None, normalize: bool) -> dict[str, Any]:
+    options: dict[str, Any] = {"chunk_tokens": chunk_tokens, "overlap_tokens": overlap_tokens}
+    return {**{k: v for k, v in options.items() if v is not None}, "normalize": normalize}
 
 
 def _seconds(value: str | None) -> float | None:

@@ -176,7 +176,26 @@ def build_parser() -> argparse.ArgumentParser:
     remove = keys_sub.add_parser("remove-worker", help="take NAME off the allow-list")
     remove.add_argument("dir", help="key directory made by keys init")
     remove.add_argument("name", help="the worker's name")
+    add_embed(sub)
     return parser
+
+
+def add_embed(sub: Any) -> None:
+    embed = sub.add_parser("embed", help="embed files (.txt, .md, .jsonl, .pdf) or folders through a running "
+                           "cluster into OUT, resumably (embed_client/bulk.py)")
+    embed.add_argument("paths", nargs="+", metavar="PATH", help="files, or folders to search for them")
+    embed.add_argument("-o", "--output", required=True, help="output folder: vectors, metadata.jsonl, manifest")
+    env = EnvArgs(embed)
+    env.add("--url", default="http://127.0.0.1:8421", help="the cluster's HTTP address (key: EMBED_API_KEY)")
+    env.add("--format", default="npy", choices=("npy", "jsonl"), help="vectors.npy (float32) or vectors.jsonl")
+    env.add("--chunk-tokens", default=None, type=int, help="tokens a chunk at most (default: the model's limit)")
+    env.add("--overlap-tokens", default=None, type=int, help="tokens shared with the chunk before "
+            "(default: chunk-tokens // 8)")
+    env.add("--concurrency", default=4, type=int, help="files in flight")
+    env.add("--timeout", default=120.0, type=positive_float, help="seconds one request may take")
+    env.flag("--no-normalize", help="unnormalized vectors")
+    env.flag("--no-progress", help="no progress bar on stderr")
+    add_common(env)
 
 
 def check_environment() -> None:
@@ -206,12 +225,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_worker(args)
     if args.command == "keys":
         return run_keys(args)
+    if args.command == "embed":
+        return run_embed(args)
     if args.command == "doctor":
         from supervisor.doctor import run_doctor  # imports nothing that may be missing
 
         return run_doctor(args.host, args.port, args.model, args.device, args.json)
     parser.error(f"unknown command {args.command}")
     return 2
+
+
+def run_embed(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from embed_client.bulk import BulkSettings, run
+
+    if args.concurrency < 1:
+        sys.exit("embed-cluster: --concurrency must be at least 1")
+    settings = BulkSettings(paths=tuple(args.paths), out=Path(args.output), url=args.url, format=args.format,
+                            chunk_tokens=args.chunk_tokens, overlap_tokens=args.overlap_tokens,
+                            normalize=not args.no_normalize, concurrency=args.concurrency, timeout=args.timeout,
+                            api_key=os.environ.get("EMBED_API_KEY") or None, progress_bar=not args.no_progress)
+    return run(settings)
 
 
 def limits_from(args: argparse.Namespace) -> Any:
