@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from http_front.app import AppState, Limits, create_app
 from http_front.broker_client import BrokerClient
-from http_front.server import make_server
+from http_front.server import close_server, make_server
 from supervisor import lifeline, progress
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ def run(settings: FrontSettings) -> int:
     def shutdown() -> None:
         finished = state.drain(settings.shutdown_grace)
         log.info("front drained (%s); closing", "all requests finished" if finished else "grace expired")
-        server.close()
+        close_server(server)
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)

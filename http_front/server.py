@@ -10,6 +10,7 @@ import json
 from typing import Any
 
 import waitress
+from waitress import wasyncore
 from waitress.channel import HTTPChannel
 from waitress.task import ErrorTask
 
@@ -39,3 +40,10 @@ def make_server(app: Any, host: str, port: int, threads: int, max_body_bytes: in
                                     channel_timeout=120, max_request_body_size=max_body_bytes)
     server.channel_class = JsonErrorChannel
     return server
+
+
+def close_server(server: Any) -> None:
+    """Stop listening and drop every connection, idle keep-alive ones included: waitress's loop runs while
+    any connection is open, so closing the listener alone leaves a front with a keep-alive client running."""
+    server.close()
+    wasyncore.close_all(server._map, ignore_all=True)

@@ -40,7 +40,7 @@ def run(settings: WorkerSettings) -> int:
     signal.signal(signal.SIGINT, on_signal)
 
     from worker.devices import physical_cores, resolve_device
-    from worker.model_loading import locate_model
+    from worker.model_loading import ModelUnavailable, locate_model
 
     device = resolve_device(settings.device)
     started = time.monotonic()
@@ -51,9 +51,14 @@ def run(settings: WorkerSettings) -> int:
         threads = settings.threads or (physical_cores() if device == "cpu" else 0)
         embedder = SentenceTransformerEmbedder(located.path, settings.model, device, settings.precision,
                                                threads or None)
+    except ModelUnavailable as exc:  # not on disk and not downloadable: the reason says it all
+        log.error("%s", exc)
+        emit("worker_failed", {"error": "MODEL_LOAD_FAILED", "reason": str(exc)})
+        return EXIT_LOAD_FAILED
     except Exception as exc:
         log.exception("could not load model %s", settings.model)
-        emit("worker_failed", {"error": "MODEL_LOAD_FAILED", "message": f"{type(exc).__name__}: {exc}"})
+        emit("worker_failed", {"error": "MODEL_LOAD_FAILED",
+                               "reason": f"could not load {settings.model}: {type(exc).__name__}: {exc}"})
         return EXIT_LOAD_FAILED
     emit("model_loaded", {"model": located.name, "dimensions": embedder.dim, "device": device,
                           "precision": embedder.precision, "seconds": round(time.monotonic() - started, 2)})
