@@ -126,7 +126,8 @@ class Supervisor:
         s = self.settings
         base = [sys.executable, "-m", "supervisor.cli"]
         parent = ["--parent-pid", str(os.getpid())]
-        broker = [*base, "broker", "--clients", self.client_address, "--workers-address", self.worker_address]
+        broker = [*base, "broker", "--clients", self.client_address, "--workers-address", self.worker_address,
+                  "--expect-model", s.model]  # a remote worker that joins first cannot bring another model
         if s.lan:
             broker += ["--lan", s.lan]
         if s.keys:
