@@ -106,6 +106,15 @@ def test_a_non_loopback_bind_without_a_key_is_refused(command: str) -> None:
     assert out.stdout == ""  # refused before anything started: not even a PROGRESS event
 
 
+def test_insecure_serves_without_a_key() -> None:
+    c = Cluster("--workers", "0", "--host", "0.0.0.0", "--insecure")  # no model: the front is enough
+    try:
+        c.wait_event("front_listening", timeout=60)
+        assert wait_http(c.url + "/info", lambda r: r.status_code == 200, timeout=30).json()["version"]
+    finally:
+        assert c.stop() == 0
+
+
 # -- OpenAI-compatible routes ----------------------------------------------------------------------------
 
 
