@@ -22,8 +22,8 @@ from http_front.broker_client import BrokerClient
 from worker.embedder import FakeEmbedder, normalize_rows
 from worker.worker import WorkerLoop, WorkerSettings
 
-# Fast heartbeats keep the tests short; a silent worker is presumed dead after interval * liveness = 0.5 s.
-FAST = {"heartbeat_interval": 0.1, "heartbeat_liveness": 5}
+# Fast heartbeats keep the tests short; a silent worker is presumed dead after interval * liveness = 1 s.
+FAST = {"heartbeat_interval": 0.1, "heartbeat_liveness": 10}
 DEADLINE = 15.0  # generous: the machine may be busy; waits fail loudly when it passes
 
 
