@@ -165,8 +165,10 @@ def configure_curve_client(sock: zmq.Socket, broker_key_file: str, worker_secret
     sock.curve_secretkey = secret
     sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
     sock.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
+    # MONITOR_STOPPED must be asked for: it is what ends the thread when the worker closes the socket
     monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-                                      | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_SUCCEEDED)
+                                      | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_SUCCEEDED
+                                      | zmq.EVENT_MONITOR_STOPPED)
     threading.Thread(target=_watch_handshakes, args=(monitor, public.decode(), worker_secret_key_file),
                      name="curve-monitor", daemon=True).start()
 
