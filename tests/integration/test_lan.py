@@ -10,6 +10,7 @@ import os
 import random
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -235,14 +236,12 @@ def test_after_a_partition_longer_than_the_liveness_the_worker_returns_and_no_re
         sender.start()
     wait_for(lambda: any(w["inflight_texts"] > 0 for w in lan.workers()), lambda: str(lan.workers()), 60)
     lan.host.link_up(False)
-    down = time.monotonic()
     try:
         time.sleep(LIVENESS + 2)
         assert lan.workers() == []  # the broker presumed it dead and put its jobs back in the queue
     finally:
         lan.host.link_up(True)
     lan.worker.wait_event("worker_reconnected", after=mark, timeout=60)
-    print(f"worker back {time.monotonic() - down:.1f}s after the link went down")
     for sender in senders:
         sender.join(timeout=180)
     for i, part in enumerate(parts):
@@ -255,6 +254,32 @@ def test_after_a_partition_longer_than_the_liveness_the_worker_returns_and_no_re
     assert worker["host"] == "lan-box-b" and worker["pid"] == lan.worker.proc.pid
 
 
+def test_after_a_broker_restart_the_remote_worker_comes_back_by_itself(lan: Lan, reference_model) -> None:
+    [broker] = [pid for pid in process_tree(lan.cluster.proc.pid) if b"broker" in cmdline(pid)[3:5]]
+    texts = [text[:200] for text in sample_texts(128, seed=13)]
+    answer: list[requests.Response | BaseException] = []
+
+    def ask() -> None:
+        try:
+            answer.append(lan.cluster.post("/embed", json={"texts": texts}, timeout=180))
+        except BaseException as exc:
+            answer.append(exc)
+
+    mark = len(lan.worker.events)
+    sender = threading.Thread(target=ask, daemon=True)
+    sender.start()
+    wait_for(lambda: any(w["inflight_texts"] > 0 for w in lan.workers()), lambda: str(lan.workers()), 60)
+    os.kill(broker, signal.SIGKILL)  # the supervisor starts a new broker; its queue and registry start empty
+    lan.worker.wait_event("worker_reconnected", after=mark, timeout=90)
+    sender.join(timeout=180)
+    [response] = answer
+    assert isinstance(response, requests.Response) and response.status_code == 200, response
+    got = np.array(response.json()["vectors"])
+    assert cosine_rows(got, reference_model.encode(texts, normalize_embeddings=True)).min() > 0.999
+    [worker] = lan.workers()
+    assert worker["host"] == "lan-box-b" and worker["remote"] is True
+
+
 def wait_for(check: Callable[[], bool], describe: Callable[[], str], timeout: float) -> str:
     """Poll until ``check()`` is true; fail loudly with ``describe()`` on timeout."""
     deadline = time.monotonic() + timeout
@@ -265,21 +290,30 @@ def wait_for(check: Callable[[], bool], describe: Callable[[], str], timeout: fl
     return describe()
 
 
-def listening(root_pid: int) -> set[str]:
-    """The TCP addresses that processes of the tree under ``root_pid`` listen on."""
-    tree = {root_pid}
-    stats = {}
+def process_tree(root_pid: int) -> set[int]:
+    """``root_pid`` and all its descendants."""
+    parents = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                stats[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
             except (OSError, IndexError, ValueError):
                 continue
-    grew = True
-    while grew:
-        children = {pid for pid, ppid in stats.items() if ppid in tree} - tree
+    tree = {root_pid}
+    while True:
+        children = {pid for pid, ppid in parents.items() if ppid in tree} - tree
+        if not children:
+            return tree
         tree |= children
-        grew = bool(children)
+
+
+def cmdline(pid: int) -> list[bytes]:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+
+
+def listening(root_pid: int) -> set[str]:
+    """The TCP addresses that processes of the tree under ``root_pid`` listen on."""
+    tree = process_tree(root_pid)
     found = set()
     for line in subprocess.run(["ss", "-Hltnp"], capture_output=True, text=True, timeout=30).stdout.splitlines():
         pids = {int(p) for p in re.findall(r"pid=(\d+)", line)}
