@@ -201,7 +201,7 @@ def test_compose_services_run_as_native_processes_and_embed(native_compose, refe
             break
         time.sleep(0.5)
     assert sorted(w["remote"] for w in workers) == [False, True, True], workers
-    texts = sample_texts(64, seed=11)
+    texts = [text[:150] for text in sample_texts(192, seed=11)]  # three jobs at once: one per idle worker
     r = requests.post(native.url + "/embed", json={"texts": texts}, headers=auth, timeout=300)
     assert r.status_code == 200, r.text
     expected = reference_model.encode(texts, normalize_embeddings=True)
