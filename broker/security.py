@@ -16,6 +16,7 @@ Key files are pyzmq's certificate format (:mod:`broker.keys` writes them):
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import threading
@@ -68,6 +69,20 @@ def check_client_keys(broker_key: str, key: str) -> None:
     """Raise :class:`KeyFileError` unless both of a worker's key files load."""
     load_keys(broker_key, need_secret=False)
     load_keys(key, need_secret=True)
+
+
+def is_local_endpoint(address: str) -> bool:
+    """Whether a ZeroMQ endpoint stays on this machine (ipc, inproc, or tcp to a loopback address)."""
+    transport, _, rest = address.partition("://")
+    if transport != "tcp":
+        return True
+    host = rest.rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may be anywhere
 
 
 class AllowList:

@@ -323,6 +323,13 @@ def run_worker(args: argparse.Namespace) -> int:
         sys.exit("embed-cluster: --key and --broker-key go together (CurveZMQ needs both)")
     if args.key:
         check_keys(broker_key=args.broker_key, key=args.key)
+    else:
+        from broker.security import is_local_endpoint
+
+        if not is_local_endpoint(args.broker):
+            logging.getLogger(__name__).warning(
+                "--broker %s is not on this machine but no --broker-key/--key is given: a broker's --lan port "
+                "speaks CurveZMQ and will not hear this worker", args.broker)
     settings = WorkerSettings(broker=args.broker, model=args.model, device=args.device,
                               precision=args.precision, threads=args.threads, capacity=args.capacity,
                               token_budget=args.token_budget, worker_id=args.worker_id,

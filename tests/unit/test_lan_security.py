@@ -205,3 +205,12 @@ def test_a_lan_router_needs_the_broker_secret(tmp_path: Path, context: zmq.Conte
         security.lan_router(context, "tcp://127.0.0.1:*", str(tmp_path))
     with pytest.raises(KeyFileError, match="needs a key directory"):
         security.lan_router(context, "tcp://127.0.0.1:*", None)
+
+
+@pytest.mark.parametrize(("address", "local"), [
+    ("tcp://127.0.0.1:8423", True), ("tcp://localhost:8423", True), ("tcp://[::1]:8423", True),
+    ("ipc:///tmp/run/workers.ipc", True), ("inproc://workers", True),
+    ("tcp://198.51.100.1:8424", False), ("tcp://gpu-box:8424", False),
+])
+def test_which_broker_addresses_leave_this_machine(address: str, local: bool) -> None:
+    assert security.is_local_endpoint(address) is local
