@@ -4,10 +4,13 @@ A worker's *rate* is the texts per second of compute it reports in its heartbeat
 it has encoded ``MEASURED_AFTER`` texts; before that, a prior for its device. Its *credit*, the texts it may
 hold at once, is what it encodes in ``WINDOW`` seconds: at least one full job, at most the capacity it
 advertised. A job goes to the worker that would finish it first, the smallest
-``(texts it holds + the job's) / rate``; when that worker is out of credit the job waits in the broker for it
-instead of going to a worker that would finish it later. So under load every worker is kept busy at its own
-speed (a GPU box gets ten times the texts of a CPU box that is ten times slower), and a slow box only gets a
-job when it would finish it sooner than the fast one: it never becomes the tail of a request.
+``(texts it holds + the job's) / rate``, if that worker has credit left. If it has none, the job goes to
+another worker with credit only when that one would finish it before the workers together could drain all the
+work there is (held and queued); otherwise it waits in the broker for the fast worker. So under load every
+worker is kept busy at its own speed (a GPU box gets ten times the texts of a CPU box that is ten times
+slower, and a worker whose rate was underestimated still gets jobs and is measured again), while near the end
+of the work, or under light load, a slow box gets no job it would still be encoding after the others are done:
+it never becomes the tail of a request.
 """
 
 from __future__ import annotations
@@ -52,16 +55,22 @@ def finish_estimate(worker: Candidate, texts: int) -> float:
     return (worker.inflight_texts + texts) / rate(worker)
 
 
-def pick(candidates: Iterable[W], texts: int) -> W | None:
-    """The worker that should take a job of ``texts`` now, or None: the job waits in the queue."""
+def pick(candidates: Iterable[W], texts: int, backlog: int = 0) -> W | None:
+    """The worker that should take a job of ``texts`` now, or None: the job waits in the queue.
+
+    ``backlog`` is every text waiting in the queue, this job's included.
+    """
+    workers = list(candidates)
+    if not workers:
+        return None
+    drain = (sum(w.inflight_texts for w in workers) + max(backlog, texts)) / sum(rate(w) for w in workers)
+    limit = max(drain, min(finish_estimate(w, texts) for w in workers))
     best: W | None = None
     best_key = (0.0, 0.0)
-    for worker in candidates:
+    for worker in workers:
+        if worker.inflight_texts and worker.inflight_texts + texts > credit(worker):
+            continue  # out of credit
         key = (finish_estimate(worker, texts), worker.last_dispatch)
-        if best is None or key < best_key:
+        if key[0] <= limit and (best is None or key < best_key):
             best, best_key = worker, key
-    if best is None:
-        return None
-    if best.inflight_texts and best.inflight_texts + texts > credit(best):
-        return None  # the fastest finisher is full: wait for it rather than hand the job to a slower one
     return best

@@ -424,12 +424,14 @@ class Broker:
 
     def dispatch(self) -> None:
         now = time.monotonic()
+        backlog = self.queued_texts()
         while self.queue:
             job = self.queue[0]
-            worker = self._pick_worker(job)
+            worker = self._pick_worker(job, backlog)
             if worker is None:
                 return
             self.queue.popleft()
+            backlog -= len(job.texts)
             job.worker = worker.key
             job.dispatched_at = now
             job.lease_until = now + self.settings.job_lease
@@ -443,11 +445,11 @@ class Broker:
                 header["options"] = job.options
             self.send(worker.key[0], worker.key[1], Command.JOB, header)
 
-    def _pick_worker(self, job: Job) -> Worker | None:
-        """The worker that would finish ``job`` first, within its credit (broker.balancing), or None."""
+    def _pick_worker(self, job: Job, backlog: int) -> Worker | None:
+        """The worker that should take ``job`` now given ``backlog`` queued texts (broker.balancing), or None."""
         candidates = [w for w in self.workers.values()
                       if not (w.isolated or (job.crashes > 0 and w.inflight))]
-        return balancing.pick(candidates, len(job.texts))
+        return balancing.pick(candidates, len(job.texts), backlog)
 
     def send_heartbeats(self) -> None:
         for worker in self.workers.values():

@@ -15,7 +15,7 @@ from typing import Any
 
 import falcon
 
-from http_front import errors
+from http_front import errors, json_media
 from http_front.auth import ApiKeyAuth
 from http_front.broker_client import BrokerClient, EmbedResult
 from http_front.errors import ApiError
@@ -222,7 +222,7 @@ class Embed:
             resp.media = {"vectors": []}
             return
         result = self.state.embed("/embed", texts, normalize, None if truncate else {"truncate": False})
-        resp.media = {"vectors": result.vectors.tolist()}
+        resp.media = {"vectors": result.vectors}  # written from the float32 buffer: http_front/json_media.py
         if result.truncated:  # only when any: the seed's response is unchanged otherwise
             resp.media["truncated"] = result.truncated
 
@@ -240,6 +240,7 @@ def create_app(client: BrokerClient, limits: Limits | None = None, state: AppSta
         middleware.append(ApiKeyAuth(api_key))
     app = falcon.App(cors_enable=False, middleware=middleware)
     app.req_options.strip_url_path_trailing_slash = True
+    json_media.install(app)
     errors.install(app)
     app.add_route("/health", Health(state))
     app.add_route("/info", Info(state))

@@ -1,16 +1,51 @@
-"""Cross-request batching: many jobs' texts, sorted by length, cut into batches by a token budget.
+"""Cross-request batching: the texts of every job a worker holds, grouped into batches by predicted cost.
 
-The compute loop takes every job that is waiting (a window), plans batches over all their texts at once
-(so a large job is split and small jobs are merged), encodes them, and finishes each job as soon as its last
-text is done. A batch's cost is its padded size, ``len(batch) * longest``; that is what the budget bounds.
+A batch is padded to its longest text, so its compute is ``size * width`` tokens (dearer per token as the
+width grows: attention is quadratic), plus a fixed cost per forward pass (weights streamed through the
+caches, Python dispatch, kernel launches). :class:`CostModel` predicts that time; :func:`plan_batches`
+sorts texts by length and cuts them into the batches of least total predicted cost (an exact dynamic
+programme over the sorted order), within a token budget (a memory bound) and a batch-size cap. So a large
+job is split, many small jobs are merged, and a long text is never padded into a batch of short ones unless
+a whole extra forward pass would cost more.
+
+:class:`Pool` holds the jobs in progress. After each batch it plans again over what is left plus what has
+arrived meanwhile (continuous batching: a new request joins the next batch, it does not wait for a window to
+drain), and hands out the batch that holds a text of the oldest job (so every job progresses; no
+starvation), preferring the cheapest such batch. A job is finished when its last text is encoded.
 """
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """Predicted time of one padded batch of ``size`` texts of ``width`` tokens, in units of one token's time:
+    ``overhead + size * width * (1 + width / attention_width)``."""
+
+    overhead: float  # a forward pass's fixed cost, in tokens
+    attention_width: float  # the width at which attention doubles a token's cost
+
+    def cost(self, size: int, width: int) -> float:
+        return self.overhead + size * width * (1.0 + width / self.attention_width)
+
+
+# Fitted by bench/calibrate.py (least squares over 1-64 texts x 8-256 tokens) for all-MiniLM-L6-v2 with one
+# torch thread on the project's 2-core AMD EPYC: 10.4 ms a pass + 0.34 ms a token (+0.03% per token of width).
+CPU_COST = CostModel(overhead=31.0, attention_width=1040.0)
+# Accelerators run a batch's tokens in parallel: a pass costs as much as a few thousand tokens, and padding
+# is cheap. An estimate, not a measurement of this project: bench/calibrate.py --device cuda refits it.
+ACCELERATOR_COST = CostModel(overhead=4096.0, attention_width=2048.0)
+
+
+def default_cost_model(device: str) -> CostModel:
+    return CPU_COST if device == "cpu" else ACCELERATOR_COST
 
 
 @dataclass
@@ -26,6 +61,8 @@ class PendingJob:
     vectors: np.ndarray = field(init=False)
     remaining: int = field(init=False)
     encode_seconds: float = 0.0
+    failed: bool = False
+    generation: int = 0  # the worker's registration it came in under
 
     def __post_init__(self) -> None:
         self.vectors = np.empty((len(self.ids), self.dim), dtype=np.float32)
@@ -39,29 +76,96 @@ class PendingJob:
 Item = tuple[int, int]  # (index of the job in the window, index of the text in that job)
 
 
-def plan_batches(window: list[PendingJob], token_budget: int, max_batch: int) -> list[list[Item]]:
-    """Group every text of ``window`` into batches of similar length, each within the token budget.
+def plan_batches(window: list[PendingJob], token_budget: int, max_batch: int,
+                 cost: CostModel = CPU_COST) -> list[list[Item]]:
+    """Every text of ``window`` in batches of least total predicted cost, cheapest batch first."""
+    items = [(j, t) for j, job in enumerate(window) for t in range(len(job.ids))]
+    lengths = [len(window[j].ids[t]) for j, t in items]
+    return [[items[i] for i in group] for _, group in plan_groups(lengths, token_budget, max_batch, cost)]
 
-    Texts are sorted longest first, so each batch's first text fixes its padded width. Batches come out
-    in the order of the window's jobs where lengths allow: the batch holding a job's last text is as early
-    as sorting permits, because whole-window sorting is what buys the throughput.
+
+def plan_groups(lengths: list[int], token_budget: int, max_batch: int,
+                cost: CostModel) -> list[tuple[float, list[int]]]:
+    """Indices of ``lengths`` grouped into batches of least total predicted cost, as (cost, indices), cheapest
+    first. A batch holds at most ``max_batch`` texts and ``size * width <= token_budget`` padded tokens (a
+    text longer than the budget goes alone)."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    widths = [max(1, lengths[i]) for i in order]
+    groups = [(cost.cost(end - start, widths[start]), order[start:end])
+              for start, end in optimal_cuts(widths, token_budget, max_batch, cost)]
+    groups.sort(key=lambda group: group[0])
+    return groups
+
+
+def optimal_cuts(lengths: list[int], token_budget: int, max_batch: int, cost: CostModel) -> list[tuple[int, int]]:
+    """[start, end) groups of ``lengths`` (sorted longest first) of least total cost, each within the limits.
+
+    ``best[i]`` is the least cost of the first ``i`` texts; the last group of those ends at ``i`` and starts at
+    some ``j``, where ``lengths[j]`` is its width. For each ``i`` every feasible ``j`` is tried at once.
     """
-    items: list[tuple[int, Item]] = [
-        (len(seq), (j, t)) for j, job in enumerate(window) for t, seq in enumerate(job.ids)
-    ]
-    items.sort(key=lambda item: -item[0])
-    batches: list[list[Item]] = []
-    current: list[Item] = []
-    width = 0
-    for length, item in items:
-        if current and (len(current) + 1 > max_batch or (len(current) + 1) * width > token_budget):
-            batches.append(current)
-            current = []
-        if not current:
-            width = max(length, 1)
-        current.append(item)
-    if current:
-        batches.append(current)
-    # short batches first: they are cheap, and finish the small (latency-sensitive) jobs early
-    batches.reverse()
-    return batches
+    n = len(lengths)
+    if n == 0:
+        return []
+    width = np.asarray(lengths, dtype=np.float64)
+    per_text = width * (1.0 + width / cost.attention_width)  # a text's cost at the width of a group it starts
+    best = np.zeros(n + 1)
+    start_of = np.zeros(n + 1, dtype=np.int64)
+    for i in range(1, n + 1):
+        j = np.arange(max(0, i - max_batch), i)
+        size = i - j
+        total = best[j] + cost.overhead + size * per_text[j]
+        too_big = (size * width[j] > token_budget) & (size > 1)
+        total[too_big] = np.inf
+        k = int(np.argmin(total))
+        best[i] = total[k]
+        start_of[i] = j[k]
+    groups = []
+    end = n
+    while end > 0:
+        start = int(start_of[end])
+        groups.append((start, end))
+        end = start
+    groups.reverse()
+    return groups
+
+
+class Pool:
+    """The jobs a worker holds, planned again into batches after every batch it encodes."""
+
+    def __init__(self, token_budget: int, max_batch: int, cost: CostModel = CPU_COST, horizon: int = 1024) -> None:
+        self.token_budget = token_budget
+        self.max_batch = max_batch
+        self.cost = cost
+        self.horizon = horizon  # texts planned at once, oldest first: bounds the planning time of a huge job
+        self._order = itertools.count()
+        self.jobs: dict[int, PendingJob] = {}  # arrival number -> job, oldest first
+        self.todo: dict[int, list[int]] = {}  # arrival number -> its texts not yet handed out
+
+    def has_work(self) -> bool:
+        return any(self.todo.values())
+
+    def add(self, job: PendingJob) -> None:
+        key = next(self._order)
+        self.jobs[key] = job
+        self.todo[key] = list(range(len(job.ids)))
+
+    def next_batch(self) -> list[tuple[PendingJob, int]]:
+        """The cheapest planned batch that holds a text of the oldest job with texts left; [] when none."""
+        refs = list(itertools.islice(((key, t) for key, texts in self.todo.items() for t in texts), self.horizon))
+        if not refs:
+            return []
+        oldest = refs[0][0]
+        lengths = [len(self.jobs[key].ids[t]) for key, t in refs]
+        groups = plan_groups(lengths, self.token_budget, self.max_batch, self.cost)
+        group = next(g for _, g in groups if any(refs[i][0] == oldest for i in g))
+        batch = [refs[i] for i in group]
+        for key in {key for key, _ in batch}:
+            taken = {t for k, t in batch if k == key}
+            self.todo[key] = [t for t in self.todo[key] if t not in taken]
+        return [(self.jobs[key], t) for key, t in batch]
+
+    def drop(self, which: Callable[[PendingJob], bool]) -> None:
+        """Forget the jobs ``which`` picks: finished, failed, or taken under a registration now gone."""
+        for key in [key for key, job in self.jobs.items() if which(job)]:
+            del self.jobs[key]
+            del self.todo[key]

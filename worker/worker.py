@@ -2,8 +2,8 @@
 
 Two threads. The I/O thread (``WorkerLoop.run``) owns the ZeroMQ socket: it registers, answers heartbeats,
 hands jobs to the compute thread and sends back what it finishes, so the broker keeps hearing from us
-while a long batch runs. The compute thread owns the embedder and runs :func:`plan_batches` over every
-job that is waiting.
+while a long batch runs; it also tokenizes each job as it arrives. The compute thread owns the model: it
+plans batches over every job it holds (worker/batching.py) and encodes them one after another.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import zmq
 from broker import protocol
 from broker.protocol import Command, ErrorCode, ProtocolError
 from worker.batch_stats import BatchSizes
-from worker.batching import PendingJob, plan_batches
+from worker.batching import CostModel, PendingJob, Pool, default_cost_model
 from worker.chunking import ChunkPlan, chunk_texts
 from worker.embedder import PROBE_TEXTS, Embedder, normalize_rows
 
@@ -52,14 +52,20 @@ class WorkerSettings:
 
 
 class ComputeThread(threading.Thread):
-    """Encodes jobs in cross-request batches; reports each finished job through ``done``."""
+    """Encodes the jobs it holds in cross-request batches; reports each finished job through ``done``.
 
-    def __init__(self, embedder: Embedder, token_budget: int, max_batch: int, wake: socket.socket) -> None:
+    :meth:`submit` runs on the I/O thread: it tokenizes (and chunks) the job there, off the compute thread,
+    and queues it. The compute thread moves queued jobs into its :class:`Pool`, encodes the batch the pool
+    hands out, finishes the jobs that batch completes, and goes round again, so a job that arrives while a
+    batch runs is in the next plan.
+    """
+
+    def __init__(self, embedder: Embedder, token_budget: int, max_batch: int, wake: socket.socket,
+                 cost: CostModel | None = None) -> None:
         super().__init__(name="compute", daemon=True)
         self.embedder = embedder
-        self.token_budget = token_budget
-        self.max_batch = max_batch
-        self.inbox: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self.pool = Pool(token_budget, max_batch, cost or default_cost_model(embedder.device))
+        self.inbox: queue.Queue[PendingJob | None] = queue.Queue()
         self.done: deque[tuple[PendingJob | None, dict[str, Any] | None]] = deque()
         self.generation = 0  # bumped when the broker forgets us: older jobs are dropped
         self._wake = wake
@@ -68,7 +74,18 @@ class ComputeThread(threading.Thread):
         self.batch_sizes = BatchSizes()
 
     def submit(self, header: dict[str, Any]) -> None:
-        self.inbox.put({**header, "_generation": self.generation})
+        generation = self.generation
+        try:
+            job = self.prepare(header)
+        except InputError as exc:
+            self._finish(None, {"job": header["job"], "attempt": header["attempt"],
+                                "code": exc.code, "message": str(exc), **exc.details})
+            return
+        if job.remaining == 0:  # a chunked job whose texts hold no tokens: nothing to encode
+            self._finish(job, None)
+            return
+        job.generation = generation
+        self.inbox.put(job)
 
     def reset(self) -> None:
         self.generation += 1
@@ -77,69 +94,55 @@ class ComputeThread(threading.Thread):
         self.inbox.put(None)
 
     def run(self) -> None:
-        while True:
-            first = self.inbox.get()
-            if first is None:
-                return
-            window = [first]
-            while True:  # take everything that is waiting: the batching window
-                try:
-                    item = self.inbox.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    return
-                window.append(item)
-            self.encode_window(window)
+        while self._take(block=not self.pool.has_work()):
+            self.pool.drop(lambda job: job.generation != self.generation)  # requeued elsewhere by the broker
+            batch = self.pool.next_batch()
+            if batch:
+                self.encode(batch)
 
-    def encode_window(self, headers: list[dict[str, Any]]) -> None:
-        generation = self.generation
-        jobs: list[PendingJob] = []
-        for header in headers:
-            if header["_generation"] != generation:
-                continue  # taken before the broker forgot us: it was requeued elsewhere
+    def _take(self, block: bool) -> bool:
+        """Move queued jobs into the pool, waiting for one when ``block``; False once stopped."""
+        try:
+            job = self.inbox.get() if block else self.inbox.get_nowait()
+        except queue.Empty:
+            return True
+        while job is not None:
+            self.pool.add(job)
             try:
-                job = self.prepare(header)
-                if job.remaining == 0:  # a chunked job whose texts hold no tokens: nothing to encode
-                    self._finish(job, None)
-                else:
-                    jobs.append(job)
-            except InputError as exc:
-                self._finish(None, {"job": header["job"], "attempt": header["attempt"],
-                                    "code": exc.code, "message": str(exc), **exc.details})
-        if not jobs:
-            return
+                job = self.inbox.get_nowait()
+            except queue.Empty:
+                return True
+        return False
+
+    def encode(self, batch: list[tuple[PendingJob, int]]) -> None:
         start = time.perf_counter()
-        for batch in plan_batches(jobs, self.token_budget, self.max_batch):
-            if generation != self.generation:
-                return  # the broker has requeued these jobs elsewhere
-            t0 = time.perf_counter()
-            try:
-                vectors = self.embedder.encode_ids([jobs[j].ids[t] for j, t in batch])
-            except Exception as exc:  # a model failure fails these jobs, not the worker
-                log.exception("encode failed")
-                for j in sorted({j for j, _ in batch}):
-                    if jobs[j].remaining > 0:
-                        jobs[j].remaining = -1
-                        self._finish(None, {"job": jobs[j].job_id, "attempt": jobs[j].attempt,
-                                            "code": ErrorCode.ENCODE_FAILED.value,
-                                            "message": f"the model failed: {type(exc).__name__}"})
+        try:
+            vectors = self.embedder.encode_ids([job.ids[t] for job, t in batch])
+        except Exception as exc:  # a model failure fails these jobs, not the worker
+            log.exception("encode failed")
+            for job in {id(job): job for job, _ in batch}.values():
+                if not job.failed:
+                    job.failed = True
+                    self._finish(None, {"job": job.job_id, "attempt": job.attempt,
+                                        "code": ErrorCode.ENCODE_FAILED.value,
+                                        "message": f"the model failed: {type(exc).__name__}"})
+            self.pool.drop(lambda job: job.failed)
+            return
+        spent = time.perf_counter() - start
+        for row, (job, t) in enumerate(batch):
+            if job.failed:
                 continue
-            spent = time.perf_counter() - t0
-            for row, (j, t) in enumerate(batch):
-                job = jobs[j]
-                if job.remaining < 0:
-                    continue
-                job.vectors[t] = vectors[row]
-                job.remaining -= 1
-                job.encode_seconds += spent / len(batch)
-                if job.remaining == 0:
-                    if job.normalize:
-                        job.vectors = normalize_rows(job.vectors)
-                    self._finish(job, None)
-            self.texts_done += len(batch)
-            self.batch_sizes.observe(len(batch))
-        self.busy_seconds += time.perf_counter() - start
+            job.vectors[t] = vectors[row]
+            job.remaining -= 1
+            job.encode_seconds += spent / len(batch)
+            if job.remaining == 0:
+                if job.normalize:
+                    job.vectors = normalize_rows(job.vectors)
+                self._finish(job, None)
+        self.pool.drop(lambda job: job.remaining == 0)
+        self.texts_done += len(batch)
+        self.batch_sizes.observe(len(batch))
+        self.busy_seconds += spent
 
     def prepare(self, header: dict[str, Any]) -> PendingJob:
         options = header.get("options") or {}
