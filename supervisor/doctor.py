@@ -31,6 +31,7 @@ DEPENDENCIES: dict[str, str] = {
     "zmq": "pyzmq>=25",
     "msgpack": "msgpack>=1.0",
     "numpy": "numpy>=1.24",
+    "orjson": "orjson>=3.9",
     "prometheus_client": "prometheus-client>=0.17",
     "pypdf": "pypdf>=4.0",
     "cryptography": "cryptography>=41",
