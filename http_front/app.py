@@ -62,13 +62,13 @@ class AppState:
                 self.idle.notify_all()
 
     def embed(self, route: str, texts: list[str], normalize: bool, options: dict[str, Any] | None = None,
-              timeout: float | None = None, job_texts: int | None = None) -> EmbedResult:
+              timeout: float | None = None, job_chars: int | None = None) -> EmbedResult:
         """Every embedding route's way to the broker: counted in flight (for draining) and in the metrics."""
         self.enter()
         started = time.perf_counter()
         try:
             result = self.client.embed(texts, normalize, timeout or self.limits.request_timeout, options,
-                                       job_texts=job_texts)
+                                       job_chars=job_chars)
         except ApiError as exc:
             self.metrics.observe_embed_error(route, len(texts), exc.code)
             raise

@@ -17,7 +17,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from concurrent.futures import FIRST_EXCEPTION, Future, wait
+from concurrent.futures import FIRST_EXCEPTION, Future, InvalidStateError, wait
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any
@@ -86,19 +86,20 @@ class BrokerClient:
         return self.status
 
     def embed(self, texts: list[str], normalize: bool, timeout: float,
-              options: dict[str, Any] | None = None, job_texts: int | None = None) -> EmbedResult:
-        """Embed ``texts`` in jobs of ``job_texts`` (default: the client's); with a ``chunk`` option each job's
-        rows are its texts' chunks, and ``chunks`` holds ``[text index, start, end]`` for every row."""
+              options: dict[str, Any] | None = None, job_chars: int | None = None) -> EmbedResult:
+        """Embed ``texts`` in jobs of ``job_texts`` texts, or fewer that hold about ``job_chars`` characters (a
+        chunked job's work grows with its text, not with its count). With a ``chunk`` option each job's rows are
+        its texts' chunks, and ``chunks`` holds ``[text index, start, end]`` for every row."""
         deadline = time.monotonic() + timeout
-        size = job_texts or self.job_texts
-        parts = [texts[i: i + size] for i in range(0, len(texts), size)]
+        starts = self._job_starts(texts, job_chars)
+        parts = [texts[a:b] for a, b in itertools.pairwise([*starts, len(texts)])]
         futures = [self._submit(part, normalize, timeout, options) for part in parts]
         replies = []
         too_long: list[int] = []  # request-level indices of inputs over the token limit (with truncate: false)
         max_tokens = None
         try:
             self._raise_first_error([future for _, future in futures], deadline)
-            for start, (job_id, future) in zip(range(0, len(texts), size), futures, strict=True):
+            for start, (job_id, future) in zip(starts, futures, strict=True):
                 try:
                     replies.append(self._wait(job_id, future, deadline))
                 except ApiError as exc:  # INPUT_TOO_LONG: wait for every job, to name every such input
@@ -128,6 +129,27 @@ class BrokerClient:
             offset += len(part)
             rows += len(part_vectors)
         return result
+
+    def abort(self, code: str, message: str) -> int:
+        """Fail every job still waiting with ``code`` (at shutdown: a request is answered now rather than
+        cut off later); returns how many were waiting."""
+        with self._lock:
+            waiting = [p.future for p in self._pending.values() if not p.future.done()]
+        for future in waiting:
+            with contextlib.suppress(InvalidStateError):  # its reply came in the meantime
+                future.set_exception(ApiError(code, message))
+        return len(waiting)
+
+    def _job_starts(self, texts: list[str], job_chars: int | None) -> list[int]:
+        starts: list[int] = []
+        count = chars = 0
+        for i, text in enumerate(texts):
+            if not starts or count == self.job_texts or (job_chars and chars + len(text) > job_chars):
+                starts.append(i)
+                count = chars = 0
+            count += 1
+            chars += len(text)
+        return starts
 
     def send_control(self, command: Command, header: dict[str, Any]) -> None:
         self._enqueue(protocol.encode(command, header))
@@ -240,11 +262,12 @@ class BrokerClient:
             pending = self._pending.get(job_id) if isinstance(job_id, str) else None
         if pending is None or pending.future.done():
             return  # answered already, cancelled or timed out: a reply is used at most once
-        if message.command is Command.RESULT:
-            pending.future.set_result((message.vectors(), header))
-        elif message.command is Command.ERROR:
-            details = {k: header[k] for k in ("indices", "max_tokens") if k in header}
-            pending.future.set_exception(ApiError(header["code"], header["message"], **details))
+        with contextlib.suppress(InvalidStateError):  # abort() may have failed it a moment ago
+            if message.command is Command.RESULT:
+                pending.future.set_result((message.vectors(), header))
+            elif message.command is Command.ERROR:
+                details = {k: header[k] for k in ("indices", "max_tokens") if k in header}
+                pending.future.set_exception(ApiError(header["code"], header["message"], **details))
 
     def _on_status(self, sock: zmq.Socket, header: dict[str, Any]) -> None:
         self.status = header

@@ -17,7 +17,8 @@ from http_front.app import AppState, check_texts, read_json
 from http_front.errors import ApiError
 from http_front.pdf_text import PdfPool
 
-CHUNK_JOB_TEXTS = 4  # texts (pages) per job: each may hold many chunks, and a job is a worker's unit
+CHUNK_JOB_CHARS = 16_000  # characters of text a job holds about (one text may hold more): a job is a worker's
+# unit of work, and a chunked text's work grows with its length: this is a few seconds of a CPU worker
 PDF_PARAMS = {"chunk_tokens", "overlap_tokens", "normalize"}
 CHUNKS_FIELDS = {"texts", "chunk_tokens", "overlap_tokens", "normalize"}
 
@@ -29,8 +30,6 @@ def chunk_option(tokens: Any, overlap: Any) -> dict[str, Any]:
             raise ApiError("BAD_REQUEST", f"'{name}' must be a whole number")
     if tokens is not None and tokens < 1:
         raise ApiError("BAD_REQUEST", "'chunk_tokens' must be at least 1")
-    if tokens is not None and overlap is not None and overlap >= tokens:
-        raise ApiError("BAD_REQUEST", "'overlap_tokens' must be less than 'chunk_tokens'")
     option = {"tokens": tokens, "overlap": overlap}
     return {"chunk": {k: v for k, v in option.items() if v is not None}}
 
@@ -75,7 +74,7 @@ def embed_chunked(state: AppState, route: str, texts: list[str], normalize: bool
     if not texts:
         return [], []
     result = state.embed(route, texts, normalize, option, timeout=max(0.001, deadline - time.monotonic()),
-                         job_texts=CHUNK_JOB_TEXTS)
+                         job_chars=CHUNK_JOB_CHARS)
     return result.chunks, result.vectors.tolist()
 
 
@@ -129,6 +128,8 @@ class EmbedChunks:
         if "texts" not in body:
             raise ApiError("BAD_REQUEST", "'texts' is required")
         texts = check_texts(body["texts"], limits)
+        if body.get("chunk_tokens", 0) is None or body.get("overlap_tokens", 0) is None:
+            raise ApiError("BAD_REQUEST", "'chunk_tokens' and 'overlap_tokens' must be whole numbers when given")
         option = chunk_option(body.get("chunk_tokens"), body.get("overlap_tokens"))
         normalize = body.get("normalize", True)
         if not isinstance(normalize, bool):

@@ -40,7 +40,7 @@ _CHUNK_OPTIONS: dict[str, Any] = {
     "chunk_tokens": {"type": "integer", "minimum": 1, "description": "tokens a chunk at most (default and "
                      "cap: the model's limit less its special tokens)"},
     "overlap_tokens": {"type": "integer", "minimum": 0, "description": "tokens a chunk may share with the one "
-                       "before (default: chunk_tokens // 8); less than chunk_tokens"},
+                       "before (default: chunk_tokens // 8; cap: chunk_tokens - 1)"},
 }
 _OPEN: list[dict[str, Any]] = []  # security: none, for the probes and this spec
 

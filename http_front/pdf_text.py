@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 PARSER_PROCESSES = 2
 PARSER_MEMORY_BYTES = 2 * 1024**3  # address space of one parser process
+PARSER_START_TIMEOUT = 60.0  # seconds a new parser may take to start (not counted in a PDF's time limit)
 
 
 class PdfError(Exception):
@@ -73,13 +74,17 @@ def extract_pages(data: bytes, max_pages: int) -> list[str]:
 
 
 def serve(conn: Connection, memory_bytes: int) -> None:
-    """A parser process: read ``(data, max_pages)``, answer ``("ok", pages)`` or ``("error", code, message)``."""
+    """A parser process: say ``("ready",)``, then read ``(data, max_pages)`` and answer ``("ok", pages)`` or
+    ``("error", code, message)``, until the front goes away."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the front decides
+    import pypdf  # noqa: F401 - imported before the first PDF's clock starts
+
     logging.getLogger("pypdf").setLevel(logging.ERROR)  # its warnings about sloppy files are not ours to log
     with contextlib.suppress(ImportError, ValueError, OSError):
         import resource
 
         resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
+    conn.send(("ready",))
     while True:
         try:
             data, max_pages = conn.recv()
@@ -126,7 +131,8 @@ class PdfPool:
             raise ApiError("OVERLOADED", "every PDF parser is busy; retry later") from None
         try:
             if parser is None or not parser.process.is_alive():
-                parser = self._replace(parser)
+                old, parser = parser, None
+                parser = self._replace(old)
             parser.conn.send((data, max_pages))
             if not parser.conn.poll(timeout):
                 self._retire(parser, "overran its time limit")
@@ -154,6 +160,13 @@ class PdfPool:
         parser = _Parser(process, parent)
         with self._lock:
             self._parsers.add(parser)
+        try:
+            ready = parent.poll(PARSER_START_TIMEOUT) and parent.recv() == ("ready",)
+        except (EOFError, OSError):
+            ready = False
+        if not ready:
+            self._retire(parser, "did not start")
+            raise ApiError("INTERNAL", "the PDF parser did not start; see the front's log")
         return parser
 
     def _retire(self, parser: _Parser | None, why: str) -> None:

@@ -11,12 +11,14 @@ import io
 import textwrap
 
 
-def to_unicode(chars: set[str]) -> bytes:
+def to_unicode(chars: set[str], every_code: bool = False) -> bytes:
     """A ToUnicode CMap sending each character's code (its code point) to itself: only the ones used, since
-    a reader builds a table of every entry for every page."""
+    a reader builds a table of every entry for every page; ``every_code``: all 65536 (slow to read)."""
     codes = sorted(f"{ord(c):04x}" for c in chars)
     blocks = [codes[i: i + 100] for i in range(0, len(codes), 100)]  # at most 100 entries a block
     maps = "".join(f"{len(b)} beginbfchar\n" + "".join(f"<{c}> <{c}>\n" for c in b) + "endbfchar\n" for b in blocks)
+    if every_code:
+        maps = "1 beginbfrange\n<0000> <FFFF> <0000>\nendbfrange\n"
     return ("/CIDInit /ProcSet findresource begin\n12 dict begin\nbegincmap\n"
             "/CIDSystemInfo << /Registry (Adobe) /Ordering (UCS) /Supplement 0 >> def\n"
             "/CMapName /Adobe-Identity-UCS def\n/CMapType 2 def\n"
@@ -41,8 +43,9 @@ def _text_content(lines: list[str]) -> bytes:
     return "\n".join(ops).encode()
 
 
-def build_pdf(pages: list[list[str] | None]) -> bytes:
-    """A PDF with one page per item: its lines of text, or None for a page that is only an image."""
+def build_pdf(pages: list[list[str] | None], slow: bool = False) -> bytes:
+    """A PDF with one page per item: its lines of text, or None for a page that is only an image. ``slow``: its
+    font maps every code, which pypdf rebuilds for each page (most of a second): for time limits."""
     objects: list[bytes] = [
         b"<< /Type /Catalog /Pages 2 0 R >>",
         b"",  # the page tree, once the pages' numbers are known
@@ -50,7 +53,7 @@ def build_pdf(pages: list[list[str] | None]) -> bytes:
         b"/DescendantFonts [4 0 R] /ToUnicode 5 0 R >>",
         b"<< /Type /Font /Subtype /CIDFontType2 /BaseFont /TestSans /CIDToGIDMap /Identity /DW 500 "
         b"/CIDSystemInfo << /Registry (Adobe) /Ordering (Identity) /Supplement 0 >> >>",
-        _stream(to_unicode({c for lines in pages for line in lines or [] for c in line})),
+        _stream(to_unicode({c for lines in pages for line in lines or [] for c in line}, every_code=slow)),
         _stream(bytes([0, 96, 160, 255] * 4), " /Type /XObject /Subtype /Image /Width 4 /Height 4 "
                 "/ColorSpace /DeviceGray /BitsPerComponent 8"),
     ]

@@ -175,6 +175,8 @@ class SentenceTransformerEmbedder:
 
     # -- the hot path -----------------------------------------------------------------------------------
     def tokenize(self, texts: list[str]) -> Tokenized:
+        if not texts:  # a chunked job whose texts hold no tokens; the tokenizer raises IndexError on []
+            return Tokenized([], [])
         encoded = self.tokenizer(texts, add_special_tokens=True, truncation=True, max_length=self.max_tokens,
                                  return_attention_mask=False, return_token_type_ids=False)
         ids = encoded["input_ids"]

@@ -10,6 +10,8 @@ import re
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,16 @@ PDF = {"Content-Type": "application/pdf"}
 NON_ASCII = ["Ünïcödé straße: déjà vu, señor. Ελληνικά γράμματα.", "日本語のテキストです。検索と埋め込み。"]
 LONG_PAGE = wrap(" ".join(sample_texts(10, seed=7)))  # about 1500 tokens: several chunks
 PAGES: list[list[str] | None] = [NON_ASCII, ["A short second page. It has two sentences."], None, LONG_PAGE]
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    """One real cluster for the module, with small PDF limits so that tests reach them cheaply."""
+    c = Cluster("--workers", "1", "--pdf-timeout", "3", "--max-pdf-pages", "300")
+    try:
+        yield c.wait_ready()
+    finally:
+        c.stop()
 
 
 def post_pdf(cluster: Cluster, pdf: bytes, **params: Any) -> Any:
@@ -83,13 +95,17 @@ def test_text_chunks_through_the_cluster(cluster: Cluster) -> None:
     assert len(first) > 2 and all(b["start"] >= a["end"] for a, b in itertools.pairwise(first))  # no overlap
     got = np.array(r.json()["vectors"])
     assert cosine_rows(got, cluster.embed([c["text"] for c in chunks])).min() > 0.9999
+    # texts without a token make a job with nothing to encode (the model's tokenizer fails on no texts)
+    empty = cluster.post("/embed/chunks", json={"texts": ["", "   \n"]})
+    assert empty.status_code == 200 and empty.json() == {"chunks": [], "vectors": []}, empty.text
+    assert len(cluster.embed(["the worker still serves"])) == 1
 
 
 ERRORS = [
     ("truncated", lambda: build_pdf(PAGES)[:3000], PDF, 422, "PDF_INVALID"),
     ("not a pdf", lambda: b"<html>not a pdf</html>", PDF, 422, "PDF_INVALID"),
     ("encrypted", lambda: encrypt(build_pdf(PAGES), "secret"), PDF, 422, "PDF_ENCRYPTED"),
-    ("too many pages", lambda: build_pdf([["p"]] * 1001), PDF, 413, "PDF_TOO_LARGE"),
+    ("too many pages", lambda: build_pdf([["p"]] * 301), PDF, 413, "PDF_TOO_LARGE"),
     ("over the body limit", lambda: b"%PDF-1.7\n" + b"0" * (16 * 1024 * 1024), PDF, 413, "PAYLOAD_TOO_LARGE"),
     ("wrong content type", lambda: build_pdf(PAGES), {"Content-Type": "text/plain"}, 415, "UNSUPPORTED_MEDIA_TYPE"),
 ]
@@ -103,6 +119,23 @@ def test_every_pdf_error_through_the_cluster(cluster: Cluster, make: Any, header
     assert r.json()["error"]["code"] == code and r.json()["error"]["message"]
     assert cluster.get("/health").status_code == 200
     assert post_pdf(cluster, build_pdf([["Still serving."]])).json()["chunks"][0]["text"] == "Still serving."
+
+
+def test_a_slow_pdf_meets_the_time_limit_while_the_server_keeps_answering(cluster: Cluster) -> None:
+    slow = build_pdf([["slow to read"]] * 250, slow=True)  # most of a second a page; the limit is 3 s
+    answered_meanwhile = 0
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(post_pdf, cluster, slow)
+        while not pending.done():
+            assert cluster.get("/health", timeout=30).status_code == 200
+            assert len(cluster.embed(["meanwhile"])[0]) == 384
+            answered_meanwhile += not pending.done()
+            time.sleep(0.1)
+        r = pending.result()
+    assert r.status_code == 413 and r.json()["error"]["code"] == "PDF_TOO_LARGE", r.text
+    assert "longer than 3s" in r.json()["error"]["message"]
+    assert answered_meanwhile >= 1
+    assert post_pdf(cluster, build_pdf([["The parser was replaced."]])).status_code == 200
 
 
 def test_an_editing_restricted_pdf_needs_no_password(cluster: Cluster) -> None:
