@@ -5,14 +5,17 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from dataclasses import dataclass, field
 
 from http_front.app import AppState, Limits, create_app
 from http_front.broker_client import BrokerClient
-from http_front.server import close_server, make_server
+from http_front.server import make_server, serve
 from supervisor import lifeline, progress
 
 log = logging.getLogger(__name__)
+
+ABORT_GRACE = 5.0  # seconds for requests failed at the end of the grace to send their 503
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,7 @@ def run(settings: FrontSettings) -> int:
     server = make_server(app, settings.host, settings.port, settings.threads, settings.limits.max_body_bytes)
     port = server.socket.getsockname()[1]  # type: ignore[union-attr]
     stopping = threading.Event()
+    closing = threading.Event()  # set once no request is in the app: serve() then closes gracefully
 
     def stop(signum: int, frame: object) -> None:
         if stopping.is_set():
@@ -45,9 +49,21 @@ def run(settings: FrontSettings) -> int:
         threading.Thread(target=shutdown, name="drain", daemon=True).start()
 
     def shutdown() -> None:
-        finished = state.drain(settings.shutdown_grace)
-        log.info("front drained (%s); closing", "all requests finished" if finished else "grace expired")
-        close_server(server)
+        deadline = time.monotonic() + settings.shutdown_grace
+        while True:  # in slices: once the supervisor is gone (killed), so are the broker and workers: stop waiting
+            finished = state.drain(min(0.25, max(0.0, deadline - time.monotonic())))
+            orphaned = lifeline.orphaned(settings.parent_pid)
+            if finished or orphaned or time.monotonic() >= deadline:
+                break
+        if finished:
+            log.info("front drained: all requests finished; closing")
+        else:  # answer what is still waiting (503 SHUTTING_DOWN) rather than cut its connection
+            aborted = client.abort("SHUTTING_DOWN", "the service is shutting down")
+            finished = state.drain(ABORT_GRACE)
+            log.warning("front drained: %s, %d jobs answered SHUTTING_DOWN%s; closing",
+                        "the supervisor is gone" if orphaned else "the grace expired", aborted,
+                        "" if finished else ", some requests still busy")
+        closing.set()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
@@ -56,7 +72,7 @@ def run(settings: FrontSettings) -> int:
     log.info("front listening on http://%s:%d, broker at %s, %s", settings.host, port, settings.broker,
              "API key required" if settings.api_key else "no API key")
     try:
-        server.run()
+        serve(server, closing)
     except OSError:  # waitress raises when its socket is closed under it during shutdown
         if not stopping.is_set():
             raise

@@ -7,6 +7,8 @@ before it is read.
 from __future__ import annotations
 
 import json
+import threading
+import time
 from typing import Any
 
 import waitress
@@ -42,8 +44,26 @@ def make_server(app: Any, host: str, port: int, threads: int, max_body_bytes: in
     return server
 
 
-def close_server(server: Any) -> None:
-    """Stop listening and drop every connection, idle keep-alive ones included: waitress's loop runs while
-    any connection is open, so closing the listener alone leaves a front with a keep-alive client running."""
-    server.close()
+def serve(server: Any, closing: threading.Event, flush_timeout: float = 5.0) -> None:
+    """waitress's loop until ``closing`` is set, then a graceful close, in this same thread (closing waitress's
+    sockets from another thread races with its loop): stop listening, so new connections are refused; close
+    idle connections at once (keep-alive ones included: waitress's own loop runs while any is open); let those
+    with a request in progress finish and send their whole answer, for up to ``flush_timeout`` seconds; then
+    drop what is left. The caller sets ``closing`` once no request is in the app any more (AppState.drain)."""
+    use_poll = server.adj.asyncore_use_poll
+    while not closing.is_set():
+        wasyncore.loop(timeout=0.2, use_poll=use_poll, map=server._map, count=1)
+    wasyncore.dispatcher.close(server)  # the listening socket only; task threads still pull the trigger
+    deadline = time.monotonic() + flush_timeout
+    while time.monotonic() < deadline:
+        busy = False
+        for channel in list(server.active_channels.values()):
+            if channel.requests or channel.total_outbufs_len:
+                busy = True  # a request being served, or an answer not yet handed to the kernel
+            else:
+                channel.handle_close()  # idle, or half-received (never accepted): close it now
+        if not busy:
+            break
+        wasyncore.loop(timeout=0.05, use_poll=use_poll, map=server._map, count=1)
+    server.trigger.close()
     wasyncore.close_all(server._map, ignore_all=True)

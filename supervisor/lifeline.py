@@ -19,6 +19,11 @@ log = logging.getLogger(__name__)
 PR_SET_PDEATHSIG = 1
 
 
+def orphaned(parent_pid: int | None) -> bool:
+    """True when this process was started by ``parent_pid`` and that parent is gone (we were re-parented)."""
+    return bool(parent_pid) and os.getppid() != parent_pid
+
+
 def watch_parent(parent_pid: int | None, interval: float = 0.5) -> None:
     """End this process (SIGTERM to itself, then exit) when ``parent_pid`` is no longer its parent."""
     if not parent_pid:
