@@ -159,12 +159,28 @@ def _role(pid: int) -> str:
     return "seed server" if any(a.endswith("seed_server.py") for a in argv) else "supervisor"
 
 
-def memory(root_pid: int) -> dict[str, dict[str, float]]:
-    """{role: {"rss_mb", "peak_mb"}} for a process and its children."""
+def _pss_kb(pid: int) -> int:
+    """Proportional set size: shared pages (torch's libraries in two workers) counted once across processes."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup", encoding="utf-8") as f:
+            return next((int(line.split()[1]) for line in f if line.startswith("Pss:")), 0)
+    except OSError:
+        return 0
+
+
+def _cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def usage(root_pid: int) -> dict[str, dict[str, float]]:
+    """{role: {"rss_mb", "peak_mb", "pss_mb", "cpu_s"}} for a process and its children."""
     out: dict[str, dict[str, float]] = {}
     for pid in [root_pid, *_children(root_pid)]:
         try:
-            out[_role(pid)] = {"rss_mb": _status_kb(pid, "VmRSS") / 1024, "peak_mb": _status_kb(pid, "VmHWM") / 1024}
+            out[_role(pid)] = {"rss_mb": _status_kb(pid, "VmRSS") / 1024, "peak_mb": _status_kb(pid, "VmHWM") / 1024,
+                               "pss_mb": _pss_kb(pid) / 1024, "cpu_s": _cpu_seconds(pid)}
         except OSError:
             continue
     return out

@@ -26,7 +26,8 @@ def render(r: dict[str, Any]) -> str:
     ]
     fp32 = (r.get("inprocess_fp32") or {}).get("texts_per_s")
     if fp32:
-        lines.append(f"in-process encode, fp32, batch_size=32: {fp32:8.2f} texts/s")
+        cpu = r["inprocess_fp32"].get("cpu_ms_per_text")
+        lines.append(f"in-process encode, fp32, batch_size=32: {fp32:8.2f} texts/s  ({_num(cpu)} ms CPU a text)")
     bf16 = r.get("inprocess_bf16")
     if bf16:
         lines.append(f"in-process encode, bf16, batch_size=32: {bf16['texts_per_s']:8.2f} texts/s  "
@@ -54,12 +55,18 @@ def render(r: dict[str, Any]) -> str:
         if light:
             lines.append(f"{'1 text at light load' if key == 'seed' or 'seed' not in r else '':<24}{title:<20}"
                          f"{'':>9}{light['p50_ms']:>9.1f}{light['p95_ms']:>9.1f}{light['p99_ms']:>9.1f}")
-    lines += ["", "resident memory, MB (now / peak), after the run:"]
+    lines += ["", "memory, MB, after the run: resident now / resident at peak / proportional (shared pages split)"]
     for key, title in SERVERS:
         memory = r.get(key, {}).get("memory")
         if memory:
-            parts = ", ".join(f"{role} {v['rss_mb']:.0f} / {v['peak_mb']:.0f}" for role, v in sorted(memory.items()))
+            parts = ", ".join(f"{role} {v['rss_mb']:.0f} / {v['peak_mb']:.0f} / {v.get('pss_mb', 0):.0f}"
+                              for role, v in sorted(memory.items()))
             lines.append(f"  {title}: {parts}")
+    lines += ["", "CPU time per text, ms, by process (client: the load generator):"]
+    for key, title in SERVERS:
+        for name, shape in r.get(key, {}).get("shapes", {}).items():
+            cpu = shape.get("cpu_ms_per_text") or {}
+            lines.append(f"  {title}, {name}: " + ", ".join(f"{role} {ms:.1f}" for role, ms in sorted(cpu.items())))
     for key, title in SERVERS:
         if "error" in r.get(key, {}):
             lines.append(f"{title} FAILED: {r[key]['error']}")

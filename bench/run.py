@@ -25,6 +25,7 @@ import datetime as dt
 import json
 import os
 import platform
+import resource
 import sys
 import tempfile
 from pathlib import Path
@@ -69,23 +70,35 @@ def run_inprocess(texts: list[str], model: str, precision: str, workdir: Path) -
 
 def serve_shapes(port: int, texts: list[str], queries: list[str], light: int, reference: np.ndarray | None,
                  pid: int, log: Any) -> dict[str, Any]:
-    out: dict[str, Any] = {"shapes": {}, "memory_after": {}}
+    out: dict[str, Any] = {"shapes": {}, "usage_after": {}}
     for shape in SHAPES:
         log(f"  {shape.name} ...")
+        before, client_before = procs.usage(pid), client_cpu_seconds()
         result = run_shape(port, texts, shape)
+        after, client_after = procs.usage(pid), client_cpu_seconds()
         entry = {"texts": result.texts, "requests": result.requests, "seconds": round(result.seconds, 3),
                  "texts_per_s": round(result.texts_per_s, 2),
                  **{f"p{q}_ms": round(result.percentile(q), 1) for q in (50, 95, 99)}}
         if reference is not None:
             entry["min_cosine"] = float(cosine_rows(result.vectors, reference).min())
+        cpu = {role: (after[role]["cpu_s"] - before[role]["cpu_s"]) for role in after if role in before}
+        cpu["client"] = client_after - client_before
+        entry["cpu_ms_per_text"] = {role: round(seconds * 1000 / result.texts, 2) for role, seconds in cpu.items()}
         out["shapes"][shape.name] = entry
-        out["memory_after"][shape.name] = procs.memory(pid)
-        log(f"    {entry['texts_per_s']} texts/s, p50 {entry['p50_ms']} ms, p99 {entry['p99_ms']} ms")
+        out["usage_after"][shape.name] = after
+        log(f"    {entry['texts_per_s']} texts/s, p50 {entry['p50_ms']} ms, p99 {entry['p99_ms']} ms; "
+            f"CPU ms a text: {entry['cpu_ms_per_text']}")
     latencies = light_load(port, queries, light)
     out["light"] = {"requests": light, **{f"p{q}_ms": round(float(np.percentile(latencies, q)), 1)
                                           for q in (50, 95, 99)}}
-    out["memory"] = procs.memory(pid)
+    out["memory"] = procs.usage(pid)
     return out
+
+
+def client_cpu_seconds() -> float:
+    """CPU time of this process (the load generator's client threads)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def machine() -> dict[str, Any]:

@@ -88,9 +88,14 @@ class BrokerClient:
     def embed(self, texts: list[str], normalize: bool, timeout: float,
               options: dict[str, Any] | None = None, job_chars: int | None = None) -> EmbedResult:
         """Embed ``texts`` in jobs of ``job_texts`` texts, or fewer that hold about ``job_chars`` characters (a
-        chunked job's work grows with its text, not with its count). With a ``chunk`` option each job's rows are
-        its texts' chunks, and ``chunks`` holds ``[text index, start, end]`` for every row."""
+        chunked job's work grows with its text, not with its count), and in at least one job per worker (split
+        by characters) when there are several. With a ``chunk`` option each job's rows are its texts' chunks,
+        and ``chunks`` holds ``[text index, start, end]`` for every row."""
         deadline = time.monotonic() + timeout
+        spread = self._workers()
+        if spread > 1 and len(texts) > 1:  # one share of the characters per worker, so that all work on it at once
+            share = -(-sum(len(t) for t in texts) // spread)
+            job_chars = min(job_chars, share) if job_chars else share
         starts = self._job_starts(texts, job_chars)
         parts = [texts[a:b] for a, b in itertools.pairwise([*starts, len(texts)])]
         futures = [self._submit(part, normalize, timeout, options) for part in parts]
@@ -139,6 +144,11 @@ class BrokerClient:
             with contextlib.suppress(InvalidStateError):  # its reply came in the meantime
                 future.set_exception(ApiError(code, message))
         return len(waiting)
+
+    def _workers(self) -> int:
+        """Workers the broker last reported: a request is spread over them."""
+        status = self.latest_status()
+        return max(1, len(status.get("workers") or [])) if status else 1
 
     def _job_starts(self, texts: list[str], job_chars: int | None) -> list[int]:
         starts: list[int] = []
