@@ -246,7 +246,11 @@ class Broker:
         return sum(len(job.texts) for job in self.queue)
 
     def _no_workers_for(self, now: float) -> float:
-        return 0.0 if self.no_workers_since is None else now - self.no_workers_since
+        """How long no worker has served; 0 while the supervisor restarts one (queued jobs wait for it, up to
+        their own deadline, rather than fail NO_WORKERS after the grace)."""
+        if self.no_workers_since is None or any(w.get("state") == "restarting" for w in self.down_workers()):
+            return 0.0
+        return now - self.no_workers_since
 
     def _no_workers_message(self) -> str:
         if not self.ever_ready:

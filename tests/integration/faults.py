@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import threading
 import time
 from collections import Counter
@@ -71,7 +72,7 @@ class Load:
     url: str
     pool: TextPool
     clients: int = 16
-    sizes: tuple[int, ...] = (1, 2, 5, 12, 30, 70)  # 70: a request of two jobs
+    sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 66)  # 66: a request of two jobs
     pause: float = 0.0
     outcomes: list[Outcome] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -241,3 +242,11 @@ def next_event(cluster: Cluster, event_type: str, where: Any = None, after: int 
     """The first event of this type at index >= ``after`` matching ``where``, and its index."""
     event = cluster.wait_event(event_type, where, timeout=timeout, after=after)
     return next(i for i in range(after, len(cluster.events)) if cluster.events[i] is event), event
+
+
+def broker_counter(cluster: Cluster, name: str) -> float:
+    """One of the broker's counters (submitted, requeued, late_replies, dropped_frames...), from /metrics."""
+    text = cluster.get("/metrics", headers={"Accept": "text/plain"}).text
+    match = re.search(rf'^embed_broker_jobs_total{{event="{name}"}} ([0-9.e+]+)$', text, re.M)
+    assert match, f"no broker counter {name} in /metrics"
+    return float(match.group(1))

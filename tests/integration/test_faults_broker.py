@@ -26,6 +26,7 @@ from tests.conftest import Cluster
 from tests.integration.faults import (
     Load,
     TextPool,
+    broker_counter,
     busy_worker,
     check_outcomes,
     children_of,
@@ -56,13 +57,6 @@ def cluster() -> Iterator[Cluster]:
         yield c.wait_ready()
     finally:
         assert c.stop() == 0, c.log()
-
-
-def broker_counter(cluster: Cluster, name: str) -> float:
-    text = cluster.get("/metrics", headers={"Accept": "text/plain"}).text
-    match = re.search(rf'^embed_broker_jobs_total{{event="{name}"}} ([0-9.e+]+)$', text, re.M)
-    assert match, f"no broker counter {name} in /metrics"
-    return float(match.group(1))
 
 
 def wait_for(check: Any, what: str, timeout: float = 60.0) -> Any:
