@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import signal
 
 from broker.broker import Broker, BrokerSettings
@@ -27,4 +29,19 @@ def run(settings: BrokerSettings, parent_pid: int = 0) -> int:
         broker.run()
     finally:
         broker.close()
+        remove_ipc_files(settings, rundir_too=lifeline.orphaned(parent_pid))
     return 0
+
+
+def remove_ipc_files(settings: BrokerSettings, rundir_too: bool) -> None:
+    """Unlink the ipc:// socket files this broker bound; with ``rundir_too`` (the supervisor was killed and
+    will not clean up) also the directory that held them, if nothing else is left in it."""
+    for address in (settings.client_address, settings.worker_address):
+        if not address.startswith("ipc://"):
+            continue
+        path = address[len("ipc://"):]
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        if rundir_too:
+            with contextlib.suppress(OSError):
+                os.rmdir(os.path.dirname(path))

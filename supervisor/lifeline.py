@@ -20,8 +20,19 @@ PR_SET_PDEATHSIG = 1
 
 
 def orphaned(parent_pid: int | None) -> bool:
-    """True when this process was started by ``parent_pid`` and that parent is gone (we were re-parented)."""
-    return bool(parent_pid) and os.getppid() != parent_pid
+    """True when this process was started by ``parent_pid`` and that parent is gone or going: re-parented
+    already, or (Linux) the parent is a zombie. PR_SET_PDEATHSIG fires when the parent's *thread* that started
+    us exits, which can be before the re-parenting shows in getppid(); a killed parent's leader thread is a
+    zombie by then."""
+    if not parent_pid:
+        return False
+    if os.getppid() != parent_pid:
+        return True
+    try:
+        with open(f"/proc/{parent_pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except (OSError, IndexError):
+        return False
 
 
 def watch_parent(parent_pid: int | None, interval: float = 0.5) -> None:

@@ -191,6 +191,8 @@ def test_a_flood_far_past_capacity_gets_fast_503s_in_bounded_memory_and_recovers
     # fast: refused without waiting for any compute (generous bound: the machine may be busy)
     assert statistics.median(o.done - o.sent for o in overloaded) < 2.0
     growth = {part: peak[part] - start_rss[part] for part in peak}
+    print(f"flood: {dict(tally)}; median 503 in {statistics.median(o.done - o.sent for o in overloaded):.3f}s; "
+          f"RSS MiB before {start_rss}, peak {peak}")
     assert growth["front"] < 150 and growth["broker"] < 100, (start_rss, peak)
     # and it recovers: the queue drains and a plain request is served
     wait_for(lambda: health(cluster)["status"] == "ok", "healthy after the flood")

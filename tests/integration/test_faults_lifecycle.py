@@ -90,6 +90,8 @@ def test_sigkill_of_the_supervisor_leaves_no_orphans_and_answers_what_it_accepte
             # every part notices its parent is gone and exits by itself, within seconds
             took = wait_gone(parts, 15)
         assert port_is_free(cluster.port)
+        ipc = next(e for e in cluster.events if e["type"] == "broker_listening")["data"]["clients"]
+        assert not os.path.exists(os.path.dirname(ipc.removeprefix("ipc://")))  # no litter in /tmp either
     finally:
         cluster.stop()
     # the requests in flight at the kill got an answer (done, or 503 SHUTTING_DOWN), not a cut connection
