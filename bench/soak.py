@@ -8,7 +8,8 @@ workers' pids come from its /health), runs ``--clients`` concurrent clients for 
 seconds (never the last one serving, unless ``--kill-last``; the supervisor restarts it with its backoff).
 It prints, for every request sent: answered (200, vectors checked against the reference model unless
 ``--no-check``), failed (a JSON error, by code), lost (no HTTP answer: connection error or no answer within
-``--client-timeout``). Exit status 1 when any request was lost or answered with wrong vectors.
+``--client-timeout``). A client told ``Retry-After`` waits that long (at most 5 s) before its next request.
+Exit status 1 when any request was lost or answered with wrong vectors.
 """
 
 from __future__ import annotations
@@ -149,6 +150,8 @@ def client(url: str, pool: list[str], expected: dict[str, np.ndarray] | None, ta
             code = (body.get("error") or {}).get("code") if isinstance(body, dict) else None
             with tally.lock:
                 tally.failed[f"{r.status_code} {code}"] += 1
+            if r.headers.get("Retry-After", "").isdigit():  # as a well-behaved client does (the seed's: 1 s)
+                stop.wait(min(float(r.headers["Retry-After"]), 5.0))
 
 
 def main() -> int:
