@@ -24,6 +24,7 @@ import zmq
 
 from broker import protocol
 from broker.protocol import Command, ErrorCode, ProtocolError
+from worker import heap
 from worker.batch_stats import BatchSizes
 from worker.batching import CostModel, PendingJob, Pool, default_cost_model
 from worker.chunking import ChunkPlan, chunk_texts
@@ -32,6 +33,7 @@ from worker.embedder import PROBE_TEXTS, Embedder, normalize_rows
 log = logging.getLogger(__name__)
 
 VERSION = "0.1.0"
+HEAP_TRIM_INTERVAL = 1.0  # seconds: under load the compute thread returns freed heap memory this often
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,8 @@ class ComputeThread(threading.Thread):
         self.texts_done = 0
         self.busy_seconds = 0.0
         self.batch_sizes = BatchSizes()
+        self._trim_heap = heap.trimmer()
+        self._trimmed_at = 0.0
 
     def submit(self, header: dict[str, Any]) -> None:
         generation = self.generation
@@ -143,6 +147,10 @@ class ComputeThread(threading.Thread):
         self.texts_done += len(batch)
         self.batch_sizes.observe(len(batch))
         self.busy_seconds += spent
+        now = time.monotonic()
+        if not self.pool.has_work() or now - self._trimmed_at > HEAP_TRIM_INTERVAL:
+            self._trim_heap()  # worker/heap.py: else fragmentation grows the worker's memory without end
+            self._trimmed_at = now
 
     def prepare(self, header: dict[str, Any]) -> PendingJob:
         options = header.get("options") or {}
