@@ -174,6 +174,14 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds every process on the machine has used since boot (all cores; /proc/stat's first line)."""
+    with open("/proc/stat", encoding="utf-8") as f:
+        fields = [int(v) for v in f.readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")  # without guest time, counted in user already
+
+
 def usage(root_pid: int) -> dict[str, dict[str, float]]:
     """{role: {"rss_mb", "peak_mb", "pss_mb", "cpu_s"}} for a process and its children."""
     out: dict[str, dict[str, float]] = {}

@@ -26,15 +26,16 @@ def render(r: dict[str, Any]) -> str:
     ]
     fp32 = (r.get("inprocess_fp32") or {}).get("texts_per_s")
     if fp32:
-        cpu = r["inprocess_fp32"].get("cpu_ms_per_text")
-        lines.append(f"in-process encode, fp32, batch_size=32: {fp32:8.2f} texts/s  ({_num(cpu)} ms CPU a text)")
+        cpu, others = r["inprocess_fp32"].get("cpu_ms_per_text"), r["inprocess_fp32"].get("others_cores")
+        lines.append(f"in-process encode, fp32, batch_size=32: {fp32:8.2f} texts/s  ({_num(cpu)} ms CPU a text; "
+                     f"others {_num(others, 2)})")
     bf16 = r.get("inprocess_bf16")
     if bf16:
         lines.append(f"in-process encode, bf16, batch_size=32: {bf16['texts_per_s']:8.2f} texts/s  "
                      f"(on {bf16['texts']} of the texts, where fp32 did {bf16['fp32_on_same_texts_per_s']:.2f}; "
                      f"worst cosine to fp32 {bf16['min_cosine_to_fp32']:.5f})")
     header = (f"{'shape':<24}{'server':<20}{'texts/s':>9}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}"
-              f"{'x fp32':>8}{'x seed':>8}{'min cos':>10}")
+              f"{'x fp32':>8}{'x seed':>8}{'min cos':>10}{'others':>8}")
     lines += ["", header, "-" * len(header)]
     names = next((list(r[k]["shapes"]) for k, _ in SERVERS if "shapes" in r.get(k, {})), [])
     for name in names:
@@ -49,12 +50,13 @@ def render(r: dict[str, Any]) -> str:
                 f"{_num(shape['p95_ms']):>9}{_num(shape['p99_ms']):>9}"
                 f"{_num(rate / fp32 if fp32 else None, 2):>8}"
                 f"{_num(rate / seed if seed and key != 'seed' else None, 2):>8}"
-                f"{_num(shape.get('min_cosine'), 5):>10}")
+                f"{_num(shape.get('min_cosine'), 5):>10}{_num(shape.get('others_cores'), 2):>8}")
     for key, title in SERVERS:
         light = r.get(key, {}).get("light")
         if light:
             lines.append(f"{'1 text at light load' if key == 'seed' or 'seed' not in r else '':<24}{title:<20}"
                          f"{'':>9}{light['p50_ms']:>9.1f}{light['p95_ms']:>9.1f}{light['p99_ms']:>9.1f}")
+    lines.append("others: cores that other processes on the machine used during the measurement (0: a quiet machine)")
     lines += ["", "memory, MB, after the run: resident now / resident at peak / proportional (shared pages split)"]
     for key, title in SERVERS:
         memory = r.get(key, {}).get("memory")

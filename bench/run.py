@@ -73,9 +73,9 @@ def serve_shapes(port: int, texts: list[str], queries: list[str], light: int, re
     out: dict[str, Any] = {"shapes": {}, "usage_after": {}}
     for shape in SHAPES:
         log(f"  {shape.name} ...")
-        before, client_before = procs.usage(pid), client_cpu_seconds()
+        before, client_before, busy = procs.usage(pid), client_cpu_seconds(), procs.machine_busy_seconds()
         result = run_shape(port, texts, shape)
-        after, client_after = procs.usage(pid), client_cpu_seconds()
+        after, client_after, busy = procs.usage(pid), client_cpu_seconds(), procs.machine_busy_seconds() - busy
         entry = {"texts": result.texts, "requests": result.requests, "seconds": round(result.seconds, 3),
                  "texts_per_s": round(result.texts_per_s, 2),
                  **{f"p{q}_ms": round(result.percentile(q), 1) for q in (50, 95, 99)}}
@@ -84,6 +84,7 @@ def serve_shapes(port: int, texts: list[str], queries: list[str], light: int, re
         cpu = {role: (after[role]["cpu_s"] - before[role]["cpu_s"]) for role in after if role in before}
         cpu["client"] = client_after - client_before
         entry["cpu_ms_per_text"] = {role: round(seconds * 1000 / result.texts, 2) for role, seconds in cpu.items()}
+        entry["others_cores"] = round(max(0.0, busy - sum(cpu.values())) / result.seconds, 2)  # other processes
         out["shapes"][shape.name] = entry
         out["usage_after"][shape.name] = after
         log(f"    {entry['texts_per_s']} texts/s, p50 {entry['p50_ms']} ms, p99 {entry['p99_ms']} ms; "
