@@ -37,7 +37,7 @@ class CostModel:
 
 
 # Fitted by bench/calibrate.py (least squares over 1-64 texts x 8-256 tokens) for all-MiniLM-L6-v2 with one
-# torch thread on the project's 2-core AMD EPYC: 10.4 ms a pass + 0.34 ms a token (+0.03% per token of width).
+# torch thread on the project's 2-core AMD EPYC: 10.4 ms a pass + 0.34 ms a token, 0.1% dearer per token of width.
 CPU_COST = CostModel(overhead=31.0, attention_width=1040.0)
 # Accelerators run a batch's tokens in parallel: a pass costs as much as a few thousand tokens, and padding
 # is cheap. An estimate, not a measurement of this project: bench/calibrate.py --device cuda refits it.
