@@ -111,8 +111,8 @@ MAX_CPU_WORKERS = 2  # each CPU worker holds its own torch runtime and model: ~0
 def cpu_workers(threads: int = 0) -> int:
     """CPU workers for ``--workers auto``: one per physical core (``threads`` cores each, when given), at most
     MAX_CPU_WORKERS. On the project's 2-core machine 2 workers x 1 torch thread served as fast as or faster
-    than 1 x 2 for every load shape, at the same CPU time per text, with less latency at light load and each
-    worker under 600 MB (README, Performance); more processes than 2 would mostly add memory."""
+    than 1 x 2 for every load shape, at less CPU time per text and with less latency at light load (README,
+    Performance); more processes than 2 would mostly add memory."""
     cores = physical_cores()
     return max(1, min(MAX_CPU_WORKERS, cores // threads if threads else cores))
 
