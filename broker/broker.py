@@ -394,6 +394,17 @@ class Broker:
         self.counters["late_replies"] += 1
         log.info("dropped a late reply %s: job %s attempt %s", why, header.get("job"), header.get("attempt"))
 
+    def _result_mismatch(self, job: Job, header: dict[str, Any]) -> str | None:
+        """Why a RESULT cannot be the answer to ``job`` (rows or dimension), or None when it can."""
+        chunks = header.get("chunks")
+        rows = len(chunks) if job.options.get("chunk") and isinstance(chunks, list) else len(job.texts)
+        if header["n"] != rows:
+            return f"{header['n']} vectors for {rows} inputs"
+        dim = (self.reference or {}).get("dim")
+        if dim is not None and header["n"] and header["dim"] != dim:
+            return f"{header['dim']} dimensions, the cluster has {dim}"
+        return None
+
     def complete(self, worker: Worker, message: Message) -> None:
         header = message.header
         job = worker.inflight.get(header["job"])
@@ -404,7 +415,13 @@ class Broker:
         worker.inflight_texts -= len(job.texts)
         worker.isolated = False
         del self.jobs[job.job_id]
-        if message.command is Command.RESULT:
+        mismatch = self._result_mismatch(job, header) if message.command is Command.RESULT else None
+        if mismatch:
+            log.error("worker %s answered job %s wrongly: %s", worker.worker_id, job.job_id, mismatch)
+            self.counters["failed"] += 1
+            self.send("client", job.client, Command.ERROR, {"job": job.job_id, "code": ErrorCode.ENCODE_FAILED.value,
+                                                            "message": f"a worker answered wrongly: {mismatch}"})
+        elif message.command is Command.RESULT:
             worker.served_texts += len(job.texts)
             worker.served_jobs += 1
             self.counters["answered"] += 1

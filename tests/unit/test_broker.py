@@ -209,3 +209,23 @@ def test_garbage_frames_are_counted_and_dropped_and_the_broker_keeps_serving(mak
     np.testing.assert_allclose(cluster.client.embed(TEXTS, True, 30).vectors, fake_vectors(TEXTS), rtol=1e-6)
     cluster.wait_status(lambda s: s["counters"]["answered"] == 3 and s["counters"]["dropped_frames"] == expected,
                         "three jobs answered, nothing more dropped")
+
+
+@pytest.mark.parametrize(("rows", "dim"), [(1, 8), (3, 8), (2, 4)])
+def test_a_result_with_the_wrong_rows_or_dimension_is_an_error_not_an_answer(make_cluster, rows: int,
+                                                                               dim: int) -> None:
+    cluster = make_cluster(no_worker_grace=60.0)
+    worker = cluster.peer("worker")
+    worker.send(Command.READY, ready_header("raw"))
+    assert worker.recv().command is Command.WELCOME
+    request = embed_in_background(cluster, ["two", "texts"])
+    job = worker.recv()
+    assert job.command is Command.JOB
+    wrong = np.ones((rows, dim), dtype=np.float32)
+    worker.send(Command.RESULT, {"job": job.header["job"], "attempt": 0, "n": rows, "dim": dim},
+                protocol.encode_vectors(wrong))
+    with pytest.raises(ApiError) as caught:
+        request.result(timeout=30)
+    assert caught.value.code == "ENCODE_FAILED" and "wrongly" in caught.value.message
+    status = cluster.wait_status(lambda s: s["counters"]["failed"] == 1, "one failure")
+    assert status["counters"]["answered"] == 0
