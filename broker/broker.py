@@ -397,7 +397,7 @@ class Broker:
     def _result_mismatch(self, job: Job, header: dict[str, Any]) -> str | None:
         """Why a RESULT cannot be the answer to ``job`` (rows or dimension), or None when it can."""
         chunks = header.get("chunks")
-        rows = len(chunks) if job.options.get("chunk") and isinstance(chunks, list) else len(job.texts)
+        rows = len(chunks) if "chunk" in job.options and isinstance(chunks, list) else len(job.texts)
         if header["n"] != rows:
             return f"{header['n']} vectors for {rows} inputs"
         dim = (self.reference or {}).get("dim")

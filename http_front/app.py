@@ -118,6 +118,26 @@ def check_texts(texts: Any, limits: Limits, field_name: str = "texts") -> list[s
     return texts
 
 
+def read_texts_request(req: falcon.Request, limits: Limits, fields: set[str]) -> tuple[dict[str, Any], list[str]]:
+    """A JSON object with a checked ``texts`` list and no field outside ``fields``."""
+    body = read_json(req, limits)
+    if not isinstance(body, dict):
+        raise ApiError("BAD_REQUEST", "the body must be a JSON object")
+    unknown = sorted(set(body) - fields)
+    if unknown:
+        raise ApiError("BAD_REQUEST", f"unknown field(s): {', '.join(unknown)}")
+    if "texts" not in body:
+        raise ApiError("BAD_REQUEST", "'texts' is required")
+    return body, check_texts(body["texts"], limits)
+
+
+def flag(body: dict[str, Any], name: str, default: bool) -> bool:
+    value = body.get(name, default)
+    if not isinstance(value, bool):
+        raise ApiError("BAD_REQUEST", f"'{name}' must be true or false")
+    return value
+
+
 def cluster_summary(status: dict[str, Any] | None) -> dict[str, Any]:
     workers = (status or {}).get("workers") or []
     devices = sorted({str(w.get("device")) for w in workers})
@@ -203,21 +223,9 @@ class Embed:
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         limits = self.state.limits
-        body = read_json(req, limits)
-        if not isinstance(body, dict):
-            raise ApiError("BAD_REQUEST", "the body must be a JSON object")
-        unknown = sorted(set(body) - EMBED_FIELDS)
-        if unknown:
-            raise ApiError("BAD_REQUEST", f"unknown field(s): {', '.join(unknown)}")
-        if "texts" not in body:
-            raise ApiError("BAD_REQUEST", "'texts' is required")
-        texts = check_texts(body["texts"], limits)
-        normalize = body.get("normalize", True)
-        if not isinstance(normalize, bool):
-            raise ApiError("BAD_REQUEST", "'normalize' must be true or false")
-        truncate = body.get("truncate", True)
-        if not isinstance(truncate, bool):
-            raise ApiError("BAD_REQUEST", "'truncate' must be true or false")
+        body, texts = read_texts_request(req, limits, EMBED_FIELDS)
+        normalize = flag(body, "normalize", True)
+        truncate = flag(body, "truncate", True)
         if not texts:
             resp.media = {"vectors": []}
             return

@@ -13,7 +13,7 @@ from typing import Any
 
 import falcon
 
-from http_front.app import AppState, check_texts, read_json
+from http_front.app import AppState, flag, read_texts_request
 from http_front.errors import ApiError
 from http_front.pdf_text import PdfPool
 
@@ -119,21 +119,11 @@ class EmbedChunks:
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         limits = self.state.limits
-        body = read_json(req, limits)
-        if not isinstance(body, dict):
-            raise ApiError("BAD_REQUEST", "the body must be a JSON object")
-        unknown = sorted(set(body) - CHUNKS_FIELDS)
-        if unknown:
-            raise ApiError("BAD_REQUEST", f"unknown field(s): {', '.join(unknown)}")
-        if "texts" not in body:
-            raise ApiError("BAD_REQUEST", "'texts' is required")
-        texts = check_texts(body["texts"], limits)
+        body, texts = read_texts_request(req, limits, CHUNKS_FIELDS)
         if body.get("chunk_tokens", 0) is None or body.get("overlap_tokens", 0) is None:
             raise ApiError("BAD_REQUEST", "'chunk_tokens' and 'overlap_tokens' must be whole numbers when given")
         option = chunk_option(body.get("chunk_tokens"), body.get("overlap_tokens"))
-        normalize = body.get("normalize", True)
-        if not isinstance(normalize, bool):
-            raise ApiError("BAD_REQUEST", "'normalize' must be true or false")
+        normalize = flag(body, "normalize", True)
         deadline = time.monotonic() + limits.request_timeout
         rows, vectors = embed_chunked(self.state, "/embed/chunks", texts, normalize, option, deadline)
         resp.media = {
