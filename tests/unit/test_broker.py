@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 
 import numpy as np
@@ -16,20 +15,6 @@ from tests.unit.inproc import CrashingWorkerLoop, InprocCluster, fake_vectors
 from worker.embedder import PROBE_TEXTS, FakeEmbedder
 
 TEXTS = [f"text {i} " + "word " * (i % 7) for i in range(150)]  # three jobs of at most 64 texts
-
-
-@pytest.fixture
-def make_cluster() -> Iterator[Callable[..., InprocCluster]]:
-    made: list[InprocCluster] = []
-
-    def make(**settings: object) -> InprocCluster:
-        cluster = InprocCluster(**settings)
-        made.append(cluster)
-        return cluster
-
-    yield make
-    for cluster in made:
-        cluster.close()
 
 
 def embed_in_background(cluster: InprocCluster, texts: list[str], timeout: float = 30.0) -> Future:

@@ -10,7 +10,7 @@ import os
 import shutil
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Future
 
 import numpy as np
@@ -22,23 +22,9 @@ from broker.protocol import Command
 from http_front.errors import ApiError
 from supervisor.broker_link import BrokerLink
 from supervisor.supervisor import FAILED_AFTER, Child, ClusterSettings, Supervisor
-from tests.unit.inproc import CrashingWorkerLoop, InprocCluster, eventually, fake_vectors
+from tests.unit.inproc import CrashingWorkerLoop, eventually, fake_vectors
 from tests.unit.test_broker import embed_in_background
 from worker.embedder import FakeEmbedder
-
-
-@pytest.fixture
-def make_cluster() -> Iterator[Callable[..., InprocCluster]]:
-    made: list[InprocCluster] = []
-
-    def make(**settings: object) -> InprocCluster:
-        cluster = InprocCluster(**settings)
-        made.append(cluster)
-        return cluster
-
-    yield make
-    for cluster in made:
-        cluster.close()
 
 
 def down(worker_id: str, state: str) -> dict[str, object]:
