@@ -126,6 +126,18 @@ class Cluster(Process):
         return [w["pid"] for w in self.get("/health").json().get("workers", [])]
 
 
+def eventually(check: Callable[[], Any], what: str, timeout: float = 60.0, interval: float = 0.05) -> Any:
+    """Poll ``check`` until it returns something truthy; fail loudly with ``what`` when the deadline passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            pytest.fail(f"not within {timeout}s: {what}")
+        time.sleep(interval)
+
+
 def wait_http(url: str, ok: Callable[[requests.Response], bool], timeout: float) -> requests.Response:
     deadline = time.monotonic() + timeout
     last: Any = None

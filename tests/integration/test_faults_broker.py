@@ -12,7 +12,6 @@ import signal
 import socket
 import statistics
 import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,7 +21,7 @@ import zmq
 
 from broker import protocol
 from broker.protocol import Command
-from tests.conftest import Cluster
+from tests.conftest import Cluster, eventually
 from tests.integration.faults import (
     Load,
     TextPool,
@@ -59,19 +58,6 @@ def cluster() -> Iterator[Cluster]:
         assert c.stop() == 0, c.log()
 
 
-def wait_for(check: Any, what: str, timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            result = check()
-        except (requests.RequestException, AssertionError, StopIteration):
-            result = None
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"not within {timeout}s: {what}")
-        time.sleep(0.1)
-
 
 def broker_pid_now(cluster: Cluster) -> int | None:
     pids = [pid for pid, cmd in children_of(cluster.proc.pid).items() if " supervisor.cli broker " in cmd]
@@ -90,12 +76,12 @@ def test_sigkill_of_the_broker_under_load_loses_nothing(cluster: Cluster, pool: 
         busy_worker(cluster)  # jobs are in flight on the worker right now
         os.kill(old, signal.SIGKILL)
         cluster.wait_event("broker_listening", after=mark, timeout=60)
-        wait_for(lambda: broker_pid_now(cluster) not in (None, old), "a new broker process")
+        eventually(lambda: broker_pid_now(cluster) not in (None, old), "a new broker process")
         answered = len(load.outcomes)
         load.wait_answers(answered + 24)
     tally = check_outcomes(load.outcomes)
     assert tally["200"] == len(load.outcomes)
-    wait_for(lambda: health(cluster)["status"] == "ok", "the cluster is healthy again")
+    eventually(lambda: health(cluster)["status"] == "ok", "the cluster is healthy again")
 
 
 def _garbage_messages(rng: random.Random) -> list[list[bytes]]:
@@ -155,7 +141,7 @@ def test_garbage_on_the_broker_sockets_is_dropped_and_the_broker_keeps_serving(c
             dealer.close()
     finally:
         context.term()
-    wait_for(lambda: broker_counter(cluster, "dropped_frames") >= dropped + 400, "the garbage is counted")
+    eventually(lambda: broker_counter(cluster, "dropped_frames") >= dropped + 400, "the garbage is counted")
     assert part_pid(cluster, "broker") == pid, "the broker restarted: garbage crashed it"
     with Load(cluster.url, pool, clients=8) as load:
         load.wait_answers(24)
@@ -195,7 +181,7 @@ def test_a_flood_far_past_capacity_gets_fast_503s_in_bounded_memory_and_recovers
           f"RSS MiB before {start_rss}, peak {peak}")
     assert growth["front"] < 150 and growth["broker"] < 100, (start_rss, peak)
     # and it recovers: the queue drains and a plain request is served
-    wait_for(lambda: health(cluster)["status"] == "ok", "healthy after the flood")
+    eventually(lambda: health(cluster)["status"] == "ok", "healthy after the flood")
     outcome = post_embed(requests.Session(), cluster.url, pool.texts[:5], pool)
     assert outcome.status == 200 and outcome.cosine and outcome.cosine > 0.999
 

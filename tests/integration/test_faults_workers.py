@@ -7,13 +7,12 @@ from __future__ import annotations
 import itertools
 import os
 import signal
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from tests.conftest import Cluster
+from tests.conftest import Cluster, eventually
 from tests.integration.faults import (
     Load,
     TextPool,
@@ -47,16 +46,6 @@ def worker_pids(cluster: Cluster) -> set[int]:
     return {w["pid"] for w in health(cluster).get("workers") or []}
 
 
-def wait_until(check: Any, what: str, timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"not within {timeout}s: {what}")
-        time.sleep(0.05)
-
 
 @pytest.mark.parametrize("round_", range(3))
 def test_sigkill_of_a_worker_mid_batch_loses_nothing(cluster: Cluster, pool: TextPool, round_: int) -> None:
@@ -85,13 +74,13 @@ def test_a_stalled_worker_is_presumed_dead_and_its_late_replies_are_ignored(clus
         victim = busy_worker(cluster)["pid"]
         os.kill(victim, signal.SIGSTOP)
         try:  # past its liveness (3 heartbeats) the broker forgets it and requeues its jobs
-            wait_until(lambda: victim not in worker_pids(cluster), "the stalled worker is dropped", 30)
+            eventually(lambda: victim not in worker_pids(cluster), "the stalled worker is dropped", 30)
             answered = len(load.outcomes)
             load.wait_answers(answered + 12)
         finally:
             os.kill(victim, signal.SIGCONT)
         # back, it finds itself unknown to the broker, drops what it held and registers again by itself
-        wait_until(lambda: victim in worker_pids(cluster), "the resumed worker registers again", 60)
+        eventually(lambda: victim in worker_pids(cluster), "the resumed worker registers again", 60)
         answered = len(load.outcomes)
         load.wait_answers(answered + 12)
     tally = check_outcomes(load.outcomes)
@@ -123,7 +112,7 @@ def test_a_crash_looping_worker_backs_off_is_reported_failed_and_retried(cluster
         _, failed_event = next_event(cluster, "worker_failed", lambda d: d["worker"] == victim, cursor, 10)
         assert failed_event["data"]["reason"] == "crash loop" and failed_event["data"]["retry_in"] >= 16
         assert delays == sorted(delays) and all(b == 2 * a for a, b in itertools.pairwise(delays)), delays
-        down = wait_until(lambda: [w for w in health(cluster)["workers_down"] if w["id"] == victim
+        down = eventually(lambda: [w for w in health(cluster)["workers_down"] if w["id"] == victim
                                    and w["state"] == "failed"], "/health reports the failed worker", 30)
         assert down[0]["reason"].startswith("crash loop") and down[0]["restart_in"] >= 16
         answered = len(load.outcomes)
@@ -132,5 +121,5 @@ def test_a_crash_looping_worker_backs_off_is_reported_failed_and_retried(cluster
     assert all(o.status == 200 for o in load.outcomes)
     # retried later (no more kills): it serves again and /health no longer lists it as down
     cluster.wait_event("worker_restarted", lambda d: d["worker"] == victim, after=cursor, timeout=60)
-    wait_until(lambda: len(health(cluster)["workers"]) == 2 and not health(cluster)["workers_down"],
+    eventually(lambda: len(health(cluster)["workers"]) == 2 and not health(cluster)["workers_down"],
                "the failed worker serves again", 120)

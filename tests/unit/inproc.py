@@ -19,6 +19,7 @@ from broker import protocol
 from broker.broker import Broker, BrokerSettings
 from broker.protocol import Command, Message
 from http_front.broker_client import BrokerClient
+from tests.conftest import eventually as poll
 from worker.embedder import FakeEmbedder, normalize_rows
 from worker.worker import WorkerLoop, WorkerSettings
 
@@ -35,16 +36,8 @@ def fake_vectors(texts: list[str], normalize: bool = True, **embedder: Any) -> n
 
 
 def eventually(check: Callable[[], Any], what: str, timeout: float = DEADLINE) -> Any:
-    """Poll ``check`` until it returns something truthy; fail loudly with ``what`` when the deadline passes."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"not within {timeout}s: {what}")
-        time.sleep(0.01)
-
+    """tests.conftest.eventually with the unit tier's deadline and a faster poll."""
+    return poll(check, what, timeout, interval=0.01)
 
 class CrashingWorkerLoop(WorkerLoop):
     """A worker loop that can die the way a killed process does: no DISCONNECT, no replies, just silence."""
