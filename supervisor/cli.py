@@ -68,7 +68,7 @@ def device_value(raw: str) -> str:
     if raw in DEVICES or (raw.startswith("cuda:") and raw[5:].isdigit()):
         return raw
     raise ValueError(raw)
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "fp16w")  # worker/precision.py says what each is
 
 
 def add_common(env: EnvArgs) -> None:
@@ -102,7 +102,8 @@ def add_worker_model(env: EnvArgs) -> None:
     env.add("--model", default="sentence-transformers/all-MiniLM-L6-v2",
             help="sentence-transformers model id or local path")
     env.add("--device", default="auto", type=device_value, help="auto, cpu, cuda, cuda:N or mps")
-    env.add("--precision", default="auto", choices=PRECISIONS, help="weights' precision")
+    env.add("--precision", default="auto", choices=PRECISIONS,
+            help="number format: fp16w = fp16 weights, fp32 arithmetic (CPU); auto measures")
     env.add("--threads", default=0, type=int, help="torch threads per CPU worker (0: cores / workers)")
 
 

@@ -1,8 +1,8 @@
 """The embedder interface a worker drives, its sentence-transformers implementation, and a fake for tests.
 
 An embedder tokenizes (so that the batcher can plan by tokens) and encodes already tokenized inputs into
-*unnormalized* float32 vectors; the worker normalizes on request. Only this module and model_loading import
-torch or sentence-transformers.
+*unnormalized* float32 vectors; the worker normalizes on request. Only this module, precision and model_loading
+import torch or sentence-transformers.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
+
+from worker import precision
 
 log = logging.getLogger(__name__)
 
@@ -133,45 +135,51 @@ class SentenceTransformerEmbedder:
 
     # -- precision --------------------------------------------------------------------------------------
     def _choose_precision(self, requested: str) -> None:
-        """Cast to the requested (or best) precision, keeping it only if its vectors match fp32's."""
-        candidates = [requested] if requested != "auto" else self._auto_candidates()
-        if candidates == ["fp32"]:
+        """Put on the requested (or best) precision, keeping it only if its vectors match fp32's.
+
+        ``auto`` also keeps a candidate only where it is faster than fp32 on the probe set (best of three timings
+        each, so that a moment of contention at start-up does not decide).
+        """
+        candidates = [requested] if requested != "auto" else precision.auto_candidates(self.device)
+        if candidates in ([], ["fp32"]):
             return
         reference = self.encode_ids(self.tokenize(PROBE_TEXTS).ids)
-        fp32_time = self._time_probe()
-        for precision in candidates:
-            dtype = {"bf16": self._torch.bfloat16, "fp16": self._torch.float16}[precision]
-            self.model.to(dtype)
-            self.precision = precision
-            low = self.encode_ids(self.tokenize(PROBE_TEXTS).ids)
-            worst = float(cosines(reference, low).min())
-            elapsed = self._time_probe()
+        fp32_time = self._time_probe() if requested == "auto" else 0.0
+        for candidate in candidates:
+            try:
+                applied = precision.apply(self.model, candidate, self.device)
+            except ValueError as exc:
+                self.precision_note = f"{candidate} unavailable: {exc}"
+                log.warning("%s; using fp32", self.precision_note)
+                continue
+            self.precision = candidate
+            worst = float(cosines(reference, self.encode_ids(self.tokenize(PROBE_TEXTS).ids)).min())
+            elapsed = self._time_probe() if requested == "auto" else 0.0
             if worst < 0.999:
-                self.precision_note = f"{precision} rejected: cosine {worst:.5f} to fp32 on the probe set"
-            elif requested == "auto" and self.device == "cpu" and elapsed > fp32_time:
-                self.precision_note = f"{precision} rejected: slower than fp32 here ({elapsed:.3f}s vs " \
+                self.precision_note = f"{candidate} rejected: cosine {worst:.5f} to fp32 on the probe set"
+            elif elapsed > fp32_time:
+                self.precision_note = f"{candidate} rejected: slower than fp32 here ({elapsed:.3f}s vs " \
                                       f"{fp32_time:.3f}s on the probe set)"
             else:
-                self.precision_note = f"{precision}: cosine {worst:.5f} to fp32 on the probe set"
+                self.precision_note = f"{candidate}: cosine {worst:.5f} to fp32 on the probe set"
                 log.info("precision %s", self.precision_note)
+                applied.keep()
                 return
             log.warning("%s; using fp32", self.precision_note)
-            self.model.to(self._torch.float32)
+            applied.restore()
             self.precision = "fp32"
 
-    def _auto_candidates(self) -> list[str]:
-        if self.device.startswith("cuda"):
-            return ["fp16"]
-        if self.device == "cpu" and cpu_has_fast_bf16():
-            return ["bf16"]
-        return ["fp32"]
-
     def _time_probe(self) -> float:
-        ids = self.tokenize(PROBE_TEXTS * 4).ids
-        self.encode_ids(ids)
-        start = time.perf_counter()
-        self.encode_ids(ids)
-        return time.perf_counter() - start
+        """Seconds for the probe texts one at a time and then as one batch: both ends of the served load."""
+        single = [[seq] for seq in self.tokenize(PROBE_TEXTS[:4]).ids]
+        batch = self.tokenize(PROBE_TEXTS * 4).ids
+        best = float("inf")
+        for _ in range(3):
+            start = time.perf_counter()
+            for ids in [*single, batch]:
+                self.encode_ids(ids)
+            best = min(best, time.perf_counter() - start)
+        return best
 
     # -- the hot path -----------------------------------------------------------------------------------
     def tokenize(self, texts: list[str]) -> Tokenized:
@@ -211,15 +219,3 @@ class SentenceTransformerEmbedder:
         encoded = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
         return [(int(start), int(end)) for start, end in encoded["offset_mapping"]]
 
-
-def cpu_has_fast_bf16() -> bool:
-    """True when the CPU has native bf16 matrix instructions (AVX512-BF16 or AMX); on others bf16 is slow."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool(flags & {"avx512_bf16", "amx_bf16"})
-    except OSError:
-        pass
-    return False

@@ -102,7 +102,7 @@ def test_an_unknown_variable_is_rejected_with_a_clear_message(monkeypatch: pytes
     ("EMBED_WORKERS", "-1", "EMBED_WORKERS='-1'"),
     ("EMBED_WORKERS", "two", "EMBED_WORKERS='two'"),
     ("EMBED_REQUEST_TIMEOUT", "0", "EMBED_REQUEST_TIMEOUT='0'"),
-    ("EMBED_PRECISION", "fp64", "choose from auto, fp32, bf16, fp16"),
+    ("EMBED_PRECISION", "fp64", "choose from auto, fp32, bf16, fp16, fp16w"),
     ("EMBED_LOG_LEVEL", "LOUD", "choose from"),
     ("EMBED_DEVICE", "gpu", "EMBED_DEVICE='gpu'"),
 ])
