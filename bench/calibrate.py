@@ -5,7 +5,9 @@ relative error, ``seconds = a + c * size * width * (1 + width / attention_width)
 ``CostModel(overhead=a / c, attention_width=...)``, the overhead in tokens. On CPU it uses one torch thread
 and the thread's CPU time, which other processes on the machine disturb much less than wall time.
 
-    python bench/calibrate.py [--model ID_OR_PATH] [--device cpu|cuda]
+    python bench/calibrate.py [--model ID_OR_PATH] [--device cpu|cuda] [--precision auto|fp32|fp16w|...]
+
+It loads the model as a worker does (``--precision auto`` by default: what the worker would pick here).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="sentence-transformers/all-MiniLM-L6-v2")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", default="auto", help="as the worker's --precision (default auto)")
     parser.add_argument("--max-tokens", type=int, default=16384, help="largest batch timed, in padded tokens")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -37,8 +40,9 @@ def main() -> None:
     from worker.embedder import SentenceTransformerEmbedder
 
     on_cpu = args.device == "cpu"
-    embedder = SentenceTransformerEmbedder(reference_path(args.model), args.model, args.device, "fp32",
+    embedder = SentenceTransformerEmbedder(reference_path(args.model), args.model, args.device, args.precision,
                                            1 if on_cpu else None)
+    print(f"precision {embedder.precision}", file=sys.stderr)
     clock = time.thread_time if on_cpu else time.perf_counter
 
     def seconds(size: int, width: int) -> float:

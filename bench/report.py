@@ -34,8 +34,13 @@ def render(r: dict[str, Any]) -> str:
         lines.append(f"in-process encode, bf16, batch_size=32: {bf16['texts_per_s']:8.2f} texts/s  "
                      f"(on {bf16['texts']} of the texts, where fp32 did {bf16['fp32_on_same_texts_per_s']:.2f}; "
                      f"worst cosine to fp32 {bf16['min_cosine_to_fp32']:.5f})")
+    ceiling = r.get("ceiling") or {}
+    if ceiling:
+        lines.append(f"compute ceiling, {ceiling['precision']}: {ceiling['texts_per_s']:8.2f} texts/s  "
+                     f"({ceiling['cores']} cores x {ceiling['per_core_texts_per_s']:.2f} texts/s of one thread's CPU "
+                     f"time: the worker's model code and planner, {ceiling['batches']} batches, no serving)")
     header = (f"{'shape':<24}{'server':<20}{'texts/s':>9}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}"
-              f"{'x fp32':>8}{'x seed':>8}{'min cos':>10}{'others':>8}")
+              f"{'x fp32':>8}{'x seed':>8}{'x ceil':>8}{'min cos':>10}{'others':>8}")
     lines += ["", header, "-" * len(header)]
     names = next((list(r[k]["shapes"]) for k, _ in SERVERS if "shapes" in r.get(k, {})), [])
     for name in names:
@@ -50,6 +55,7 @@ def render(r: dict[str, Any]) -> str:
                 f"{_num(shape['p95_ms']):>9}{_num(shape['p99_ms']):>9}"
                 f"{_num(rate / fp32 if fp32 else None, 2):>8}"
                 f"{_num(rate / seed if seed and key != 'seed' else None, 2):>8}"
+                f"{_num(rate / ceiling['texts_per_s'] if ceiling else None, 2):>8}"
                 f"{_num(shape.get('min_cosine'), 5):>10}{_num(shape.get('others_cores'), 2):>8}")
     for key, title in SERVERS:
         light = r.get(key, {}).get("light")

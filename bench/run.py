@@ -6,6 +6,8 @@ On one set of real texts (bench/corpus.py: short queries to long paragraphs, 70+
 
 - in-process ``SentenceTransformer.encode(texts, batch_size=32)`` in fp32 (and bf16, on a subset: on CPUs
   without native bf16 it is several times slower, and the subset keeps the run short);
+- the compute ceiling: the worker's own model code and batch planner on one thread, all texts at once, times
+  the physical cores (bench/ceiling.py): no server of this model can beat it on this machine;
 - a single-process server of the seed's design (bench/seed_server.py);
 - ``embed-cluster up`` with default settings (or the workers/threads/arguments given);
 
@@ -40,7 +42,7 @@ from bench.load import SHAPES, LoadError, cosine_rows, light_load, run_shape
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 RESULTS = Path(__file__).resolve().parent / "results"
-PARTS = ("inprocess", "bf16", "seed", "cluster")
+PARTS = ("inprocess", "bf16", "ceiling", "seed", "cluster")
 
 
 def reference_path(model: str) -> str:
@@ -66,6 +68,18 @@ def run_inprocess(texts: list[str], model: str, precision: str, workdir: Path) -
     result = json.loads(out.stdout.strip().splitlines()[-1])
     result["vectors"] = np.load(vectors_file)
     return result
+
+
+def run_ceiling(texts: list[str], model: str, workdir: Path) -> dict[str, Any]:
+    import subprocess
+
+    texts_file = workdir / f"texts-ceiling-{len(texts)}.json"
+    texts_file.write_text(json.dumps(texts), encoding="utf-8")
+    out = subprocess.run([sys.executable, str(Path(__file__).parent / "ceiling.py"), "--texts", str(texts_file),
+                          "--model", model], env=procs.child_env(), capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"ceiling failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def serve_shapes(port: int, texts: list[str], queries: list[str], light: int, reference: np.ndarray | None,
@@ -170,6 +184,10 @@ def main(argv: list[str] | None = None) -> int:
             bf16["fp32_on_same_texts_per_s"] = same["texts_per_s"]
             report["inprocess_bf16"] = bf16
             log(f"  bf16 {bf16['texts_per_s']:.2f} texts/s, fp32 {same['texts_per_s']:.2f} texts/s")
+        if "ceiling" not in skip:
+            log("compute ceiling (the worker's model code and planner, one thread a core) ...")
+            report["ceiling"] = run_ceiling(texts, model_path, workdir)
+            log(f"  {report['ceiling']['texts_per_s']:.2f} texts/s")
     servers = [("seed", "seed-design server", lambda: procs.start_seed_server(model_path, RESULTS)),
                ("cluster", "embed-cluster", lambda: procs.start_cluster(args.model, cluster_args, RESULTS))]
     for key, title, start in servers:

@@ -171,7 +171,9 @@ def lan(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lan]:
 def test_remote_worker_joins_with_its_key_and_serves_exact_vectors(lan: Lan, reference_model) -> None:
     [worker] = lan.workers()
     assert worker["remote"] is True and worker["host"] == "lan-box-b" and worker["state"] in ("ready", "busy")
-    assert worker["device"] == "cpu" and worker["precision"] == "fp32" and worker["pid"] == lan.worker.proc.pid
+    ready = next(e["data"] for e in lan.worker.events if e["type"] == "worker_ready")
+    assert worker["device"] == "cpu" and worker["pid"] == lan.worker.proc.pid
+    assert worker["precision"] == ready["precision"] and worker["precision"] in ("fp32", "fp16w", "bf16")
     texts = sample_texts(32, seed=5)
     got = np.array(lan.cluster.embed(texts))
     expected = reference_model.encode(texts, normalize_embeddings=True)
