@@ -40,7 +40,8 @@ def main() -> None:
         texts = json.load(f)
     embedder = SentenceTransformerEmbedder(args.model, args.model, "cpu", args.precision, threads=1)
     ids = embedder.tokenize(texts).ids
-    groups = plan_groups([len(seq) for seq in ids], default_token_budget("cpu"), 256, default_cost_model("cpu"))
+    cost = default_cost_model("cpu", embedder.precision)
+    groups = plan_groups([len(seq) for seq in ids], default_token_budget("cpu"), 256, cost)
     batches = [[ids[i] for i in group] for _, group in groups]
     embedder.encode_ids(batches[len(batches) // 2])  # warm-up
     start, cpu = time.perf_counter(), time.thread_time()

@@ -37,15 +37,20 @@ class CostModel:
 
 
 # Fitted by bench/calibrate.py (least squares over 1-64 texts x 8-256 tokens) for all-MiniLM-L6-v2 with one
-# torch thread on the project's 2-core AMD EPYC: 10.4 ms a pass + 0.34 ms a token, 0.1% dearer per token of width.
+# torch thread on the project's 2-core AMD EPYC. fp32: 10.4 ms a pass + 0.34 ms a token, 0.1% dearer per token
+# of width (`--precision fp32`); fp16w: 5.0 ms a pass + 0.31 ms a token (`--precision fp16w`, what `auto` picks
+# there): its packed weights make a pass's fixed cost half of fp32's.
 CPU_COST = CostModel(overhead=31.0, attention_width=1040.0)
+CPU_FP16W_COST = CostModel(overhead=16.1, attention_width=1382.0)
 # Accelerators run a batch's tokens in parallel: a pass costs as much as a few thousand tokens, and padding
 # is cheap. An estimate, not a measurement of this project: bench/calibrate.py --device cuda refits it.
 ACCELERATOR_COST = CostModel(overhead=4096.0, attention_width=2048.0)
 
 
-def default_cost_model(device: str) -> CostModel:
-    return CPU_COST if device == "cpu" else ACCELERATOR_COST
+def default_cost_model(device: str, precision: str = "fp32") -> CostModel:
+    if device != "cpu":
+        return ACCELERATOR_COST
+    return CPU_FP16W_COST if precision == "fp16w" else CPU_COST
 
 
 @dataclass

@@ -66,7 +66,7 @@ class ComputeThread(threading.Thread):
                  cost: CostModel | None = None) -> None:
         super().__init__(name="compute", daemon=True)
         self.embedder = embedder
-        self.pool = Pool(token_budget, max_batch, cost or default_cost_model(embedder.device))
+        self.pool = Pool(token_budget, max_batch, cost or default_cost_model(embedder.device, embedder.precision))
         self.inbox: queue.Queue[PendingJob | None] = queue.Queue()
         self.done: deque[tuple[PendingJob | None, dict[str, Any] | None]] = deque()
         self.generation = 0  # bumped when the broker forgets us: older jobs are dropped
