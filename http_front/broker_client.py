@@ -9,6 +9,7 @@ lost, and the broker's job table keeps it from being done twice.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import itertools
 import logging
@@ -92,11 +93,11 @@ class BrokerClient:
         by characters) when there are several. With a ``chunk`` option each job's rows are its texts' chunks,
         and ``chunks`` holds ``[text index, start, end]`` for every row."""
         deadline = time.monotonic() + timeout
-        spread = self._workers()
-        if spread > 1 and len(texts) > 1:  # one share of the characters per worker, so that all work on it at once
-            share = -(-sum(len(t) for t in texts) // spread)
-            job_chars = min(job_chars, share) if job_chars else share
-        starts = self._job_starts(texts, job_chars)
+        # one share of the work per worker, so that all work on the request at once; then the job limits
+        chunked = bool(options and "chunk" in options)  # every chunk is encoded: work grows with the characters
+        work = [len(t) if chunked else estimated_tokens(t, self._max_tokens()) for t in texts]
+        bounds = spread_bounds(work, self._workers())
+        starts = [a + s for a, b in itertools.pairwise(bounds) for s in self._job_starts(texts[a:b], job_chars)]
         parts = [texts[a:b] for a, b in itertools.pairwise([*starts, len(texts)])]
         futures = [self._submit(part, normalize, timeout, options) for part in parts]
         replies = []
@@ -144,6 +145,11 @@ class BrokerClient:
             with contextlib.suppress(InvalidStateError):  # its reply came in the meantime
                 future.set_exception(ApiError(code, message))
         return len(waiting)
+
+    def _max_tokens(self) -> int:
+        status = self.latest_status() or {}
+        value = status.get("max_tokens")
+        return value if isinstance(value, int) and value > 0 else 512
 
     def _workers(self) -> int:
         """Workers the broker last reported: a request is spread over them."""
@@ -294,3 +300,34 @@ class BrokerClient:
                 self._send(sock, protocol.encode(Command.SUBMIT, p.header))
             self.resent += len(pending)
         self.broker_id = broker_id
+
+
+def estimated_tokens(text: str, max_tokens: int) -> float:
+    """About how many tokens ``text`` has once truncated: what encoding it costs, without the tokenizer.
+
+    Subword tokenizers take ~4 characters of English (ASCII) text a token and ~1.6 of other scripts (measured on
+    bench/corpus.jsonl with all-MiniLM-L6-v2's tokenizer: correlation 0.95 with the real counts, against 0.89 for
+    plain characters, whose long texts are cut at the model's limit anyway).
+    """
+    ascii_chars = len(text.encode("ascii", "ignore"))
+    return min(float(max_tokens), 2.0 + ascii_chars / 4.2 + (len(text) - ascii_chars) / 1.6)
+
+
+def spread_bounds(work: list[float], parts: int) -> list[int]:
+    """Cut a request's texts into at most ``parts`` runs of about equal ``work``: [0, cut, ..., len(work)].
+
+    Each cut lies where the running total comes nearest its share, so that no worker of a spread request waits
+    long on another (the request is done when its last share is). Every run holds at least one text.
+    """
+    n = len(work)
+    parts = max(1, min(parts, n))
+    before = list(itertools.accumulate(work, initial=0.0))  # before[i]: the work of texts[:i]
+    bounds = [0]
+    for k in range(1, parts):
+        target = before[n] * k / parts
+        lo, hi = bounds[-1] + 1, n - (parts - k)  # leave a text for each run still to come
+        i = min(max(bisect.bisect_left(before, target, lo, hi + 1), lo), hi)
+        if i > lo and target - before[i - 1] < before[i] - target:
+            i -= 1
+        bounds.append(i)
+    return [*bounds, n]

