@@ -1,9 +1,11 @@
 """Which worker gets the next job: work in proportion to what each worker can do.
 
 A worker's *rate* is the texts per second of compute it reports in its heartbeats (``stats.texts_per_s``) once
-it has encoded ``MEASURED_AFTER`` texts; before that, a prior for its device. Its *credit*, the texts it may
-hold at once, is what it encodes in ``WINDOW`` seconds: at least one full job, at most the capacity it
-advertised. A job goes to the worker that would finish it first, the smallest
+it has encoded ``MEASURED_AFTER`` texts; before that, the mean rate of the measured workers of its device kind
+(two CPU workers of one model run at about the same speed, and a worker assumed far faster than its measured
+twin would take every job until it had measured itself), or with none measured, a prior for its device.
+Its *credit*, the texts it may hold at once, is what it encodes in ``WINDOW`` seconds: at least one full job,
+at most the capacity it advertised. A job goes to the worker that would finish it first, the smallest
 ``(texts it holds + the job's) / rate``, if that worker has credit left. If it has none, the job goes to
 another worker with credit only when that one would finish it before the workers together could drain all the
 work there is (held and queued); otherwise it waits in the broker for the fast worker. So under load every
@@ -35,24 +37,34 @@ class Candidate(Protocol):
 W = TypeVar("W", bound=Candidate)
 
 
-def rate(worker: Candidate) -> float:
-    """Texts per second this worker encodes: measured when it has done enough, else its device's prior."""
+def measured_rate(worker: Candidate) -> float | None:
     measured = worker.stats.get("texts_per_s")
     done = worker.stats.get("texts_done") or 0
     if isinstance(measured, (int, float)) and measured > 0 and done >= MEASURED_AFTER:
         return float(measured)
-    device = str(worker.info.get("device") or "cpu").split(":", 1)[0]
-    return PRIOR_RATE.get(device, PRIOR_RATE["cpu"])
+    return None
 
 
-def credit(worker: Candidate) -> int:
+def device_kind(worker: Candidate) -> str:
+    return str(worker.info.get("device") or "cpu").split(":", 1)[0]
+
+
+def rate(worker: Candidate, peers: Iterable[Candidate] = ()) -> float:
+    """Texts per second this worker encodes: measured when it has done enough, else the mean of its measured
+    ``peers`` of the same device kind, else its device's prior."""
+    measured = measured_rate(worker)
+    if measured is not None:
+        return measured
+    kind = device_kind(worker)
+    twins = [r for peer in peers if device_kind(peer) == kind and (r := measured_rate(peer)) is not None]
+    if twins:
+        return sum(twins) / len(twins)
+    return PRIOR_RATE.get(kind, PRIOR_RATE["cpu"])
+
+
+def credit(worker: Candidate, peers: Iterable[Candidate] = ()) -> int:
     """Texts the worker may hold at once: ``WINDOW`` seconds of its work, within [one job, its capacity]."""
-    return max(1, min(worker.capacity, max(MIN_CREDIT, round(rate(worker) * WINDOW))))
-
-
-def finish_estimate(worker: Candidate, texts: int) -> float:
-    """Seconds until this worker would have encoded a job of ``texts`` given to it now."""
-    return (worker.inflight_texts + texts) / rate(worker)
+    return max(1, min(worker.capacity, max(MIN_CREDIT, round(rate(worker, peers) * WINDOW))))
 
 
 def pick(candidates: Iterable[W], texts: int, backlog: int = 0) -> W | None:
@@ -63,14 +75,19 @@ def pick(candidates: Iterable[W], texts: int, backlog: int = 0) -> W | None:
     workers = list(candidates)
     if not workers:
         return None
-    drain = (sum(w.inflight_texts for w in workers) + max(backlog, texts)) / sum(rate(w) for w in workers)
-    limit = max(drain, min(finish_estimate(w, texts) for w in workers))
+    rates = {id(w): rate(w, workers) for w in workers}
+
+    def finish(worker: W) -> float:  # seconds until this worker would have encoded the job given to it now
+        return (worker.inflight_texts + texts) / rates[id(worker)]
+
+    drain = (sum(w.inflight_texts for w in workers) + max(backlog, texts)) / sum(rates.values())
+    limit = max(drain, min(finish(w) for w in workers))
     best: W | None = None
     best_key = (0.0, 0.0)
     for worker in workers:
-        if worker.inflight_texts and worker.inflight_texts + texts > credit(worker):
+        if worker.inflight_texts and worker.inflight_texts + texts > credit(worker, workers):
             continue  # out of credit
-        key = (finish_estimate(worker, texts), worker.last_dispatch)
+        key = (finish(worker), worker.last_dispatch)
         if key[0] <= limit and (best is None or key < best_key):
             best, best_key = worker, key
     return best

@@ -13,6 +13,7 @@ import logging
 import time
 import uuid
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,7 +79,7 @@ class Worker:
     def worker_id(self) -> str:
         return str(self.info.get("worker_id") or self.key[1].hex())
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self, peers: Iterable[Worker] = ()) -> dict[str, Any]:
         info = self.info
         return {
             "id": self.worker_id,
@@ -89,7 +90,7 @@ class Worker:
             "pid": info.get("pid"),
             "remote": self.key[0] == "lan",
             "capacity": self.capacity,
-            "credit": balancing.credit(self),
+            "credit": balancing.credit(self, peers),
             "inflight_texts": self.inflight_texts,
             "served_texts": self.served_texts,
             "texts_per_s": self.stats.get("texts_per_s"),
@@ -266,7 +267,7 @@ class Broker:
             "model_name": ref.get("model_name"),
             "dim": ref.get("dim"),
             "max_tokens": ref.get("max_tokens"),
-            "workers": [w.describe() for w in self.workers.values()],
+            "workers": [w.describe(self.workers.values()) for w in self.workers.values()],
             "workers_down": self.down_workers(),
             "queue_jobs": len(self.queue),
             "queue_texts": self.queued_texts(),

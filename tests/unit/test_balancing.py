@@ -198,3 +198,20 @@ def test_credit_is_a_window_of_work_within_one_job_and_the_capacity() -> None:
     assert balancing.credit(records["cpu"]) == balancing.MIN_CREDIT  # 30/s: still one full job
     described = {w["id"]: w for w in sim.broker.status()["workers"]}
     assert described["gpu"]["credit"] == 1024 and described["gpu"]["texts_per_s"] == pytest.approx(5000, rel=0.01)
+
+
+def test_an_unmeasured_worker_is_assumed_as_fast_as_its_measured_twin() -> None:
+    """Two CPU workers of a big model (6 texts/s), one measured, one not yet: the device prior (100 texts/s)
+    would make the unmeasured one look 16x faster and take every job until it had measured itself."""
+    measured, fresh = FakeWorker("measured", 6.0), FakeWorker("fresh", 6.0)
+    sim = Simulation([measured, fresh])
+    sim.deliver(measured, Command.HEARTBEAT, {"stats": {"texts_done": 100, "texts_per_s": 6.0}})
+    sim.deliver(fresh, Command.HEARTBEAT, {"stats": {"texts_done": 10, "texts_per_s": 6.3}})
+    workers = list(sim.broker.workers.values())
+    assert [balancing.rate(w, workers) for w in workers] == [6.0, 6.0]
+    assert balancing.rate(workers[1]) == balancing.PRIOR_RATE["cpu"]  # alone, only the prior is left
+    for _ in range(16):
+        sim.submit(8)
+    sim.dispatch()
+    sim.run()
+    assert sim.texts("measured") == sim.texts("fresh") == 64
