@@ -89,11 +89,10 @@ class BrokerClient:
     def embed(self, texts: list[str], normalize: bool, timeout: float,
               options: dict[str, Any] | None = None, job_chars: int | None = None) -> EmbedResult:
         """Embed ``texts`` in jobs of ``job_texts`` texts, or fewer that hold about ``job_chars`` characters (a
-        chunked job's work grows with its text, not with its count), and in at least one job per worker (split
-        by characters) when there are several. With a ``chunk`` option each job's rows are its texts' chunks,
-        and ``chunks`` holds ``[text index, start, end]`` for every row."""
+        chunked job's work grows with its text, not with its count), and in at least one job per worker (runs
+        of about equal estimated work: :func:`spread_bounds`) when there are several. With a ``chunk`` option
+        each job's rows are its texts' chunks, and ``chunks`` holds ``[text index, start, end]`` for every row."""
         deadline = time.monotonic() + timeout
-        # one share of the work per worker, so that all work on the request at once; then the job limits
         chunked = bool(options and "chunk" in options)  # every chunk is encoded: work grows with the characters
         work = [len(t) if chunked else estimated_tokens(t, self._max_tokens()) for t in texts]
         bounds = spread_bounds(work, self._workers())

@@ -140,14 +140,16 @@ class SentenceTransformerEmbedder:
     def _choose_precision(self, requested: str) -> None:
         """Put on the requested (or best) precision, keeping it only if its vectors match fp32's.
 
-        ``auto`` also keeps a candidate only where it is faster than fp32 on the probe set (best of three timings
-        each, so that a moment of contention at start-up does not decide).
+        On CPU, ``auto`` also keeps a candidate only where it is faster than fp32 on the probe set (best of three
+        timings each, so that a moment of contention at start-up does not decide); on an accelerator the probe set
+        is too small to show fp16's gain, which is in large batches and memory.
         """
         candidates = [requested] if requested != "auto" else precision.auto_candidates(self.device)
         if candidates in ([], ["fp32"]):
             return
         reference = self.encode_ids(self.tokenize(PROBE_TEXTS).ids)
-        fp32_time = self._time_probe() if requested == "auto" else 0.0
+        timed = requested == "auto" and self.device == "cpu"
+        fp32_time = self._time_probe() if timed else 0.0
         for candidate in candidates:
             try:
                 applied = precision.apply(self.model, candidate, self.device)
@@ -157,7 +159,7 @@ class SentenceTransformerEmbedder:
                 continue
             self.precision = candidate
             worst = float(cosines(reference, self.encode_ids(self.tokenize(PROBE_TEXTS).ids)).min())
-            elapsed = self._time_probe() if requested == "auto" else 0.0
+            elapsed = self._time_probe() if timed else 0.0
             if worst < 0.999:
                 self.precision_note = f"{candidate} rejected: cosine {worst:.5f} to fp32 on the probe set"
             elif elapsed > fp32_time:
@@ -226,8 +228,8 @@ class SentenceTransformerEmbedder:
     def _same_vectors_without_mask(self) -> bool:
         """Whether an unpadded batch may go without an attention mask (all ones) and give the same vectors.
 
-        Without a mask the model skips building one and attention takes its unmasked path: ~0.5 ms of a 13 ms
-        pass for one query here. Checked once on this model, since a model may require the mask.
+        Without a mask the model skips building one and attention takes its unmasked path, a little of a lone
+        query's pass. Checked once on this model, since a model may require the mask.
         """
         ids = self.tokenize(PROBE_TEXTS[:1]).ids
         with_mask = self.encode_ids(ids)
