@@ -19,8 +19,18 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def planned(embedder: Any, ids: list[list[int]]) -> list[list[int]]:
+    """Indices of ``ids`` in the batches a CPU worker's planner cuts from all of them at once."""
+    from worker.batching import default_cost_model, plan_groups
+    from worker.worker import default_token_budget
+
+    cost = default_cost_model("cpu", embedder.precision)
+    return [group for _, group in plan_groups([len(seq) for seq in ids], default_token_budget("cpu"), 256, cost)]
 
 
 def main() -> None:
@@ -31,18 +41,14 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    from worker.batching import default_cost_model, plan_groups
     from worker.devices import physical_cores
     from worker.embedder import SentenceTransformerEmbedder
-    from worker.worker import default_token_budget
 
     with open(args.texts, encoding="utf-8") as f:
         texts = json.load(f)
     embedder = SentenceTransformerEmbedder(args.model, args.model, "cpu", args.precision, threads=1)
     ids = embedder.tokenize(texts).ids
-    cost = default_cost_model("cpu", embedder.precision)
-    groups = plan_groups([len(seq) for seq in ids], default_token_budget("cpu"), 256, cost)
-    batches = [[ids[i] for i in group] for _, group in groups]
+    batches = [[ids[i] for i in group] for group in planned(embedder, ids)]
     embedder.encode_ids(batches[len(batches) // 2])  # warm-up
     start, cpu = time.perf_counter(), time.thread_time()
     for batch in batches:

@@ -32,9 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 def measure(model: str, precision: str, n: int, vectors_out: str) -> dict[str, Any]:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from bench import corpus
-    from worker.batching import default_cost_model, plan_groups
+    from bench.ceiling import planned
     from worker.embedder import SentenceTransformerEmbedder
-    from worker.worker import default_token_budget
 
     embedder = SentenceTransformerEmbedder(model, model, "cpu", precision, threads=1)
     rss_mb = _status_mb("VmRSS")
@@ -42,8 +41,6 @@ def measure(model: str, precision: str, n: int, vectors_out: str) -> dict[str, A
     texts = [row["text"] for row in rows]
     queries = embedder.tokenize([row["text"] for row in rows if row["kind"] == "query"]).ids[:60]
     ids = embedder.tokenize(texts).ids
-    groups = plan_groups([len(seq) for seq in ids], default_token_budget("cpu"), 256,
-                         default_cost_model("cpu", embedder.precision))
     for seq in queries[:3]:
         embedder.encode_ids([seq])
     single = []
@@ -54,7 +51,7 @@ def measure(model: str, precision: str, n: int, vectors_out: str) -> dict[str, A
         single.append((time.perf_counter() - start) * 1000)
     vectors = np.empty((len(ids), embedder.dim), dtype=np.float32)
     start = time.thread_time()
-    for _, group in groups:
+    for group in planned(embedder, ids):
         vectors[group] = embedder.encode_ids([ids[i] for i in group])
     seconds = time.thread_time() - start
     np.save(vectors_out, vectors)

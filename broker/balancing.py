@@ -62,9 +62,10 @@ def rate(worker: Candidate, peers: Iterable[Candidate] = ()) -> float:
     return PRIOR_RATE.get(kind, PRIOR_RATE["cpu"])
 
 
-def credit(worker: Candidate, peers: Iterable[Candidate] = ()) -> int:
+def credit(worker: Candidate, peers: Iterable[Candidate] = (), known_rate: float | None = None) -> int:
     """Texts the worker may hold at once: ``WINDOW`` seconds of its work, within [one job, its capacity]."""
-    return max(1, min(worker.capacity, max(MIN_CREDIT, round(rate(worker, peers) * WINDOW))))
+    texts_per_s = rate(worker, peers) if known_rate is None else known_rate
+    return max(1, min(worker.capacity, max(MIN_CREDIT, round(texts_per_s * WINDOW))))
 
 
 def pick(candidates: Iterable[W], texts: int, backlog: int = 0) -> W | None:
@@ -85,7 +86,7 @@ def pick(candidates: Iterable[W], texts: int, backlog: int = 0) -> W | None:
     best: W | None = None
     best_key = (0.0, 0.0)
     for worker in workers:
-        if worker.inflight_texts and worker.inflight_texts + texts > credit(worker, workers):
+        if worker.inflight_texts and worker.inflight_texts + texts > credit(worker, known_rate=rates[id(worker)]):
             continue  # out of credit
         key = (finish(worker), worker.last_dispatch)
         if key[0] <= limit and (best is None or key < best_key):

@@ -5,9 +5,9 @@
   with native bf16 instructions (AVX512-BF16 or AMX); several times slower than fp32 on other CPUs.
 - ``fp16w``: CPU only. The weights of every ``Linear`` layer are stored as fp16 and packed once, at load,
   for fbgemm's fp16 GEMM; the arithmetic stays fp32. The encoder's weights take half the memory and a forward
-  pass reads half the bytes; a small batch (one query) no longer repacks fp32 weights on every pass. On the
-  project's AVX2 machine a single 20-token query ran 17.3 -> 12.8 ms and large batches kept fp32's rate, with a
-  worst cosine to fp32 of 0.999999 over 480 texts (``python bench/calibrate.py --precision fp16w``).
+  pass reads half the bytes; a small batch (one query) no longer repacks fp32 weights on every pass.
+  ``python bench/precision.py --kernels`` compares it with fp32 (one query's latency, a corpus's rate, memory,
+  cosine) and the other Linear kernels torch offers on a CPU.
 
 :func:`apply` puts a format on a model and returns an :class:`Applied` that can restore fp32 exactly: the
 embedder keeps a format only after checking its vectors against fp32 (worker/embedder.py), and then
@@ -26,9 +26,6 @@ from typing import Any, Protocol
 log = logging.getLogger(__name__)
 
 MADV_DONTNEED = 4  # Linux
-
-PRECISIONS = ("auto", "fp32", "bf16", "fp16", "fp16w")
-
 
 def auto_candidates(device: str) -> list[str]:
     """What ``--precision auto`` tries on ``device``, best first; fp32 when all are rejected."""

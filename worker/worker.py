@@ -383,8 +383,7 @@ def default_capacity(device: str) -> int:
 
 
 def default_token_budget(device: str) -> int:
-    """Padded tokens per batch: a bound on a batch's activation memory (~37 MB a 1,024 tokens for MiniLM). On CPU,
-    1536 kept a MiniLM fp16w worker's peak at 577-585 MB in `bench/run.py` (2048: 586-601; 8192: ~760) at the
-    same speed (8 clients x 1-64 texts, interleaved: 58.7/56.4 against 58.8/57.8 texts/s): a pass's fixed cost
-    is 16 tokens' worth, 1% of such a batch."""
+    """Padded tokens per batch: a bound on a batch's activation memory. On CPU, 1536 kept a MiniLM fp16w
+    worker's peak at 577-601 MB in `bench/run.py` (2048: 586-601; 8192: ~760) at the same speed: a pass's fixed
+    cost is 16 tokens' worth (`bench/calibrate.py`), 1% of such a batch."""
     return 65536 if device.startswith("cuda") else 1536

@@ -17,13 +17,8 @@ pytestmark = pytest.mark.skipif(not precision.fp16_weight_packing_available(),
 
 
 @pytest.fixture(scope="module")
-def embedder(real_embedder: SentenceTransformerEmbedder) -> SentenceTransformerEmbedder:
-    return real_embedder
-
-
-@pytest.fixture(scope="module")
-def ids(embedder: SentenceTransformerEmbedder) -> list[list[int]]:
-    return embedder.tokenize(sample_texts(10, seed=3)).ids
+def ids(real_embedder: SentenceTransformerEmbedder) -> list[list[int]]:
+    return real_embedder.tokenize(sample_texts(10, seed=3)).ids
 
 
 def encode(embedder: SentenceTransformerEmbedder, ids: list[list[int]]) -> np.ndarray:
@@ -35,28 +30,28 @@ def linear_types(model: Any) -> set[str]:
     return {type(m).__name__ for m in model.modules() if "Linear" in type(m).__name__}
 
 
-def test_fp16w_packs_every_linear_and_matches_fp32_then_restores_it_exactly(embedder, ids) -> None:
-    fp32 = encode(embedder, ids)
-    applied = precision.apply(embedder.model, "fp16w", "cpu")
+def test_fp16w_packs_every_linear_and_matches_fp32_then_restores_it_exactly(real_embedder, ids) -> None:
+    fp32 = encode(real_embedder, ids)
+    applied = precision.apply(real_embedder.model, "fp16w", "cpu")
     try:
-        assert linear_types(embedder.model) == {"Fp16WeightLinear"}
-        packed = encode(embedder, ids)
+        assert linear_types(real_embedder.model) == {"Fp16WeightLinear"}
+        packed = encode(real_embedder, ids)
         assert cosine_rows(fp32, packed).min() > 0.9999
         assert not np.array_equal(fp32, packed)  # the weights really are rounded to fp16
     finally:
         applied.restore()
-    assert linear_types(embedder.model) == {"Linear"}
-    np.testing.assert_array_equal(encode(embedder, ids), fp32)
+    assert linear_types(real_embedder.model) == {"Linear"}
+    np.testing.assert_array_equal(encode(real_embedder, ids), fp32)
 
 
-def test_a_cast_restores_the_exact_fp32_weights(embedder, ids) -> None:
-    fp32 = encode(embedder, ids)
+def test_a_cast_restores_the_exact_fp32_weights(real_embedder, ids) -> None:
+    fp32 = encode(real_embedder, ids)
     import torch
 
-    applied = precision.apply(embedder.model, "bf16", "cpu")
-    assert {p.dtype for p in embedder.model.parameters()} == {torch.bfloat16}
+    applied = precision.apply(real_embedder.model, "bf16", "cpu")
+    assert {p.dtype for p in real_embedder.model.parameters()} == {torch.bfloat16}
     applied.restore()  # casting back to fp32 alone would keep bf16's rounding in every weight
-    np.testing.assert_array_equal(encode(embedder, ids), fp32)
+    np.testing.assert_array_equal(encode(real_embedder, ids), fp32)
 
 
 def test_fp16w_is_cpu_only() -> None:
@@ -86,8 +81,8 @@ def test_auto_keeps_fp16w_on_this_cpu_and_gives_back_the_fp32_pages(monkeypatch,
         assert released and released[0] > 30  # MB: most of the encoder's 42 MB of fp32 Linear weights
 
 
-def test_a_candidate_whose_vectors_drift_is_rejected_and_fp32_restored(monkeypatch, embedder, ids) -> None:
-    fp32 = encode(embedder, ids)
+def test_a_candidate_whose_vectors_drift_is_rejected_and_fp32_restored(monkeypatch, real_embedder, ids) -> None:
+    fp32 = encode(real_embedder, ids)
 
     class Drifting:
         """A format that ruins the vectors: the checks must catch it and put fp32 back."""
@@ -104,7 +99,7 @@ def test_a_candidate_whose_vectors_drift_is_rejected_and_fp32_restored(monkeypat
             raise AssertionError("a drifting format was kept")
 
     monkeypatch.setattr(precision, "apply", Drifting)
-    embedder._choose_precision("bf16")
-    assert embedder.precision == "fp32"
-    assert embedder.precision_note.startswith("bf16 rejected: cosine")
-    np.testing.assert_array_equal(encode(embedder, ids), fp32)
+    real_embedder._choose_precision("bf16")
+    assert real_embedder.precision == "fp32"
+    assert real_embedder.precision_note.startswith("bf16 rejected: cosine")
+    np.testing.assert_array_equal(encode(real_embedder, ids), fp32)
