@@ -152,6 +152,7 @@ function renderWorkers(workers) {
     if (body.children[index] !== tr) body.insertBefore(tr, body.children[index] || null);
     tr.className = worker.state === "left" ? "left" : "";
     tr.dataset.state = worker.state;
+    tr.dataset.pid = worker.pid ?? "";
     COLUMNS.forEach(([name], i) => {
       const td = tr.children[i];
       if (name !== "state") { td.textContent = cellText(worker, name); return; }

@@ -287,7 +287,7 @@ def test_openapi_spec_matches_the_live_server(api: Cluster) -> None:
     input refused; valid input accepted."""
     spec = requests.get(api.url + "/openapi.json", timeout=30).json()
     routes = {"/health", "/info", "/embed", "/v1/embeddings", "/v1/models", "/v1/models/{model}", "/metrics",
-              "/livez", "/readyz", "/openapi.json"}
+              "/livez", "/readyz", "/openapi.json", "/status", "/status.json"}
     assert routes <= set(spec["paths"])
     schemathesis.serializer.alias("application/pdf", "application/octet-stream")  # /embed/pdf: the raw bytes
     schema = schemathesis.openapi.from_dict(spec)
