@@ -92,6 +92,5 @@ def test_status_page_in_a_real_browser(tmp_path: Path) -> None:
         target = os.environ.get("EMBED_STATUS_SCREENSHOT")
         if target:
             shutil.copyfile(screenshot, ROOT / target)
-            shutil.copyfile(phone, (ROOT / target).with_name(Path(target).stem + "-phone.png"))
     finally:
         cluster.stop()
