@@ -17,6 +17,7 @@ import pytest
 from http_front.app import Limits, create_app
 from http_front.status_page import StatusHistory, percentile
 from tests.unit.inproc import InprocCluster, eventually
+from worker.embedder import FakeEmbedder
 
 
 class Views:
@@ -254,3 +255,20 @@ def test_the_data_shows_the_cluster_and_texts_served(served) -> None:
     assert any(e["kind"] == "worker_joined" for e in body["events"])
     assert max(v or 0 for v in body["history"]["ok_per_s"]) > 0  # the /embed request counted
     assert any(v for v in body["history"]["p50_ms"] if v)
+
+
+def test_a_refused_worker_is_an_event_through_the_real_broker(make_cluster) -> None:
+    cluster = make_cluster(model="fake/fake-model")
+    cluster.add_worker()
+    other = cluster.add_worker(FakeEmbedder(model_id="other/other-model"), wait=False)
+    other.thread.join(timeout=15)
+    assert other.exit_code == 3
+    client = falcon.testing.TestClient(create_app(cluster.client, LIMITS))
+
+    def refused() -> list[dict[str, Any]]:
+        return [e for e in client.simulate_get("/status.json").json["events"] if e["kind"] == "worker_refused"]
+
+    [event] = eventually(refused, "the refusal in the status page's events")
+    assert event["worker"] == other.loop.worker_id and "other-model" in event["text"]
+    [row] = client.simulate_get("/status.json").json["workers"]  # the refused one never had a row
+    assert row["id"] == cluster.workers[0].loop.worker_id
