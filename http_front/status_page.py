@@ -198,14 +198,15 @@ class StatusHistory:
             before = self._served.get(worker_id)
             count = broker_restarts.get(worker_id, 0)
             restarted = isinstance(count, int) and count > self._restarts.get(worker_id, 0)
-            if worker_id not in self._known or self._known[worker_id]["state"] in ("left", "restarting", "failed"):
-                if restarted or worker_id in self._known:
-                    self._event(wall, "worker_restarted", f"{worker_id} is back (pid {pid}, restarts {count})",
-                                worker_id)
-                else:
-                    self._event(wall, "worker_joined", f"{worker_id} joined: {worker.get('device')} "
-                                f"{worker.get('precision')} on {worker.get('host')}"
-                                f"{' (remote)' if worker.get('remote') else ''}", worker_id)
+            known = self._known.get(worker_id)
+            if known is None:  # new to this front (which may have started after the worker's restarts)
+                self._event(wall, "worker_joined", f"{worker_id} joined: {worker.get('device')} "
+                            f"{worker.get('precision')} on {worker.get('host')}"
+                            f"{' (remote)' if worker.get('remote') else ''}", worker_id)
+            elif known["state"] not in ("ready", "busy") or restarted or known.get("pid") != pid:
+                # back after a report of it down, or a new process between two samples (a quick restart)
+                self._event(wall, "worker_restarted", f"{worker_id} is back (pid {pid}, restarts {count})",
+                            worker_id)
             delta = served if before is None or before[0] != pid else max(0, served - before[1])
             self._served[worker_id] = (pid, served)
             texts += delta

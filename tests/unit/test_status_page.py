@@ -92,6 +92,8 @@ def test_rates_come_from_served_counts_and_a_restart_does_not_count_twice(script
     snap = step(history, clock)
     assert snap["history"]["texts_per_s"][-1] == 10.0
     assert rows(snap)["w1"]["restarts"] == 1
+    # down and back between two samples: no report of it down was seen, but it is a restart all the same
+    assert kinds(snap)[-1] == "worker_restarted" and "pid 202" in snap["events"][0]["text"]
 
 
 def test_a_killed_worker_shows_restarting_then_ready_with_events(scripted) -> None:
