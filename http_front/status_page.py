@@ -307,6 +307,8 @@ class StatusRecorder:
     def process_response(self, req: falcon.Request, resp: falcon.Response, resource: object,
                          req_succeeded: bool) -> None:
         started = req.context.get("status_started")
+        if req.path in (STATUS_PATH, DATA_PATH) or req.path.startswith(ASSETS_PREFIX):
+            return  # the page watching itself (also its 401s, refused before routing) is not the cluster's work
         if started is not None:
             self.history.observe_request(req.uri_template or "unmatched", resp.status_code,
                                          time.perf_counter() - started)

@@ -76,6 +76,9 @@ function needKey(message) {
   // drop whatever was shown under another key: nothing is revealed without a valid one
   $("workers").replaceChildren();
   $("events").replaceChildren();
+  for (const el of document.querySelectorAll("#data dd, #data [data-series], #data .ymax")) el.textContent = "-";
+  for (const svg of document.querySelectorAll("#data svg")) svg.replaceChildren();
+  $("updated").textContent = "-";
   show("key");
   setBadge("locked");
   $("key-error").textContent = message;

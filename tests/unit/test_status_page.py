@@ -239,6 +239,20 @@ def test_the_data_needs_the_key(served) -> None:
         assert r.status_code == 401 and r.json["error"]["code"] == "UNAUTHORIZED"
 
 
+def test_the_page_watching_itself_is_not_counted(served) -> None:
+    client, _ = served
+    history = eventually(lambda: client.simulate_get("/status.json").json["history"], "a sample")
+    before = len(history["t"])
+    for _ in range(5):
+        client.simulate_get("/status.json", headers={"Authorization": "Bearer wrong"})  # 401 before routing
+        client.simulate_get("/status")
+    client.simulate_get("/info", headers={"Authorization": "Bearer wrong"})  # the cluster's 401: counted
+    later = eventually(lambda: (h := client.simulate_get("/status.json").json["history"])["t"][before:] and h,
+                       "a sample after the requests", timeout=20)
+    assert sum(v or 0 for v in later["client_errors_per_s"][before - 1:]) > 0
+    assert sum(later["client_errors_per_s"][before - 1:]) <= 1.0  # one 401 in about a second, not eleven
+
+
 def test_the_data_shows_the_cluster_and_texts_served(served) -> None:
     client, cluster = served
     assert client.simulate_post("/embed", json={"texts": [f"t{i}" for i in range(30)]}).status_code == 200
