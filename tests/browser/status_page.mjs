@@ -140,10 +140,12 @@ try {
   const moreLoads = [embedLoop(more), embedLoop(more)];
   const box = async () => page.evaluate(() => ({
     scrollWidth: document.documentElement.scrollWidth, clientWidth: document.documentElement.clientWidth }));
-  // no layout jump as numbers change: every cell of the worker table keeps its box across polls under load
-  const boxes = () => page.evaluate(() => [...document.querySelectorAll("#workers td")].map((td) => {
-    const r = td.getBoundingClientRect();
-    return [Math.round(r.left), Math.round(r.width)];
+  // no layout jump as numbers change: the worker table's cells, the facts, the charts' figures and legends
+  // keep their boxes across polls under load
+  const boxes = () => page.evaluate(() => [...document.querySelectorAll(
+    "#workers td, .facts div, .chart .now, .legend li, .chart svg")].map((el) => {
+    const r = el.getBoundingClientRect();
+    return [Math.round(r.left), Math.round(r.top), Math.round(r.width), Math.round(r.height)];
   }));
   await page.waitForTimeout(2500);
   const before = await boxes();
