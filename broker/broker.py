@@ -119,6 +119,7 @@ class Broker:
         self.workers_down: list[dict[str, Any]] = []  # the supervisor's local workers that do not serve now
         self.seen_processes: dict[str, tuple[Any, Any]] = {}  # worker id -> (host, pid) it last registered from
         self.restarts: dict[str, int] = {}  # worker id -> times it registered again from a new process
+        self.refused: deque[dict[str, Any]] = deque(maxlen=20)  # the last refusals, for the front's status page
         self._stop = False
 
     # -- sockets --------------------------------------------------------------------------------------
@@ -275,6 +276,7 @@ class Broker:
             "counters": dict(self.counters),
             "worker_restarts": dict(self.restarts),
             "worker_stats": {w.worker_id: w.stats for w in self.workers.values()},
+            "refused": list(self.refused),
         }
 
     def down_workers(self) -> list[dict[str, Any]]:
@@ -314,6 +316,8 @@ class Broker:
         if refusal:
             log.warning("refused worker %s (%s on %s): %s", info.get("worker_id"), info.get("model"),
                         info.get("host"), refusal)
+            self.refused.append({"at": round(time.time(), 3), "worker": info.get("worker_id"),
+                                 "host": info.get("host"), "reason": refusal})
             self.send(key[0], key[1], Command.REFUSED, {"code": ErrorCode.MODEL_MISMATCH.value,
                                                          "message": refusal})
             return

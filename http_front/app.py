@@ -21,6 +21,7 @@ from http_front.broker_client import BrokerClient, EmbedResult
 from http_front.errors import ApiError
 from http_front.observability import Metrics, MetricsResource, RequestObservability
 from http_front.pdf_text import PdfPool
+from http_front.status_page import StatusHistory, StatusRecorder
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,7 @@ class AppState:
         self.client = client
         self.limits = limits
         self.metrics = Metrics(client)
+        self.history = StatusHistory(client)  # the status page's ring buffers (http_front/status_page.py)
         self.draining = False
         self.inflight = 0
         self._lock = threading.Lock()
@@ -240,10 +242,10 @@ def create_app(client: BrokerClient, limits: Limits | None = None, state: AppSta
     """The app; pass ``state`` to keep a handle on it (the entry point drains it on shutdown). With ``api_key``
     every request but the probes needs it (http_front/auth.py). ``pdf_parsers``: the processes that read PDFs
     (http_front/pdf_text.py); by default a pool of its own, started on the first PDF."""
-    from http_front import documents, openai_api, openapi  # they build on this module's helpers
+    from http_front import documents, openai_api, openapi, status_page  # they build on this module's helpers
 
     state = state or AppState(client, limits or Limits())
-    middleware: list[Any] = [RequestObservability(state.metrics)]
+    middleware: list[Any] = [RequestObservability(state.metrics), StatusRecorder(state.history)]
     if api_key:
         middleware.append(ApiKeyAuth(api_key))
     app = falcon.App(cors_enable=False, middleware=middleware)
@@ -259,4 +261,5 @@ def create_app(client: BrokerClient, limits: Limits | None = None, state: AppSta
     app.add_route("/openapi.json", openapi.OpenApiSpec(state))
     openai_api.register(app, state)
     documents.register(app, state, pdf_parsers)
+    status_page.register(app, state)
     return app

@@ -2,8 +2,9 @@
 
 - a key comes from ``EMBED_API_KEY`` only (never a flag: argv is visible to every user of the machine); ``up``
   hands it to its front child through the environment;
-- when a key is set, every request needs ``Authorization: Bearer <key>``, except the probes and the spec
-  (:data:`OPEN_PATHS`), which say nothing about the data; a missing or wrong key is 401 UNAUTHORIZED;
+- when a key is set, every request needs ``Authorization: Bearer <key>``, except the probes, the spec and the
+  status page's empty shell (:data:`OPEN_PATHS`, :data:`OPEN_PREFIXES`), which say nothing about the data; a
+  missing or wrong key is 401 UNAUTHORIZED;
 - :func:`bind_refusal` is the start-up rule: a non-loopback bind without a key is refused unless ``--insecure``.
 """
 
@@ -17,7 +18,8 @@ import falcon
 from http_front.errors import ApiError
 
 API_KEY_ENV = "EMBED_API_KEY"
-OPEN_PATHS = frozenset({"/livez", "/readyz", "/openapi.json"})
+OPEN_PATHS = frozenset({"/livez", "/readyz", "/openapi.json", "/status"})  # /status: the page's empty shell
+OPEN_PREFIXES = ("/status/assets/",)  # its script and style sheet; its data, /status.json, needs the key
 
 
 def is_loopback(host: str) -> bool:
@@ -44,7 +46,7 @@ class ApiKeyAuth:
         self._key = api_key.encode()
 
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
-        if req.path in OPEN_PATHS:
+        if req.path in OPEN_PATHS or req.path.startswith(OPEN_PREFIXES):
             return
         scheme, _, token = (req.get_header("Authorization") or "").partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self._key):

@@ -36,6 +36,7 @@ def run(settings: FrontSettings) -> int:
     client.start()
     state = AppState(client, settings.limits)
     app = create_app(client, state=state, api_key=settings.api_key)
+    state.history.start()
     server = make_server(app, settings.host, settings.port, settings.threads, settings.limits.max_body_bytes)
     port = server.socket.getsockname()[1]  # type: ignore[union-attr]
     stopping = threading.Event()
@@ -67,9 +68,10 @@ def run(settings: FrontSettings) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    progress.emit("front_listening", {"host": settings.host, "port": port,
-                                      "url": f"http://{settings.host}:{port}"})
-    log.info("front listening on http://%s:%d, broker at %s, %s", settings.host, port, settings.broker,
+    url = f"http://{settings.host}:{port}"
+    progress.emit("front_listening", {"host": settings.host, "port": port, "url": url,
+                                      "status_url": url + "/status"})
+    log.info("front listening on %s (status page %s/status), broker at %s, %s", url, url, settings.broker,
              "API key required" if settings.api_key else "no API key")
     try:
         serve(server, closing)
@@ -77,5 +79,6 @@ def run(settings: FrontSettings) -> int:
         if not stopping.is_set():
             raise
     finally:
+        state.history.close()
         client.close()
     return 0

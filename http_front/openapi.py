@@ -12,6 +12,7 @@ from typing import Any
 import falcon
 
 from http_front.app import VERSION, AppState
+from http_front.status_page import ASSETS, SERIES
 
 
 def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
@@ -132,6 +133,8 @@ def build_spec(state: AppState) -> dict[str, Any]:
             "pages_without_text": {"type": "array", "items": {"type": "integer"}},
             "chunks": {"type": "array", "items": {"$ref": "#/components/schemas/Chunk"}},
             "vectors": {"type": "array", "items": {"type": "array", "items": {"type": "number"}}}}},
+        # http_front/status_page.py
+        "StatusData": _status_schema(free_object),
     }
 
     def ref(name: str) -> dict[str, Any]:
@@ -184,6 +187,19 @@ def build_spec(state: AppState) -> dict[str, Any]:
             "requestBody": body("ChunksRequest"),
             "responses": {"200": _json(ref("ChunksResponse"), "the chunks of every text, in order"),
                           **_errors(_EMBED_ERRORS)}}},
+        "/status": {"get": {"summary": "the live status page (an HTML shell; its data comes from /status.json)",
+                            "security": _OPEN, "responses": {"200": {"description": "the page", "content": {
+                                "text/html": {"schema": {"type": "string"}}}}}}},
+        "/status/assets/{name}": {"get": {
+            "summary": "the status page's script and style sheet", "security": _OPEN,
+            "parameters": [{"name": "name", "in": "path", "required": True,
+                            "schema": {"type": "string", "enum": sorted(ASSETS)}}],
+            "responses": {"200": {"description": "the file", "content": {
+                kind.split(";")[0]: {"schema": {"type": "string"}} for kind in sorted(set(ASSETS.values()))}},
+                          "404": _json(ref("Error"), "NOT_FOUND: no such file")}}},
+        "/status.json": {"get": {"summary": "the status page's data: the cluster now, its last 10 minutes, events",
+                                 "responses": {"200": _json(ref("StatusData"), "the status"),
+                                               **_errors((401,))}}},
     }
     for item in paths.values():
         item["parameters"] = [{"$ref": "#/components/parameters/RequestId"}]
@@ -203,6 +219,39 @@ def build_spec(state: AppState) -> dict[str, Any]:
         },
         "security": [{"bearer": []}, {}],  # the key is needed only when the server has one
     }
+
+
+def _status_schema(free_object: dict[str, Any]) -> dict[str, Any]:
+    number = {"type": "number", "nullable": True}
+    integer = {"type": "integer", "nullable": True}
+    text = {"type": "string", "nullable": True}
+    worker = {"type": "object", "required": ["id", "state"], "properties": {
+        "id": {"type": "string"},
+        "state": {"type": "string", "enum": ["ready", "busy", "restarting", "failed", "left"]},
+        "reason": text, "host": text, "remote": {"type": "boolean", "nullable": True}, "device": text,
+        "precision": text, "pid": integer,
+        "texts_per_s": {**number, "description": "texts served per second over the last 5 samples"},
+        "speed": {**number, "description": "the worker's own measure of its compute rate, texts/s"},
+        "served_texts": integer, "restarts": {"type": "integer"}, "credit": integer, "inflight_texts": integer,
+        "since": {**number, "description": "epoch seconds it went down or left"}}}
+    event = {"type": "object", "required": ["t", "kind", "text"], "properties": {
+        "t": {"type": "number"}, "kind": {"type": "string"}, "worker": text, "text": {"type": "string"}}}
+    series = {"type": "array", "items": {"type": "number", "nullable": True}}
+    return {"type": "object", "required": ["status", "version", "now", "uptime_s", "limits", "interval", "window",
+                                           "history", "events", "workers"], "properties": {
+        "status": {"type": "string", "enum": ["ok", "starting", "no_workers", "broker_unreachable",
+                                              "shutting_down"]},
+        "model_id": text, "model": text, "dim": integer,
+        "precision": {"type": "array", "items": {"type": "string"}, "nullable": True},
+        "max_tokens": integer, "version": {"type": "string"}, "now": {"type": "number"},
+        "uptime_s": {"type": "number"}, "limits": free_object, "queue_texts": integer, "queue_jobs": integer,
+        "interval": {"type": "number", "description": "seconds between samples"},
+        "window": {"type": "number", "description": "seconds of history kept"},
+        "history": {"type": "object", "required": ["t", *SERIES], "description": "one column per series, "
+                    "oldest first; null where there was no data (no broker status, no request)",
+                    "properties": {name: series for name in ("t", *SERIES)}},
+        "events": {"type": "array", "items": event, "description": "newest first"},
+        "workers": {"type": "array", "items": worker}}}
 
 
 class OpenApiSpec:

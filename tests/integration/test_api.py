@@ -71,7 +71,8 @@ def embed(http: requests.Session, api: Cluster, texts: list[str], **kw: Any) -> 
 # -- auth ------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("path", ["/embed", "/health", "/info", "/metrics", "/v1/models", "/no/such/route"])
+@pytest.mark.parametrize("path", ["/embed", "/health", "/info", "/metrics", "/v1/models", "/status.json",
+                                  "/no/such/route"])
 def test_without_the_key_every_route_but_the_probes_is_401(api: Cluster, path: str) -> None:
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": KEY}):
         r = requests.request("POST" if path == "/embed" else "GET", api.url + path, headers=headers,
@@ -79,7 +80,7 @@ def test_without_the_key_every_route_but_the_probes_is_401(api: Cluster, path: s
         assert r.status_code == 401, (path, headers, r.text)
         assert r.json()["error"]["code"] == "UNAUTHORIZED"
         assert r.headers["WWW-Authenticate"].startswith("Bearer")
-    for open_path in ("/livez", "/readyz", "/openapi.json"):
+    for open_path in ("/livez", "/readyz", "/openapi.json", "/status", "/status/assets/status.js"):
         assert requests.get(api.url + open_path, timeout=30).status_code == 200
 
 
@@ -287,7 +288,7 @@ def test_openapi_spec_matches_the_live_server(api: Cluster) -> None:
     input refused; valid input accepted."""
     spec = requests.get(api.url + "/openapi.json", timeout=30).json()
     routes = {"/health", "/info", "/embed", "/v1/embeddings", "/v1/models", "/v1/models/{model}", "/metrics",
-              "/livez", "/readyz", "/openapi.json"}
+              "/livez", "/readyz", "/openapi.json", "/status", "/status.json"}
     assert routes <= set(spec["paths"])
     schemathesis.serializer.alias("application/pdf", "application/octet-stream")  # /embed/pdf: the raw bytes
     schema = schemathesis.openapi.from_dict(spec)
