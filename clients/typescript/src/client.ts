@@ -118,6 +118,7 @@ export interface PdfResult {
 const DEFAULT_PORT = 8421;
 const DEFAULT_MAX_TEXTS = 256; // texts per request when the server does not say; small requests keep latency low
 const BODY_HEADROOM = 0.8; // fill request bodies to this fraction of the server's limit
+const ENVELOPE_BYTES = 256; // the body around the texts: {"texts": [...], "normalize": ..., chunk options}
 const MAX_RETRY_AFTER_MS = 30_000;
 
 interface Limits {
@@ -253,7 +254,7 @@ export class EmbedClusterClient {
     }
     const limits = await this.limits();
     const maxTexts = Math.min(limits.maxTexts, this.maxTexts);
-    const budget = Math.floor(limits.maxBodyBytes * BODY_HEADROOM);
+    const budget = Math.floor(limits.maxBodyBytes * BODY_HEADROOM) - ENVELOPE_BYTES;
     const batches: string[][] = [];
     let current: string[] = [];
     let size = 0;
