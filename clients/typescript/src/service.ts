@@ -162,6 +162,11 @@ export class EmbedClusterService {
     this.port = config.port ?? 8421;
   }
 
+  /** The cluster process's pid while it is alive (starting, serving or restarting). */
+  get pid(): number | undefined {
+    return this.run?.alive ? this.run.proc.pid : undefined;
+  }
+
   /** A client for this cluster (its port, its API key); `config` adds to or overrides that. */
   client(config: EmbedClusterClientConfig = {}): EmbedClusterClient {
     return new EmbedClusterClient({ baseUrl: this.baseUrl(), apiKey: this.config.apiKey, ...config });
@@ -496,17 +501,24 @@ export class EmbedClusterService {
 
   /** SIGTERM, wait up to `grace` ms for the exit, SIGKILL (the process and its descendants), wait for the pipes. */
   private async terminate(run: Run, grace: number): Promise<void> {
+    let below: number[] = [];
     if (run.alive) {
+      below = descendants(run.proc.pid);
       run.proc.kill("SIGTERM");
       if (!await within(run.exited, grace)) {
-        killTree(run.proc.pid);
+        below = [...below, ...descendants(run.proc.pid)];
+        kill([run.proc.pid, ...below]);
         await run.exited;
       }
     }
-    // The cluster's children write to the same stderr pipe: it closes when the last of them is gone.
+    // The cluster's children write to the same stderr pipe: it closes when the last of them is gone. A child
+    // that outlived it (its parent did not stop it) is killed.
     if (!await within(run.closed, CLOSE_WAIT_MS)) {
-      run.proc.stdout?.destroy();
-      run.proc.stderr?.destroy();
+      kill(below);
+      if (!await within(run.closed, CLOSE_WAIT_MS)) {
+        run.proc.stdout?.destroy();
+        run.proc.stderr?.destroy();
+      }
     }
   }
 
@@ -585,22 +597,23 @@ function runToEnd(command: string, args: string[], options: { cwd: string | unde
   });
 }
 
-/** SIGKILL a process and, on Linux, every process below it (found through /proc before any is killed). */
-function killTree(pid: number | undefined): void {
-  if (pid === undefined) {
-    return;
-  }
-  for (const target of [pid, ...descendants(pid)]) {
+/** SIGKILL each of `pids` that is still there. */
+function kill(pids: (number | undefined)[]): void {
+  for (const pid of pids) {
+    if (pid === undefined) {
+      continue;
+    }
     try {
-      process.kill(target, "SIGKILL");
+      process.kill(pid, "SIGKILL");
     } catch {
       // gone already
     }
   }
 }
 
-function descendants(root: number): number[] {
-  if (process.platform !== "linux") {
+/** Every process below `root`, from the parent pids in /proc (Linux; elsewhere none). */
+function descendants(root: number | undefined): number[] {
+  if (root === undefined || process.platform !== "linux") {
     return [];
   }
   const children = new Map<number, number[]>();
