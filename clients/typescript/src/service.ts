@@ -344,6 +344,7 @@ export class EmbedClusterService {
       await this.terminate(run, 10_000);
       if (this.run === run) {
         this.run = undefined;
+        process.off("exit", this.onProcessExit);
       }
       throw error instanceof SidecarError ? error : this.startFailure(run, command);
     }
