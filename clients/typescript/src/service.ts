@@ -102,6 +102,7 @@ class Run {
 
   constructor(proc: ChildProcess, port: number) {
     this.proc = proc;
+    proc.on("error", () => undefined); // spawn failures are handled below; a failed kill() needs no handler
     this.port = port;
     this.exited = new Promise((resolve) => {
       proc.once("exit", (code, signal) => {
@@ -153,6 +154,7 @@ export class EmbedClusterService {
   private lastEvent: ProgressEvent | undefined;
   private port: number;
   private generation = 0; // bumped by stopSidecar(): a start or restart begun before it gives up
+  private doctor: ChildProcess | undefined; // the pre-flight check in progress
   private readonly onProcessExit = (): void => {
     this.run?.proc.kill("SIGTERM"); // the app is exiting: do not leave the cluster behind
   };
@@ -213,7 +215,12 @@ export class EmbedClusterService {
     this.restartTimer = undefined;
     const run = this.run;
     if (!run) {
+      const starting = this.starting;
       this.state = "stopped";
+      if (starting && this.doctor) { // still in the pre-flight checks: end them, and resolve once they are gone
+        this.doctor.kill("SIGKILL");
+        return starting.then(() => undefined, () => undefined);
+      }
       return Promise.resolve();
     }
     this.state = "stopping";
@@ -267,7 +274,7 @@ export class EmbedClusterService {
       throw new SidecarError("PYTHON_NOT_FOUND",
         `embed-cluster not found (looked in ${commandCandidates(cwd, undefined).join(", ")} and on PATH); `
         + "install it in a .venv beside the app or pass `command`",
-        { fix: "python3 -m venv .venv && .venv/bin/pip install embed-cluster" });
+        { fix: "install embed-cluster in a .venv beside the app (its README, \"Install and run\"), or pass `command`" });
     }
     return command;
   }
@@ -280,7 +287,12 @@ export class EmbedClusterService {
       this.run = undefined;
     }
     if (this.config.preflight ?? true) {
-      await this.preflight(command, deadline);
+      try {
+        await this.preflight(command, deadline);
+      } catch (error) {
+        this.checkGeneration(generation); // stopped meanwhile: say that, not what the killed doctor left
+        throw error;
+      }
     }
     this.checkGeneration(generation);
     await this.launch(command, deadline, generation);
@@ -291,7 +303,11 @@ export class EmbedClusterService {
     const args = ["doctor", "--json", "--host", this.config.host ?? "127.0.0.1", "--port", String(this.config.port ?? 8421),
       ...this.modelArgs()];
     const timeout = Math.max(1000, Math.min(DOCTOR_TIMEOUT_MS, deadline - Date.now()));
-    const result = await runToEnd(command, args, { cwd: this.config.cwd, env: this.childEnv() }, timeout);
+    const result = await runToEnd(command, args, { cwd: this.config.cwd, env: this.childEnv() }, timeout,
+      (proc) => {
+        this.doctor = proc;
+      });
+    this.doctor = undefined;
     if (result.spawnError) {
       throw spawnFailure(command, result.spawnError);
     }
@@ -572,9 +588,10 @@ interface Finished {
 
 /** Runs a command to its end (killed after `timeout` ms), collecting its output. */
 function runToEnd(command: string, args: string[], options: { cwd: string | undefined; env: NodeJS.ProcessEnv },
-  timeout: number): Promise<Finished> {
+  timeout: number, onSpawn: (proc: ChildProcess) => void): Promise<Finished> {
   return new Promise((resolve) => {
     const proc = spawn(command, args, { ...options, stdio: ["ignore", "pipe", "pipe"], windowsHide: true });
+    onSpawn(proc);
     const out: Buffer[] = [];
     const err: Buffer[] = [];
     let timedOut = false;

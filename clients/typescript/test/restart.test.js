@@ -8,7 +8,7 @@ import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 
 import { EmbedClusterService } from "../dist/index.js";
-import { freePort, isAlive, waitFor } from "./helpers.js";
+import { descendants, freePort, isAlive, waitFor } from "./helpers.js";
 
 let dir;
 let crashing;
@@ -79,5 +79,14 @@ describe("autoRestart", { timeout: 60_000 }, () => {
     await service.stopSidecar();
     await assert.rejects(starting, { code: "SIDECAR_START_FAILED", reason: "stopped before it was ready" });
     assert.equal(isAlive(pid), false);
+  });
+
+  it("stopSidecar() during the pre-flight checks: the start rejects, doctor is gone", async () => {
+    const service = new EmbedClusterService({ command: silent, port: await freePort() }); // its doctor never answers
+    const starting = service.startSidecar();
+    await waitFor(() => descendants(process.pid).some(isAlive), 5000, "doctor to start");
+    await service.stopSidecar();
+    await assert.rejects(starting, { code: "SIDECAR_START_FAILED", reason: "stopped before it was ready" });
+    assert.deepEqual(descendants(process.pid).filter(isAlive), []);
   });
 });
