@@ -85,7 +85,9 @@ describe("the service and the client against a real cluster", { timeout: 360_000
       assert.equal(texts[chunk.index].slice(chunk.start, chunk.end), chunk.text);
     }
     const direct = await rawEmbed(result.chunks.map((c) => c.text), true);
-    result.vectors.forEach((v, i) => v.forEach((x, j) => assert.ok(Math.abs(x - direct[i][j]) < 1e-6)));
+    const cosine = (a, b) => a.reduce((sum, x, j) => sum + x * b[j], 0) / (Math.hypot(...a) * Math.hypot(...b));
+    // the same texts in other batches (other padding) may differ in the last bits, no more
+    result.vectors.forEach((v, i) => assert.ok(cosine(v, direct[i]) > 0.99999, `chunk ${i}: ${cosine(v, direct[i])}`));
   });
 
   it("bad input is HTTP_ERROR 400 BAD_REQUEST, sent once (never retried)", async () => {

@@ -1,6 +1,6 @@
 // autoRestart's backoff and giving up, and a stop during a start, with a stand-in `embed-cluster up`: a Node
-// script that serves /health, prints model_loaded, and exits with code 1 soon after. (cluster.test.js restarts
-// the real cluster.)
+// script that serves /health, prints model_loaded, and exits with code 1 after FAKE_LIFETIME_MS (long enough
+// for the service to see it healthy on a busy machine). cluster.test.js restarts the real cluster.
 import assert from "node:assert/strict";
 import { chmodSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -42,7 +42,7 @@ describe("autoRestart", { timeout: 60_000 }, () => {
     const events = [];
     const service = new EmbedClusterService({
       command: crashing, port: await freePort(), preflight: false, restartDelay: 100, maxRestarts: 2,
-      env: { FAKE_LIFETIME_MS: "300" }, onProgress: (event) => events.push(event),
+      env: { FAKE_LIFETIME_MS: "1500" }, onProgress: (event) => events.push(event),
     });
     try {
       await service.startSidecar();
@@ -61,7 +61,7 @@ describe("autoRestart", { timeout: 60_000 }, () => {
     const events = [];
     const service = new EmbedClusterService({
       command: crashing, port: await freePort(), preflight: false, autoRestart: false,
-      env: { FAKE_LIFETIME_MS: "100" }, onProgress: (event) => events.push(event),
+      env: { FAKE_LIFETIME_MS: "1000" }, onProgress: (event) => events.push(event),
     });
     await service.startSidecar();
     await waitFor(() => events.some((e) => e.type === "sidecar_exited"), 10_000, "the exit");
