@@ -15,6 +15,7 @@ from supervisor import lifeline, progress
 
 log = logging.getLogger(__name__)
 
+EXIT_BIND_FAILED = 1  # the port cannot be bound: the supervisor ends start-up rather than restart the front
 ABORT_GRACE = 5.0  # seconds for requests failed at the end of the grace to send their 503
 
 
@@ -32,11 +33,19 @@ class FrontSettings:
 
 def run(settings: FrontSettings) -> int:
     lifeline.watch_parent(settings.parent_pid)
-    client = BrokerClient(settings.broker)
-    client.start()
+    client = BrokerClient(settings.broker, on_first_worker=lambda: progress.emit("front_ready", {}))
     state = AppState(client, settings.limits)
     app = create_app(client, state=state, api_key=settings.api_key)
-    server = make_server(app, settings.host, settings.port, settings.threads, settings.limits.max_body_bytes)
+    limits = settings.limits
+    try:
+        server = make_server(app, settings.host, settings.port, settings.threads, limits.max_body_bytes,
+                             limits.max_connections, limits.idle_timeout, limits.http_queue)
+    except OSError as exc:  # the shared start-up contract: one event, one line, exit 1 (README, Reliability)
+        reason = f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}"
+        progress.emit("startup_failed", {"code": "PORT_IN_USE", "reason": reason, "part": "front"})
+        log.error("%s", reason)
+        return EXIT_BIND_FAILED
+    client.start()
     port = server.socket.getsockname()[1]  # type: ignore[union-attr]
     stopping = threading.Event()
     closing = threading.Event()  # set once no request is in the app: serve() then closes gracefully
