@@ -202,7 +202,7 @@ def test_jobs_of_a_client_that_went_away_are_dropped_before_compute(cluster: Clu
     def hold_the_worker() -> None:  # requests ahead in the queue, so that the next one's jobs wait
         results.append(requests.post(cluster.url + "/embed", json={"texts": texts}, timeout=120).status_code)
 
-    holders = [threading.Thread(target=hold_the_worker, daemon=True) for _ in range(6)]
+    holders = [threading.Thread(target=hold_the_worker, daemon=True) for _ in range(3)]
     for holder in holders:
         holder.start()
     time.sleep(0.5)
