@@ -43,7 +43,8 @@ def run(settings: FrontSettings) -> int:
     except OSError as exc:  # the shared start-up contract: one event, one line, exit 1 (README, Reliability)
         reason = f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}"
         progress.emit("startup_failed", {"code": "PORT_IN_USE", "reason": reason, "part": "front"})
-        log.error("%s", reason)
+        # one line on stderr for the cluster: under a supervisor, it logs the event as an error
+        (log.info if settings.parent_pid else log.error)("%s", reason)
         return EXIT_BIND_FAILED
     client.start()
     port = server.socket.getsockname()[1]  # type: ignore[union-attr]

@@ -131,8 +131,6 @@ class FrontServer(TcpWSGIServer):
         self.max_connections = max_connections
         self.keep_open = max(1, max_connections - max(4, max_connections // 8))  # room for new connections
         self.max_queued = max_queued
-        self.overloaded = 0
-        self.evicted = 0
         super().__init__(app, map={}, dispatcher=dispatcher, adj=adj, sockinfo=adj.listen[0])
 
     def add_task(self, channel: Any) -> None:
@@ -143,7 +141,6 @@ class FrontServer(TcpWSGIServer):
             self.probe_dispatcher.add_task(channel)
             return
         if self.waiting() >= self.max_queued:
-            self.overloaded += 1
             request.error = Overloaded(f"{self.max_queued} requests already wait for one of the front's "
                                        f"{self.adj.threads} request threads; retry later")
             self.probe_dispatcher.add_task(channel)
@@ -167,7 +164,6 @@ class FrontServer(TcpWSGIServer):
         idle = sorted((c for c in self.active_channels.values() if c.idle), key=lambda c: c.last_activity)
         for channel in idle[:count]:
             channel.handle_close()
-            self.evicted += 1
         if len(idle) < count:
             log.warning("%d connections open, %d of them idle: no more to close", len(self.active_channels),
                         len(idle))
