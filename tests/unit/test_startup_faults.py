@@ -89,5 +89,5 @@ def test_a_gone_clients_queued_jobs_are_cancelled(make_cluster) -> None:
         cluster.client.embed([f"text {i}" for i in range(130)], True, 20.0, gone=gone.is_set)  # 3 jobs
     assert caught.value.code == "CLIENT_GONE" and caught.value.status == 499
     assert time.monotonic() - started < 2.0
-    cluster.wait_status(lambda s: s["counters"]["cancelled"] == 3 and not s.get("queued_texts"),
+    cluster.wait_status(lambda s: s["counters"]["cancelled"] == 3 and s["queue_jobs"] == 0,
                         "the three jobs were cancelled")
