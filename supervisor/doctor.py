@@ -173,14 +173,18 @@ STARTUP_PARTS = {"port": "front", "keys": "broker", "model": "worker", "device":
 
 def startup_checks(host: str, port: int, model: str, device: str, keys: str | None,
                    found_devices: list[str]) -> list[Check]:
-    """What ``up`` checks before it starts anything, quickly and without torch or the network: the port, the
-    key directory, a model path, the device (against ``found_devices``)."""
+    """What ``up`` checks before it starts anything, quickly and without the network: the port, the key
+    directory, a model path, the device (against ``found_devices``; only when it is not among them, torch's
+    own probe decides, which takes seconds)."""
     checks = [check_port(host, port)]
     if keys:
         checks.append(check_keys(keys))
     checks.append(check_model(model, probe_hub=False))
     if device not in ("auto", "cpu"):
-        checks.append(check_device(device, True, found_devices))
+        check = check_device(device, True, found_devices)
+        if not check.ok:  # counting without torch misses GPUs that show no driver entries (some containers)
+            check = check_device(device, _importable("torch"))
+        checks.append(check)
     return checks
 
 

@@ -358,6 +358,7 @@ class Supervisor:
             for child in group:
                 stop_child(child, wait)
             for child in group:
+                log.info("%s stopped with exit code %s", child.name, child.info.get("exit_code"))
                 if child.kind == "worker" and child.info.get("exit_code") is not None:
                     self.emit("worker_exited", {"worker": child.name, "code": child.info["exit_code"]})
 
