@@ -298,8 +298,8 @@ class Supervisor:
         self.should_exit.set()
 
     def preflight(self) -> bool:
-        """The checks that fail fast, before anything is started (supervisor/doctor.py's, without torch or the
-        network); False after reporting the first that fails."""
+        """The checks that fail fast, before anything is started (supervisor/doctor.py's ``startup_checks``,
+        without the network); False after reporting the first that fails."""
         from supervisor.doctor import STARTUP_PARTS, startup_checks
 
         s = self.settings

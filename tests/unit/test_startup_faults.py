@@ -16,7 +16,7 @@ import pytest
 from http_front.errors import ApiError
 from supervisor import progress
 from supervisor.doctor import check_device, check_keys, check_model, looks_like_path, startup_checks
-from supervisor.supervisor import ClusterSettings, Supervisor
+from supervisor.supervisor import Child, ClusterSettings, Supervisor
 
 
 @pytest.mark.parametrize(("model", "is_path"), [
@@ -78,6 +78,24 @@ def test_the_supervisor_reports_one_startup_failure_and_starts_nothing() -> None
     assert [e["type"] for e in events if e] == ["startup_failed"]
     assert events[0] and events[0]["data"]["code"] == "PORT_IN_USE" and events[0]["data"]["part"] == "front"
     assert supervisor.children == []
+
+
+def test_a_front_that_cannot_bind_ends_the_start_once_and_is_not_restarted() -> None:
+    out = io.StringIO()
+    supervisor = Supervisor(ClusterSettings(workers="1"), stdout=out)
+    try:
+        front = Child("front", [], "front")
+        failure = {"code": "PORT_IN_USE", "reason": "cannot listen on 127.0.0.1:8421: Address already in use",
+                   "part": "front"}
+        supervisor.on_event(front, {"type": "startup_failed", "data": failure})
+        supervisor.on_event(front, {"type": "startup_failed", "data": failure})
+        supervisor.on_exit(front, 1, time.monotonic())
+        events = [progress.parse_line(line) for line in out.getvalue().splitlines()]
+        assert [e["type"] for e in events if e] == ["startup_failed"]
+        assert supervisor.should_exit.is_set() and front.restart_at is None
+    finally:
+        supervisor.context.term()
+        shutil.rmtree(supervisor.rundir, ignore_errors=True)
 
 
 def test_a_gone_clients_queued_jobs_are_cancelled(make_cluster) -> None:
