@@ -172,17 +172,17 @@ STARTUP_PARTS = {"port": "front", "keys": "broker", "model": "worker", "device":
 
 
 def startup_checks(host: str, port: int, model: str, device: str, keys: str | None,
-                   found_devices: list[str]) -> list[Check]:
+                   found_devices: list[str], confirm_with_torch: bool = False) -> list[Check]:
     """What ``up`` checks before it starts anything, quickly and without the network: the port, the key
-    directory, a model path, the device (against ``found_devices``; only when it is not among them, torch's
-    own probe decides, which takes seconds)."""
+    directory, a model path, the device (against ``found_devices``; when it is not among them and
+    ``confirm_with_torch``, torch's own probe decides, which takes seconds)."""
     checks = [check_port(host, port)]
     if keys:
         checks.append(check_keys(keys))
     checks.append(check_model(model, probe_hub=False))
     if device not in ("auto", "cpu"):
         check = check_device(device, True, found_devices)
-        if not check.ok:  # counting without torch misses GPUs that show no driver entries (some containers)
+        if not check.ok and confirm_with_torch:  # counting without torch misses GPUs in some containers
             check = check_device(device, _importable("torch"))
         checks.append(check)
     return checks

@@ -99,6 +99,17 @@ def detect_devices() -> list[str]:
     return ["cpu"]
 
 
+def gpu_driver_present() -> bool:
+    """Whether a GPU could be usable here although :func:`detect_devices` counted none: NVIDIA's device nodes
+    (``/dev/nvidiactl``; ``/dev/dxg`` under WSL2) exist, or this is Apple silicon, or a platform without such
+    nodes. Without them no CUDA program runs, so start-up need not ask torch."""
+    if sys.platform.startswith("linux"):
+        return os.path.exists("/dev/nvidiactl") or os.path.exists("/dev/dxg")
+    if sys.platform == "darwin":
+        return os.uname().machine == "arm64"
+    return True
+
+
 def physical_cores() -> int:
     from worker.devices import physical_cores as cores  # reads /proc/cpuinfo; no torch import
 
@@ -304,7 +315,8 @@ class Supervisor:
 
         s = self.settings
         found = list(dict.fromkeys([*detect_devices(), "cpu"])) if s.device not in ("auto", "cpu") else ["cpu"]
-        for check in startup_checks(s.host, s.port, s.model, s.device, s.keys if s.lan else None, found):
+        for check in startup_checks(s.host, s.port, s.model, s.device, s.keys if s.lan else None, found,
+                                    confirm_with_torch=gpu_driver_present()):
             if not check.ok:
                 self.fail_startup({"code": check.code, "reason": check.message, "part": STARTUP_PARTS[check.name]})
                 return False

@@ -100,7 +100,7 @@ def test_a_model_path_that_does_not_exist_fails_fast_with_model_unavailable(tmp_
 @pytest.mark.skipif(any(d.startswith("cuda") for d in detect_devices()), reason="this machine has a GPU")
 def test_a_device_that_is_not_there_fails_fast_with_device_unavailable() -> None:
     cluster = Cluster("--workers", "1", "--device", "cuda")
-    # no GPU counted without torch: torch's own probe (python -m worker.devices) confirms it, which imports torch
+    # where NVIDIA's device nodes exist but no GPU was counted, torch's own probe decides: it imports torch
     expect_startup_failure(cluster, "DEVICE_UNAVAILABLE", "worker", within=FAIL_WITHIN + 10)
 
 
