@@ -55,6 +55,7 @@ def run(settings: FrontSettings) -> int:
         if stopping.is_set():
             return
         stopping.set()
+        lifeline.ignore_further_signals()
         # drain on a thread: the signal handler must return for waitress's loop to keep serving
         threading.Thread(target=shutdown, name="drain", daemon=True).start()
 

@@ -333,6 +333,8 @@ class Supervisor:
                 self.start(child)
             while not self.should_exit.is_set():
                 self.drain_events(timeout=0.2)
+                if self.should_exit.is_set():  # a part that exits now is stopping with us: no restart
+                    break
                 self.check_children()
                 self.broker_link.workers_down([c.down for c in self.children if c.down])
             self.emit("shutdown_started", {})

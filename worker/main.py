@@ -29,6 +29,7 @@ def run(settings: WorkerSettings) -> int:
     stop_requested = []
 
     def on_signal(signum: int, frame: object) -> None:
+        lifeline.ignore_further_signals()  # a second one would kill it on its way out (exit -15)
         stop_requested.append(signum)
         if loop is not None:
             loop.stop()

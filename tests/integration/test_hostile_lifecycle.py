@@ -111,9 +111,9 @@ def test_a_broken_key_directory_fails_fast_with_keys_invalid(tmp_path: Path) -> 
 
 
 def test_health_is_ok_at_model_loaded_and_every_part_exits_0_on_sigterm_under_load(pool: TextPool) -> None:
-    """Three starts: /health the moment ``model_loaded`` is printed; then SIGTERM to the supervisor and, at
-    once, to every worker (what a process-group kill, systemd's or a terminal's Ctrl-C, does) while the
-    workers encode."""
+    """Three starts: /health the moment ``model_loaded`` is printed; then, while the workers encode, SIGTERM to
+    the supervisor and, at once, to every part (what a process-group or cgroup kill does: a terminal's Ctrl-C,
+    systemd, docker stop), so that each part also gets the supervisor's own SIGTERM later."""
     for start in range(3):
         cluster = Cluster("--workers", "2", "--threads", "1", "--precision", "fp32", "--shutdown-grace", "5")
         try:
@@ -128,7 +128,7 @@ def test_health_is_ok_at_model_loaded_and_every_part_exits_0_on_sigterm_under_lo
                 load.wait_answers(8)
                 busy_worker(cluster)
                 cluster.proc.send_signal(signal.SIGTERM)
-                for pid in workers:
+                for pid in parts:
                     os.kill(pid, signal.SIGTERM)
                 code = cluster.proc.wait(timeout=90)
             assert code == 0, cluster.log()
@@ -147,6 +147,7 @@ def test_health_is_ok_at_model_loaded_and_every_part_exits_0_on_sigterm_under_lo
             cluster.stop()
         answered = [o for o in load.outcomes if not o.exception]
         assert all(o.exception == "ConnectionError" for o in load.outcomes if o.exception)
-        check_outcomes(answered, allowed={"SHUTTING_DOWN", "NO_WORKERS"}, min_ok=1)
+        tally = check_outcomes(answered, allowed={"SHUTTING_DOWN", "NO_WORKERS"}, min_ok=1)
         print(f"start {start + 1}: SIGTERM under load: worker exit codes {[e['code'] for e in exits]}, "
-              f"supervisor {code}")
+              f"front, broker and supervisor 0; requests {dict(tally)}, "
+              f"{len(load.outcomes) - len(answered)} refused connections")
