@@ -115,7 +115,7 @@ class Broker:
         self.ever_ready = False
         self.no_workers_since: float | None = time.monotonic()
         self.counters = {"submitted": 0, "answered": 0, "failed": 0, "requeued": 0, "dropped_frames": 0,
-                         "late_replies": 0}
+                         "late_replies": 0, "cancelled": 0}
         self.workers_down: list[dict[str, Any]] = []  # the supervisor's local workers that do not serve now
         self.seen_processes: dict[str, tuple[Any, Any]] = {}  # worker id -> (host, pid) it last registered from
         self.restarts: dict[str, int] = {}  # worker id -> times it registered again from a new process
@@ -239,6 +239,7 @@ class Broker:
         if job is not None and job.worker is None:
             self.queue.remove(job)
             del self.jobs[job_id]
+            self.counters["cancelled"] += 1  # dropped before any compute (its client timed out or went away)
 
     def fail(self, client: bytes, job_id: str, code: ErrorCode, message: str) -> None:
         self.counters["failed"] += 1

@@ -19,6 +19,7 @@ def run(settings: BrokerSettings, parent_pid: int = 0) -> int:
     broker.bind()
 
     def stop(signum: int, frame: object) -> None:
+        lifeline.ignore_further_signals()
         broker.stop()
 
     signal.signal(signal.SIGTERM, stop)

@@ -5,11 +5,13 @@
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -25,6 +27,23 @@ from http_front.status_page import StatusHistory, StatusRecorder
 
 log = logging.getLogger(__name__)
 
+# this request's "has the client closed its connection?" (waitress's environ["waitress.client_disconnected"]),
+# set by ClientGoneCheck for the request thread; the embedding routes hand it to the broker client
+CLIENT_GONE: contextvars.ContextVar[Callable[[], bool] | None] = contextvars.ContextVar("client_gone",
+                                                                                         default=None)
+
+
+class ClientGoneCheck:
+    """Middleware: makes the server's disconnect check available to AppState.embed for this request."""
+
+    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+        check = req.env.get("waitress.client_disconnected")
+        CLIENT_GONE.set(check if callable(check) else None)
+
+    def process_response(self, req: falcon.Request, resp: falcon.Response, resource: object,
+                         req_succeeded: bool) -> None:
+        CLIENT_GONE.set(None)
+
 VERSION = "0.1.0"
 
 
@@ -36,6 +55,10 @@ class Limits:
     request_timeout: float = 30.0  # the seed client's timeout
     max_pdf_pages: int = 1000  # POST /embed/pdf: more pages is PDF_TOO_LARGE
     pdf_timeout: float = 20.0  # seconds to read one PDF's text (within request_timeout)
+    # the HTTP server's (http_front/server.py); here so that /info states them
+    max_connections: int = 1000  # open TCP connections; idle ones are closed, oldest first, as it is neared
+    idle_timeout: float = 30.0  # seconds a connection may sit idle (keep-alive or half-sent) before it is closed
+    http_queue: int = 64  # requests waiting for a request thread; more get 503 OVERLOADED at once
 
 
 class AppState:
@@ -70,7 +93,7 @@ class AppState:
         started = time.perf_counter()
         try:
             result = self.client.embed(texts, normalize, timeout or self.limits.request_timeout, options,
-                                       job_chars=job_chars)
+                                       job_chars=job_chars, gone=CLIENT_GONE.get())
         except ApiError as exc:
             self.metrics.observe_embed_error(route, len(texts), exc.code)
             raise
@@ -245,7 +268,7 @@ def create_app(client: BrokerClient, limits: Limits | None = None, state: AppSta
     from http_front import documents, openai_api, openapi, status_page  # they build on this module's helpers
 
     state = state or AppState(client, limits or Limits())
-    middleware: list[Any] = [RequestObservability(state.metrics), StatusRecorder(state.history)]
+    middleware: list[Any] = [RequestObservability(state.metrics), StatusRecorder(state.history), ClientGoneCheck()]
     if api_key:
         middleware.append(ApiKeyAuth(api_key))
     app = falcon.App(cors_enable=False, middleware=middleware)

@@ -18,6 +18,7 @@ import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, Future, InvalidStateError, wait
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
@@ -31,6 +32,9 @@ from broker.protocol import Command, ProtocolError
 from http_front.errors import ApiError
 
 log = logging.getLogger(__name__)
+
+START_INTERVAL = 0.05  # seconds between status requests until the first worker shows (start-up is not delayed)
+GONE_CHECK = 0.25  # seconds between checks that a waiting request's client is still there
 
 
 @dataclass
@@ -51,8 +55,9 @@ class _Pending:
 
 class BrokerClient:
     def __init__(self, address: str, context: zmq.Context | None = None, job_texts: int = 64,
-                 status_interval: float = 0.5) -> None:
+                 status_interval: float = 0.5, on_first_worker: Callable[[], None] | None = None) -> None:
         self.address = address
+        self.on_first_worker = on_first_worker  # called once, on the I/O thread, after the status is stored
         self.context = context or zmq.Context.instance()
         self.job_texts = job_texts
         self.status_interval = status_interval
@@ -68,6 +73,7 @@ class BrokerClient:
         self.status_at = 0.0  # monotonic time it arrived
         self.broker_id: str | None = None
         self.resent = 0
+        self.worker_seen = False  # until a status lists a worker, the status is asked for often (START_INTERVAL)
 
     # -- request threads ----------------------------------------------------------------------------------
     def start(self) -> None:
@@ -87,11 +93,13 @@ class BrokerClient:
         return self.status
 
     def embed(self, texts: list[str], normalize: bool, timeout: float,
-              options: dict[str, Any] | None = None, job_chars: int | None = None) -> EmbedResult:
+              options: dict[str, Any] | None = None, job_chars: int | None = None,
+              gone: Callable[[], bool] | None = None) -> EmbedResult:
         """Embed ``texts`` in jobs of ``job_texts`` texts, or fewer that hold about ``job_chars`` characters (a
         chunked job's work grows with its text, not with its count), and in at least one job per worker (runs
         of about equal estimated work: :func:`spread_bounds`) when there are several. With a ``chunk`` option
-        each job's rows are its texts' chunks, and ``chunks`` holds ``[text index, start, end]`` for every row."""
+        each job's rows are its texts' chunks, and ``chunks`` holds ``[text index, start, end]`` for every row.
+        ``gone`` says whether the client has gone away: then the jobs still queued are cancelled (CLIENT_GONE)."""
         deadline = time.monotonic() + timeout
         chunked = bool(options and "chunk" in options)  # every chunk is encoded: work grows with the characters
         max_tokens = self._max_tokens()
@@ -104,7 +112,7 @@ class BrokerClient:
         too_long: list[int] = []  # request-level indices of inputs over the token limit (with truncate: false)
         max_tokens = None
         try:
-            self._raise_first_error([future for _, future in futures], deadline)
+            self._raise_first_error([future for _, future in futures], deadline, gone)
             for start, (job_id, future) in zip(starts, futures, strict=True):
                 try:
                     replies.append(self._wait(job_id, future, deadline))
@@ -185,13 +193,19 @@ class BrokerClient:
         return job_id, future
 
     @staticmethod
-    def _raise_first_error(futures: list[Future], deadline: float) -> None:
+    def _raise_first_error(futures: list[Future], deadline: float, gone: Callable[[], bool] | None = None) -> None:
         """Raise the first error of any job as soon as it comes (an OVERLOADED third job fails the request
-        now, not after the first two are done), except INPUT_TOO_LONG, which the caller gathers from all."""
+        now, not after the first two are done), except INPUT_TOO_LONG, which the caller gathers from all; and
+        CLIENT_GONE within GONE_CHECK seconds of ``gone()`` turning true."""
         waiting = set(futures)
         while waiting:
-            done, waiting = wait(waiting, max(0.0, deadline - time.monotonic()), FIRST_EXCEPTION)
+            left = max(0.0, deadline - time.monotonic())
+            done, waiting = wait(waiting, min(left, GONE_CHECK) if gone else left, FIRST_EXCEPTION)
+            if gone is not None and gone():
+                raise ApiError("CLIENT_GONE", "the client closed its connection before the answer")
             if not done:
+                if gone is not None and time.monotonic() < deadline:
+                    continue
                 return  # the deadline passed: the caller reports TIMEOUT
             for future in done:
                 error = future.exception()
@@ -236,8 +250,8 @@ class BrokerClient:
             while not self._stop.is_set():
                 now = time.monotonic()
                 if now >= next_status:
-                    self._send(sock, protocol.encode(Command.STATUS, {"req": next(self._req)}))
-                    next_status = now + self.status_interval
+                    self._send(sock, protocol.encode(Command.STATUS, {"req": next(self._req)}), quiet=True)
+                    next_status = now + (self.status_interval if self.worker_seen else START_INTERVAL)
                 events = dict(poller.poll(max(1, int((next_status - now) * 1000))))
                 if self._wake_r.fileno() in events:
                     try:
@@ -257,11 +271,12 @@ class BrokerClient:
         finally:
             sock.close(linger=0)
 
-    def _send(self, sock: zmq.Socket, frames: list[bytes]) -> None:
+    def _send(self, sock: zmq.Socket, frames: list[bytes], quiet: bool = False) -> None:
         try:
             sock.send_multipart(frames, zmq.NOBLOCK)
-        except zmq.Again:
-            log.warning("broker queue full: message dropped (the request will time out or be resent)")
+        except zmq.Again:  # a status request is asked again soon: no warning for it
+            (log.debug if quiet else log.warning)(
+                "broker queue full: message dropped (the request will time out or be resent)")
 
     def _handle(self, sock: zmq.Socket, frames: list[bytes]) -> None:
         try:
@@ -288,6 +303,10 @@ class BrokerClient:
     def _on_status(self, sock: zmq.Socket, header: dict[str, Any]) -> None:
         self.status = header
         self.status_at = time.monotonic()
+        if not self.worker_seen and header.get("workers"):
+            self.worker_seen = True
+            if self.on_first_worker is not None:
+                self.on_first_worker()  # after the status is stored: /health says ok from now on
         broker_id = header.get("broker_id")
         if broker_id == self.broker_id:
             return

@@ -29,6 +29,7 @@ HTTP_STATUS: dict[str, int] = {
     "INTERNAL": 500,
     "ENCODE_FAILED": 500,
     "WORKER_CRASHED": 500,
+    "CLIENT_GONE": 499,  # the client closed its connection first: nobody reads this answer (nginx's 499)
     "NO_WORKERS": 503,
     "OVERLOADED": 503,
     "SHUTTING_DOWN": 503,

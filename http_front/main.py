@@ -15,6 +15,7 @@ from supervisor import lifeline, progress
 
 log = logging.getLogger(__name__)
 
+EXIT_BIND_FAILED = 1  # the port cannot be bound: the supervisor ends start-up rather than restart the front
 ABORT_GRACE = 5.0  # seconds for requests failed at the end of the grace to send their 503
 
 
@@ -32,12 +33,21 @@ class FrontSettings:
 
 def run(settings: FrontSettings) -> int:
     lifeline.watch_parent(settings.parent_pid)
-    client = BrokerClient(settings.broker)
-    client.start()
+    client = BrokerClient(settings.broker, on_first_worker=lambda: progress.emit("front_ready", {}))
     state = AppState(client, settings.limits)
     app = create_app(client, state=state, api_key=settings.api_key)
+    limits = settings.limits
+    try:
+        server = make_server(app, settings.host, settings.port, settings.threads, limits.max_body_bytes,
+                             limits.max_connections, limits.idle_timeout, limits.http_queue)
+    except OSError as exc:  # the shared start-up contract: one event, one line, exit 1 (README, Reliability)
+        reason = f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}"
+        progress.emit("startup_failed", {"code": "PORT_IN_USE", "reason": reason, "part": "front"})
+        # one line on stderr for the cluster: under a supervisor, it logs the event as an error
+        (log.info if settings.parent_pid else log.error)("%s", reason)
+        return EXIT_BIND_FAILED
+    client.start()
     state.history.start()
-    server = make_server(app, settings.host, settings.port, settings.threads, settings.limits.max_body_bytes)
     port = server.socket.getsockname()[1]  # type: ignore[union-attr]
     stopping = threading.Event()
     closing = threading.Event()  # set once no request is in the app: serve() then closes gracefully
@@ -46,6 +56,7 @@ def run(settings: FrontSettings) -> int:
         if stopping.is_set():
             return
         stopping.set()
+        lifeline.ignore_further_signals()
         # drain on a thread: the signal handler must return for waitress's loop to keep serving
         threading.Thread(target=shutdown, name="drain", daemon=True).start()
 

@@ -53,6 +53,13 @@ def workers_value(raw: str) -> str:
     return str(int(raw))
 
 
+def positive_int(raw: str) -> int:
+    value = int(raw)
+    if value <= 0:
+        raise ValueError(raw)
+    return value
+
+
 def positive_float(raw: str) -> float:
     value = float(raw)
     if value <= 0:
@@ -84,6 +91,12 @@ def add_front_limits(env: EnvArgs) -> None:
     env.add("--max-pdf-pages", default=1000, type=int, help="most pages of a PDF to /embed/pdf")
     env.add("--pdf-timeout", default=20.0, type=positive_float, help="seconds to read one PDF's text")
     env.add("--shutdown-grace", default=30.0, type=float, help="seconds to finish requests on SIGTERM")
+    env.add("--max-connections", default=1000, type=positive_int,
+            help="open HTTP connections at most; idle ones are closed, oldest first, as it is neared")
+    env.add("--idle-timeout", default=30.0, type=positive_float,
+            help="seconds an idle (keep-alive or half-sent) HTTP connection stays open")
+    env.add("--http-queue", default=64, type=positive_int,
+            help="requests that may wait for a request thread; more get 503 OVERLOADED at once")
 
 
 def add_front_auth(env: EnvArgs) -> None:
@@ -254,7 +267,9 @@ def limits_from(args: argparse.Namespace) -> Any:
     from http_front.app import Limits
 
     return Limits(args.max_body_bytes, args.max_texts, args.max_text_chars, args.request_timeout,
-                  max_pdf_pages=args.max_pdf_pages, pdf_timeout=args.pdf_timeout)
+                  max_pdf_pages=args.max_pdf_pages, pdf_timeout=args.pdf_timeout,
+                  max_connections=args.max_connections, idle_timeout=args.idle_timeout,
+                  http_queue=args.http_queue)
 
 
 def run_up(args: argparse.Namespace) -> int:
@@ -262,12 +277,12 @@ def run_up(args: argparse.Namespace) -> int:
 
     if args.lan and not args.keys:
         sys.exit("embed-cluster: --lan needs --keys DIR (create it with: embed-cluster keys init DIR)")
-    if args.lan:
-        check_keys(keys_dir=args.keys)
-    check_bind(args.host, args.insecure)
+    check_bind(args.host, args.insecure)  # the key directory is checked by the supervisor (startup_failed)
     front_args = ("--max-body-bytes", str(args.max_body_bytes), "--max-texts", str(args.max_texts),
                   "--max-text-chars", str(args.max_text_chars), "--request-timeout", str(args.request_timeout),
                   "--max-pdf-pages", str(args.max_pdf_pages), "--pdf-timeout", str(args.pdf_timeout),
+                  "--max-connections", str(args.max_connections), "--idle-timeout", str(args.idle_timeout),
+                  "--http-queue", str(args.http_queue),
                   "--log-level", args.log_level, *(("--insecure",) if args.insecure else ()))
     settings = ClusterSettings(
         host=args.host, port=args.port, workers=args.workers, model=args.model, device=args.device,

@@ -79,16 +79,14 @@ def _importable(module: str) -> bool:
         return False
 
 
-def check_device(device: str, torch_installed: bool) -> Check:
-    if not torch_installed:
-        return Check("device", False, "not probed: torch is not installed", "DEVICE_UNAVAILABLE",
-                     "install the dependencies first")
-    try:
-        out = subprocess.run([sys.executable, "-m", "worker.devices"], capture_output=True, text=True,
-                             timeout=PROBE_TIMEOUT, check=False)
-        found = json.loads(out.stdout)["devices"] if out.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError, ValueError, KeyError):
-        found = None
+def check_device(device: str, torch_installed: bool, found: list[str] | None = None) -> Check:
+    """Whether ``device`` is among the devices torch finds (a subprocess probe), or among ``found`` when the
+    caller knows them already (``up`` counts GPUs without torch: supervisor.detect_devices)."""
+    if found is None:
+        if not torch_installed:
+            return Check("device", False, "not probed: torch is not installed", "DEVICE_UNAVAILABLE",
+                         "install the dependencies first")
+        found = probe_devices()
     if not found:
         return Check("device", False, "the device probe (python -m worker.devices) failed", "DEVICE_UNAVAILABLE")
     wanted = {"auto": found[0], "cuda": "cuda:0"}.get(device, device)
@@ -98,18 +96,42 @@ def check_device(device: str, torch_installed: bool) -> Check:
     return Check("device", True, f"{wanted} (found {', '.join(found)})", details={"devices": found})
 
 
-def check_model(model: str) -> Check:
+def probe_devices() -> list[str] | None:
+    try:
+        out = subprocess.run([sys.executable, "-m", "worker.devices"], capture_output=True, text=True,
+                             timeout=PROBE_TIMEOUT, check=False)
+        return json.loads(out.stdout)["devices"] if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError, ValueError, KeyError):
+        return None
+
+
+def looks_like_path(model: str) -> bool:
+    """A local directory rather than a hub id (``org/name`` has one slash and no leading dot or slash)."""
+    return os.path.isabs(model) or model.startswith((".", "~")) or model.count("/") > 1 or "\\" in model
+
+
+def check_model(model: str, probe_hub: bool = True) -> Check:
+    """Whether ``model`` loads: on disk, or (``probe_hub``) downloadable. Without ``probe_hub`` (``up``, which
+    must not wait on the network before it starts) a model that is not on disk fails only when it names a
+    directory or when HF_HUB_OFFLINE forbids the download."""
     try:
         from worker.model_loading import is_cached  # no torch: a path, the bundled package, or the hub cache
     except ImportError:
         return Check("model", False, "the project's code is not importable", "MODEL_UNAVAILABLE")
     if is_cached(model):
         return Check("model", True, f"{model} is on disk", details={"cached": True})
+    if looks_like_path(model):
+        return Check("model", False, f"{model} is not a directory (a local model path must exist)",
+                     "MODEL_UNAVAILABLE", "pass --model an existing model directory or a hub id",
+                     {"cached": False})
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
         return Check("model", False, f"{model} is not cached and HF_HUB_OFFLINE is set", "MODEL_UNAVAILABLE",
                      "unset HF_HUB_OFFLINE for the first start, or pass --model a local directory",
                      {"cached": False})
     endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+    if not probe_hub:
+        return Check("model", True, f"{model} is not cached; it will be downloaded from {endpoint}",
+                     details={"cached": False})
     try:
         with urllib.request.urlopen(f"{endpoint}/api/models/{model}", timeout=10):
             pass
@@ -130,6 +152,40 @@ def check_port(host: str, port: int) -> Check:
         return Check("port", False, f"cannot listen on {host}:{port}: {exc.strerror or exc}", "PORT_IN_USE",
                      "stop what uses it, or pass --port another")
     return Check("port", True, f"{host}:{port} is free")
+
+
+def check_keys(keys_dir: str) -> Check:
+    """The broker's CurveZMQ key pair in ``keys_dir`` (``embed-cluster keys init`` writes it)."""
+    try:
+        from broker.security import KeyFileError, check_server_keys  # pyzmq: imported only when asked
+    except ImportError:
+        return Check("keys", False, "the project's code is not importable", "KEYS_INVALID")
+    try:
+        check_server_keys(keys_dir)
+    except KeyFileError as exc:
+        return Check("keys", False, str(exc), "KEYS_INVALID", f"embed-cluster keys init {keys_dir}")
+    return Check("keys", True, f"{keys_dir} holds the broker's key pair")
+
+
+# which part of the cluster each start-up check stands for (the startup_failed event's "part")
+STARTUP_PARTS = {"port": "front", "keys": "broker", "model": "worker", "device": "worker"}
+
+
+def startup_checks(host: str, port: int, model: str, device: str, keys: str | None,
+                   found_devices: list[str], confirm_with_torch: bool = False) -> list[Check]:
+    """What ``up`` checks before it starts anything, quickly and without the network: the port, the key
+    directory, a model path, the device (against ``found_devices``; when it is not among them and
+    ``confirm_with_torch``, torch's own probe decides, which takes seconds)."""
+    checks = [check_port(host, port)]
+    if keys:
+        checks.append(check_keys(keys))
+    checks.append(check_model(model, probe_hub=False))
+    if device not in ("auto", "cpu"):
+        check = check_device(device, True, found_devices)
+        if not check.ok and confirm_with_torch:  # counting without torch misses GPUs in some containers
+            check = check_device(device, _importable("torch"))
+        checks.append(check)
+    return checks
 
 
 def run_checks(host: str, port: int, model: str, device: str) -> list[Check]:

@@ -58,3 +58,11 @@ def watch_parent(parent_pid: int | None, interval: float = 0.5) -> None:
     if os.getppid() != parent_pid:
         os._exit(1)
     threading.Thread(target=watch, name="lifeline", daemon=True).start()
+
+
+def ignore_further_signals() -> None:
+    """Once a part is stopping, ignore SIGTERM and SIGINT: the interpreter restores their default action when it
+    finalises, so a second one (the supervisor's, after a process-group kill sent the first) would kill the
+    process on its way out (exit -15). The supervisor still SIGKILLs a part that outstays its grace."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -99,6 +99,17 @@ def detect_devices() -> list[str]:
     return ["cpu"]
 
 
+def gpu_driver_present() -> bool:
+    """Whether a GPU could be usable here although :func:`detect_devices` counted none: NVIDIA's device nodes
+    (``/dev/nvidiactl``; ``/dev/dxg`` under WSL2) exist, or this is Apple silicon, or a platform without such
+    nodes. Without them no CUDA program runs, so start-up need not ask torch."""
+    if sys.platform.startswith("linux"):
+        return os.path.exists("/dev/nvidiactl") or os.path.exists("/dev/dxg")
+    if sys.platform == "darwin":
+        return os.uname().machine == "arm64"
+    return True
+
+
 def physical_cores() -> int:
     from worker.devices import physical_cores as cores  # reads /proc/cpuinfo; no torch import
 
@@ -130,6 +141,8 @@ class Supervisor:
         self.emitted: set[str] = set()
         self.front_url: str | None = None
         self.first_ready: dict[str, Any] | None = None
+        self.front_ready = False  # the front's view of the broker lists a worker: its /health says ok
+        self.startup_failure: dict[str, Any] | None = None
         self.downloader: str | None = None  # the worker whose download the cluster's events follow
         self.context = zmq.Context()
         self.broker_link = BrokerLink(self.context, self.client_address)
@@ -193,6 +206,11 @@ class Supervisor:
             self.front_url = data.get("url")
             self.emit("front_listening", data)
             self._maybe_cluster_ready()
+        elif kind == "front_ready" and child.kind == "front":
+            self.front_ready = True
+            self._maybe_cluster_ready()
+        elif kind == "startup_failed":  # a part that can never start (the front cannot bind its port)
+            self.fail_startup({**data, "part": data.get("part") or child.kind})
         elif kind in ("worker_failed", "worker_refused", "worker_reconnected", "worker_disconnected"):
             if kind in ("worker_failed", "worker_refused"):
                 child.info["error"] = data.get("reason") or data.get("message") or data.get("error")
@@ -203,7 +221,8 @@ class Supervisor:
             log.debug("event %s from %s not relayed", kind, child.name)
 
     def _maybe_cluster_ready(self) -> None:
-        if self.first_ready is not None and self.front_url is not None:
+        """``model_loaded`` once a worker is ready and the front sees it: from that line on, /health says ok."""
+        if self.first_ready is not None and self.front_url is not None and self.front_ready:
             info = self.first_ready
             self.emit_once("model_loaded", {"model": info.get("model"), "dimensions": info.get("dimensions")})
 
@@ -248,6 +267,9 @@ class Supervisor:
     def on_exit(self, child: Child, code: int, now: float) -> None:
         pid = child.proc.pid if child.proc else 0
         child.proc = None
+        if self.startup_failure is not None:  # stopping already: the event said why; no restart
+            child.info["exit_code"] = code
+            return
         ran = now - child.started_at
         child.failures = 0 if ran >= HEALTHY_AFTER else child.failures + 1
         delay = min(BACKOFF_FIRST * 2 ** max(0, child.failures - 1), BACKOFF_MAX)
@@ -276,22 +298,50 @@ class Supervisor:
     def request_exit(self, signum: int = 0, frame: object = None) -> None:
         self.should_exit.set()
 
+    def fail_startup(self, data: dict[str, Any]) -> None:
+        """The shared start-up contract (README, Reliability): one ``startup_failed`` event, one log line,
+        then everything stops and ``up`` exits 1."""
+        if self.startup_failure is not None:
+            return
+        self.startup_failure = data
+        self.emit("startup_failed", data)
+        log.error("cannot start: %s (%s)", data.get("reason"), data.get("code"))
+        self.should_exit.set()
+
+    def preflight(self) -> bool:
+        """The checks that fail fast, before anything is started (supervisor/doctor.py's ``startup_checks``,
+        without the network); False after reporting the first that fails."""
+        from supervisor.doctor import STARTUP_PARTS, startup_checks
+
+        s = self.settings
+        found = list(dict.fromkeys([*detect_devices(), "cpu"])) if s.device not in ("auto", "cpu") else ["cpu"]
+        for check in startup_checks(s.host, s.port, s.model, s.device, s.keys if s.lan else None, found,
+                                    confirm_with_torch=gpu_driver_present()):
+            if not check.ok:
+                self.fail_startup({"code": check.code, "reason": check.message, "part": STARTUP_PARTS[check.name]})
+                return False
+        return True
+
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self.request_exit)
         signal.signal(signal.SIGINT, self.request_exit)
-        self.plan()
         try:
+            if not self.preflight():
+                return 1
+            self.plan()
             for child in self.children:
                 self.start(child)
             while not self.should_exit.is_set():
                 self.drain_events(timeout=0.2)
+                if self.should_exit.is_set():  # a part that exits now is stopping with us: no restart
+                    break
                 self.check_children()
                 self.broker_link.workers_down([c.down for c in self.children if c.down])
             self.emit("shutdown_started", {})
-            self.shutdown()
+            self.shutdown(quick=self.startup_failure is not None)
             self.drain_events(timeout=0)
             self.emit("shutdown_complete", {})
-            return 0
+            return 1 if self.startup_failure is not None else 0
         finally:
             for child in self.children:  # nothing may outlive us, whatever happened above
                 if child.proc is not None and child.proc.poll() is None:
@@ -313,14 +363,16 @@ class Supervisor:
             except queue.Empty:
                 return
 
-    def shutdown(self) -> None:
-        """The front first (it drains requests in flight), then the workers, then the broker."""
-        grace = self.settings.shutdown_grace
-        for kind, wait in (("front", grace + 5), ("worker", 10.0), ("broker", 5.0)):
+    def shutdown(self, quick: bool = False) -> None:
+        """The front first (it drains requests in flight), then the workers, then the broker. ``quick`` when
+        start-up failed: nothing was served, so nothing is waited for long."""
+        grace = 2.0 if quick else self.settings.shutdown_grace
+        for kind, wait in (("front", grace + 5), ("worker", 3.0 if quick else 10.0), ("broker", 5.0)):
             group = [c for c in self.children if c.kind == kind and c.proc is not None]
             for child in group:
                 stop_child(child, wait)
             for child in group:
+                log.info("%s stopped with exit code %s", child.name, child.info.get("exit_code"))
                 if child.kind == "worker" and child.info.get("exit_code") is not None:
                     self.emit("worker_exited", {"worker": child.name, "code": child.info["exit_code"]})
 

@@ -29,6 +29,7 @@ def run(settings: WorkerSettings) -> int:
     stop_requested = []
 
     def on_signal(signum: int, frame: object) -> None:
+        lifeline.ignore_further_signals()  # a second one would kill it on its way out (exit -15)
         stop_requested.append(signum)
         if loop is not None:
             loop.stop()
@@ -69,4 +70,22 @@ def run(settings: WorkerSettings) -> int:
     if stop_requested:
         return 0
     code = loop.run()
+    finish_compute(loop)
     return EXIT_REFUSED if code == 3 else code
+
+
+COMPUTE_GRACE = 5.0  # seconds for the batch being encoded at SIGTERM to finish (the supervisor waits 10)
+
+
+def finish_compute(loop: WorkerLoop) -> None:
+    """Wait for the compute thread (told to stop by loop.run) to leave torch before the interpreter exits:
+    finalising it while that thread is still inside torch destroys torch's joinable C++ threads, and the
+    process dies by SIGABRT ("terminate called without an active exception"). Should the batch outlast the
+    grace, leave without finalising (os._exit, after flushing what was printed)."""
+    loop.compute.join(COMPUTE_GRACE)
+    if loop.compute.is_alive():
+        log.warning("the batch being encoded did not finish within %.0fs: exiting without waiting for it",
+                    COMPUTE_GRACE)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)

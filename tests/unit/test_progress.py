@@ -81,6 +81,9 @@ class Recorder:
         self.supervisor.on_event(self.front, {"type": "front_listening", "data": {
             "host": "127.0.0.1", "port": 8421, "url": "http://127.0.0.1:8421"}})
 
+    def front_sees_a_worker(self) -> None:
+        self.supervisor.on_event(self.front, {"type": "front_ready", "data": {}})
+
     def loads(self, index: int) -> None:
         self.worker(index, "model_loaded", model="all-MiniLM-L6-v2", dimensions=384, device="cpu",
                     precision="fp32", seconds=1.5, worker=f"host-{index}")
@@ -117,6 +120,8 @@ def test_model_cached_once_for_the_cluster_and_loaded_when_a_worker_is_ready_and
     recorder.ready(0)
     assert "model_loaded" not in recorder.types()  # the front does not listen yet
     recorder.front_listens()
+    assert "model_loaded" not in recorder.types()  # its /health cannot say ok yet: it has not seen the worker
+    recorder.front_sees_a_worker()
     recorder.loads(1)
     recorder.ready(1)
     assert recorder.types() == ["model_cached", "worker_loaded", "worker_ready", "front_listening",
@@ -134,6 +139,8 @@ def test_model_loaded_waits_for_a_ready_worker_when_the_front_listens_first(reco
     recorder.loads(0)
     assert "model_loaded" not in recorder.types()  # loaded is not ready: it has not registered yet
     recorder.ready(0)
+    assert "model_loaded" not in recorder.types()
+    recorder.front_sees_a_worker()
     assert recorder.types()[-2:] == ["worker_ready", "model_loaded"]
 
 
@@ -148,6 +155,7 @@ def test_a_download_is_announced_once_with_the_progress_of_one_worker(recorder: 
     recorder.front_listens()
     recorder.loads(0)
     recorder.ready(0)
+    recorder.front_sees_a_worker()
     types = recorder.types()
     assert types.count("download_started") == 1 and "model_cached" not in types
     progress_events = [e["data"] for e in recorder.events() if e["type"] == "download_progress"]
