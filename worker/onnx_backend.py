@@ -123,10 +123,7 @@ def model_fingerprint(root: Path) -> str:
 
 
 def cache_root() -> Path:
-    """``$EMBED_ONNX_CACHE``, else ``$XDG_CACHE_HOME/embed-cluster/onnx`` (``~/.cache`` by default)."""
-    explicit = os.environ.get("EMBED_ONNX_CACHE")
-    if explicit:
-        return Path(explicit)
+    """``$XDG_CACHE_HOME/embed-cluster/onnx`` (``~/.cache`` by default)."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "embed-cluster" / "onnx"
 
@@ -187,6 +184,7 @@ def prepare(path: str, model_name: str, emit: Emit, threads: int = 1) -> OnnxEmb
     for attempt in range(2):
         report_file = target / REPORT_FILE
         if not report_file.is_file():
+            shutil.rmtree(target, ignore_errors=True)  # an incomplete copy (our writer renames whole dirs only)
             export(pipeline, target, emit, model_name)
         report = json.loads(report_file.read_text(encoding="utf-8"))
         if report.get("min_cosine", 0.0) < MIN_COSINE:
