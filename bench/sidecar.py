@@ -109,6 +109,10 @@ class Side:
             time.sleep(0.02)
 
 
+def cpu_seconds(pid: int) -> float:
+    return sum(u["cpu_s"] for u in procs.usage(pid).values())
+
+
 def tree_pss(pid: int) -> dict[str, float]:
     return {role: round(u["pss_mb"], 1) for role, u in procs.usage(pid).items()}
 
@@ -193,9 +197,14 @@ def main(argv: list[str] | None = None) -> int:
         for shape in SHAPES:
             row = {}
             for name, server in servers.items():
+                before, busy = cpu_seconds(server.proc.pid), procs.machine_busy_seconds()
                 result = run_shape(server.port, texts, shape)
+                cpu, busy = cpu_seconds(server.proc.pid) - before, procs.machine_busy_seconds() - busy
                 row[name] = {"texts_per_s": round(result.texts_per_s, 1), "p50_ms": round(result.percentile(50), 1),
-                             "p99_ms": round(result.percentile(99), 1)}
+                             "p99_ms": round(result.percentile(99), 1),
+                             "cpu_ms_per_text": round(cpu * 1000 / result.texts, 2),
+                             # other processes' cores meanwhile (0: a quiet machine; the client is one of them)
+                             "others_cores": round(max(0.0, busy - cpu) / result.seconds, 2)}
                 vectors.setdefault(shape.name, {})[name] = result.vectors
             row["min_cosine"] = float(cosine_rows(vectors[shape.name]["cluster"], vectors[shape.name]["seed"]).min())
             report["shapes"][shape.name] = row
@@ -219,9 +228,12 @@ def ratios(r: dict[str, Any]) -> dict[str, Any]:
     out = {"pss": pss["cluster"] / pss["seed"], "startup": start["cluster"] / start["seed"],
            "lone_p50": r["lone_ms"]["cluster"]["p50"] / r["lone_ms"]["seed"]["p50"],
            "cosine": min(row["min_cosine"] for row in r["shapes"].values())}
+    cores = r["machine"]["physical_cores"]
     for shape, row in r["shapes"].items():
         out[f"vs_seed {shape}"] = row["cluster"]["texts_per_s"] / row["seed"]["texts_per_s"]
         out[f"of_limit {shape}"] = row["cluster"]["texts_per_s"] / r["limit"]["texts_per_s"]
+        # the rate every core would give at the CPU time a text took: what a quiet machine allows
+        out[f"cpu_of_limit {shape}"] = cores * 1000 / row["cluster"]["cpu_ms_per_text"] / r["limit"]["texts_per_s"]
     return {k: round(v, 3) if k != "cosine" else round(v, 6) for k, v in out.items()}
 
 
@@ -250,6 +262,11 @@ def render(r: dict[str, Any]) -> str:
         row(f"{shape} (texts/s)", f"{values['seed']['texts_per_s']:.1f}", f"{values['cluster']['texts_per_s']:.1f}",
             f"vs_seed {shape}", ">= 3.0")
         lines.append(f"{'':34} {'':16} {'of the limit':>16} {ratio[f'of_limit {shape}']:>8.3f} {'>= 0.65':>10}")
+        lines.append(f"{'  CPU ms a text (whole tree)':34} {values['seed']['cpu_ms_per_text']:>16.1f} "
+                     f"{values['cluster']['cpu_ms_per_text']:>16.1f} {ratio[f'cpu_of_limit {shape}']:>8.3f} "
+                     f"{'(of limit)':>10}")
+        lines.append(f"{'  other processes, cores':34} {values['seed']['others_cores']:>16.2f} "
+                     f"{values['cluster']['others_cores']:>16.2f}")
     lines.append(f"{'worst cosine, cluster to seed fp32':34} {'':16} {'':16} {ratio['cosine']:>8.6f} {'> 0.999':>10}")
     lines.append("")
     for name, parts in r["pss_mb"].items():
