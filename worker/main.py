@@ -83,7 +83,7 @@ def load_embedder(settings: WorkerSettings, path: str, name: str, device: str, e
         from worker.onnx_backend import OnnxUnsupported, prepare
 
         try:
-            return prepare(path, name, emit, threads=settings.threads or 1)
+            return prepare(path, settings.model, emit, threads=settings.threads or 1, model_name=name)
         except OnnxUnsupported as exc:
             if settings.backend == "onnx":
                 raise

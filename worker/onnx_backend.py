@@ -173,8 +173,10 @@ def export(pipeline: Pipeline, target: Path, emit: Emit, model_name: str) -> dic
     return report
 
 
-def prepare(path: str, model_name: str, emit: Emit, threads: int = 1) -> OnnxEmbedder:
-    """An :class:`OnnxEmbedder` for the model at ``path``, exporting it first unless the cache holds it."""
+def prepare(path: str, model_id: str, emit: Emit, threads: int = 1, model_name: str = "") -> OnnxEmbedder:
+    """An :class:`OnnxEmbedder` for the model at ``path``, exporting it first unless the cache holds it.
+    ``model_id`` is what the user asked for (``/info``'s model_id), ``model_name`` its short name (PROGRESS)."""
+    model_name = model_name or model_id
     try:
         import onnxruntime  # noqa: F401
     except ImportError as exc:
@@ -191,7 +193,7 @@ def prepare(path: str, model_name: str, emit: Emit, threads: int = 1) -> OnnxEmb
             raise OnnxUnsupported(f"the ONNX export's vectors are off: cosine {report.get('min_cosine')} to "
                                   f"sentence-transformers on the probe texts")
         try:
-            return OnnxEmbedder(pipeline, target / MODEL_FILE, model_name, threads)
+            return OnnxEmbedder(pipeline, target / MODEL_FILE, model_id, threads)
         except Exception as exc:  # a corrupt cache (a disk fault, a hand edit): export again, once
             if attempt:
                 raise OnnxUnsupported(f"the ONNX model does not load: {type(exc).__name__}: {exc}") from exc

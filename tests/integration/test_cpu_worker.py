@@ -83,6 +83,7 @@ def test_the_second_start_reuses_the_export(cluster: Cluster, cache: Path) -> No
     info = cluster.get("/info").json()
     (worker,) = info["workers"]
     assert info["backend"] == ["onnx"] and worker["backend"] == "onnx" and worker["precision"] == "fp32"
+    assert info["model_id"] == "sentence-transformers/all-MiniLM-L6-v2" and info["model"] == "all-MiniLM-L6-v2"
     assert worker["compute_threads"] == physical_cores()
     loaded = next(e["data"] for e in cluster.events if e["type"] == "worker_loaded")
     assert loaded["backend"] == "onnx" and loaded["compute_threads"] == physical_cores()
