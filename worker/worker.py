@@ -1,9 +1,10 @@
 """A worker: registers with the broker, takes jobs, encodes them in batches, heartbeats throughout.
 
-Two threads. The I/O thread (``WorkerLoop.run``) owns the ZeroMQ socket: it registers, answers heartbeats,
-hands jobs to the compute thread and sends back what it finishes, so the broker keeps hearing from us
-while a long batch runs; it also tokenizes each job as it arrives. The compute thread owns the model: it
-plans batches over every job it holds (worker/batching.py) and encodes them one after another.
+The I/O thread (``WorkerLoop.run``) owns the ZeroMQ socket: it registers, answers heartbeats, hands jobs to
+the compute threads and sends back what they finish, so the broker keeps hearing from us while a long batch
+runs; it also tokenizes each job as it arrives. The compute threads (``--compute-threads``: one per physical
+core on CPU, one on a GPU) share the model and one planner (worker/batching.py) over every job the worker
+holds; each encodes the next planned batch, so one worker computes on every core.
 """
 
 from __future__ import annotations
