@@ -108,17 +108,23 @@ def package_version(name: str) -> str:
 
 
 def model_fingerprint(root: Path) -> str:
-    """A digest of the model directory's files (name, size, modification time; content of small files)."""
+    """A digest of the model directory's contents, wherever it lies: each file's name and size, the whole of
+    small files (configs, tokenizer) and the first and last MiB of large ones (weights), so that one model
+    copied or downloaded again maps to the same export, and changed weights to another."""
     digest = hashlib.blake2b(digest_size=16)
-    digest.update(str(root.resolve()).encode())
     for file in sorted(p for p in root.rglob("*") if p.is_file()):
         rel = file.relative_to(root).as_posix()
         if rel.startswith(("onnx/", "openvino/")) or rel.endswith((".onnx", ".h5", ".msgpack", ".ot")):
             continue  # other runtimes' copies: not what the export reads
-        stat = file.stat()
-        digest.update(f"{rel}\0{stat.st_size}\0{stat.st_mtime_ns}\0".encode())
-        if stat.st_size < 1 << 20:
-            digest.update(file.read_bytes())
+        size = file.stat().st_size
+        digest.update(f"{rel}\0{size}\0".encode())
+        with file.open("rb") as f:
+            if size <= 4 << 20:
+                digest.update(f.read())
+            else:
+                digest.update(f.read(1 << 20))
+                f.seek(-(1 << 20), os.SEEK_END)
+                digest.update(f.read())
     return digest.hexdigest()
 
 
@@ -134,7 +140,7 @@ def cache_dir(pipeline: Pipeline) -> Path:
     for part in (model_fingerprint(pipeline.path), package_version("torch"), package_version("onnxruntime"),
                  package_version("sentence-transformers"), package_version("transformers"), str(OPSET)):
         key.update(part.encode() + b"\0")
-    return cache_root() / f"{pipeline.path.name}-{key.hexdigest()}"
+    return cache_root() / key.hexdigest()  # not by the directory's name: one model's copies share an export
 
 
 def export(pipeline: Pipeline, target: Path, emit: Emit, model_name: str) -> dict[str, Any]:

@@ -77,5 +77,8 @@ def test_the_cache_key_follows_the_model_files(model: Path, tmp_path: Path, monk
     first = cache_dir(read_pipeline(model))
     assert first == cache_dir(read_pipeline(model))
     assert first.parent == tmp_path / "cache" / "embed-cluster" / "onnx"
+    copy = tmp_path / "elsewhere"
+    shutil.copytree(model, copy)
+    assert cache_dir(read_pipeline(copy)) == first  # the same files elsewhere: the same export
     edit(model / "config.json", hidden_dropout_prob=0.2)  # another model's files: another export
     assert cache_dir(read_pipeline(model)) != first
