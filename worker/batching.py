@@ -42,8 +42,10 @@ class CostModel:
 # there): its packed weights make a pass's fixed cost half of fp32's.
 CPU_COST = CostModel(overhead=31.0, attention_width=1040.0)
 CPU_FP16W_COST = CostModel(overhead=16.1, attention_width=1382.0)
-# ONNX Runtime fp32 (worker/onnx_backend.py), one intra-op thread, same machine: `bench/calibrate.py --backend onnx`.
-CPU_ONNX_COST = CostModel(overhead=16.0, attention_width=1040.0)
+# ONNX Runtime fp32 (worker/onnx_backend.py, one intra-op thread), the same model and machine (busy that day):
+# `python bench/calibrate.py --backend onnx`. A pass's fixed cost is a smaller share than torch's, attention a
+# larger one.
+CPU_ONNX_COST = CostModel(overhead=8.4, attention_width=500.0)
 # Accelerators run a batch's tokens in parallel: a pass costs as much as a few thousand tokens, and padding
 # is cheap. An estimate, not a measurement of this project: bench/calibrate.py --device cuda refits it.
 ACCELERATOR_COST = CostModel(overhead=4096.0, attention_width=2048.0)
