@@ -237,7 +237,9 @@ class BrokerClient:
                 now = time.monotonic()
                 if now >= next_status:
                     self._send(sock, protocol.encode(Command.STATUS, {"req": next(self._req)}))
-                    next_status = now + self.status_interval
+                    # until a worker serves, ask often: a start is healthy as soon as the first worker is ready
+                    serving = bool(self.status and self.status.get("workers"))
+                    next_status = now + (self.status_interval if serving else min(self.status_interval, 0.05))
                 events = dict(poller.poll(max(1, int((next_status - now) * 1000))))
                 if self._wake_r.fileno() in events:
                     try:
