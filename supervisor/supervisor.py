@@ -110,7 +110,7 @@ def physical_cores() -> int:
 def cpu_workers(threads: int = 0) -> int:
     """CPU workers for ``--workers auto``: one. It runs a forward pass on every core at once (compute threads
     over one copy of the model, worker/worker.py), where a second process would hold a second runtime and model
-    (README, Performance: `python -m bench.sidecar`)."""
+    (README, Performance: `python bench/sidecar.py`)."""
     return 1
 
 

@@ -83,6 +83,8 @@ def load_embedder(settings: WorkerSettings, path: str, name: str, device: str, e
         from worker.onnx_backend import OnnxUnsupported, prepare
 
         try:
+            if device != "cpu":
+                raise OnnxUnsupported(f"the ONNX backend runs on the CPU, not {device}")
             return prepare(path, settings.model, emit, threads=settings.threads or 1, model_name=name)
         except OnnxUnsupported as exc:
             if settings.backend == "onnx":
