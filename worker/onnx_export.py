@@ -11,11 +11,13 @@ the served pipeline (this export, the ``tokenizers`` tokenizer, numpy pooling) a
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from supervisor import lifeline
 from worker.embedder import PROBE_TEXTS, cosines
 from worker.onnx_backend import MODEL_FILE, OPSET, REPORT_FILE, OnnxEmbedder, read_pipeline
 
@@ -82,6 +84,7 @@ def main(argv: list[str]) -> int:
     if len(argv) != 2:
         print("usage: python -m worker.onnx_export MODEL_DIR OUT_DIR", file=sys.stderr)
         return 2
+    lifeline.watch_parent(os.getppid())  # a worker killed mid-export takes its export with it
     report = export(argv[0], argv[1])
     print(json.dumps(report))
     return 0
