@@ -17,6 +17,8 @@ RUN pip install /src && rm -rf /src
 # run as a user; /cache (models) and /keys (CurveZMQ keys) are volumes in docker-compose.yml
 RUN useradd --create-home --uid 10001 embed && mkdir -p /cache/huggingface /keys \
     && chown -R embed /cache /keys && chmod 700 /keys
+# the CPU worker's ONNX export of the model is cached in the same volume: /cache/embed-cluster
+ENV XDG_CACHE_HOME=/cache
 USER embed
 WORKDIR /home/embed
 

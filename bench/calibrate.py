@@ -6,8 +6,10 @@ relative error, ``seconds = a + c * size * width * (1 + width / attention_width)
 and the thread's CPU time, which other processes on the machine disturb much less than wall time.
 
     python bench/calibrate.py [--model ID_OR_PATH] [--device cpu|cuda] [--precision auto|fp32|fp16w|...]
+                              [--backend torch|onnx]
 
-It loads the model as a worker does (``--precision auto`` by default: what the worker would pick here).
+It loads the model as a worker does (``--precision auto`` by default: what the worker would pick here);
+``--backend onnx`` times the ONNX Runtime embedder (worker/onnx_backend.py, one intra-op thread, fp32).
 """
 
 from __future__ import annotations
@@ -31,17 +33,22 @@ def main() -> None:
     parser.add_argument("--model", default="sentence-transformers/all-MiniLM-L6-v2")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", default="auto", help="as the worker's --precision (default auto)")
+    parser.add_argument("--backend", default="torch", choices=("torch", "onnx"))
     parser.add_argument("--max-tokens", type=int, default=16384, help="largest batch timed, in padded tokens")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import torch
-
     from bench.run import reference_path
-    from worker.embedder import SentenceTransformerEmbedder
 
     on_cpu = args.device == "cpu"
-    embedder = SentenceTransformerEmbedder(reference_path(args.model), args.model, args.device, args.precision,
-                                           1 if on_cpu else None)
+    if args.backend == "onnx":
+        from worker.onnx_backend import prepare
+
+        embedder = prepare(reference_path(args.model), args.model, lambda kind, data: None, threads=1)
+    else:
+        from worker.embedder import SentenceTransformerEmbedder
+
+        embedder = SentenceTransformerEmbedder(reference_path(args.model), args.model, args.device, args.precision,
+                                               1 if on_cpu else None)
     print(f"precision {embedder.precision}", file=sys.stderr)
     clock = time.thread_time if on_cpu else time.perf_counter
 
@@ -53,6 +60,8 @@ def main() -> None:
             start = clock()
             embedder.encode_ids(ids)
             if not on_cpu:
+                import torch
+
                 torch.cuda.synchronize()
             best = min(best, clock() - start)
         return best

@@ -33,6 +33,11 @@ class Embed:
         resp.media = {"vectors": vectors.tolist()}
 
 
+class Health:
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.media = {"status": "ok"}  # it listens only once the model is loaded, as the seed's /health
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", required=True)
@@ -45,6 +50,7 @@ def main() -> None:
     model.encode(["warm-up"])
     app = falcon.App()
     app.add_route("/embed", Embed(model))
+    app.add_route("/health", Health())
     server = waitress.create_server(app, host="127.0.0.1", port=args.port, threads=32)
     print(f"LISTENING {server.socket.getsockname()[1]}", flush=True)  # type: ignore[union-attr]
     try:

@@ -86,6 +86,8 @@ class Worker:
             "state": "busy" if self.inflight else "ready",
             "device": info.get("device"),
             "precision": info.get("precision"),
+            "backend": info.get("backend"),
+            "compute_threads": info.get("compute_threads"),
             "host": info.get("host"),
             "pid": info.get("pid"),
             "remote": self.key[0] == "lan",

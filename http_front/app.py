@@ -232,6 +232,7 @@ class Info:
             "dim": summary["dim"],
             "device": summary["device"],
             "precision": sorted({str(w.get("precision")) for w in workers}) or None,
+            "backend": sorted({str(w.get("backend")) for w in workers}) or None,
             "max_tokens": status.get("max_tokens"),
             "version": VERSION,
             "limits": {**asdict(self.state.limits), "max_queue_texts": status.get("max_queue_texts")},

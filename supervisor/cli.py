@@ -75,7 +75,8 @@ def device_value(raw: str) -> str:
     if raw in DEVICES or (raw.startswith("cuda:") and raw[5:].isdigit()):
         return raw
     raise ValueError(raw)
-PRECISIONS = ("auto", "fp32", "bf16", "fp16", "fp16w")  # worker/precision.py says what each is
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "fp16w")
+BACKENDS = ("auto", "onnx", "torch")  # worker/main.py: load_embedder  # worker/precision.py says what each is
 
 
 def add_common(env: EnvArgs) -> None:
@@ -117,7 +118,12 @@ def add_worker_model(env: EnvArgs) -> None:
     env.add("--device", default="auto", type=device_value, help="auto, cpu, cuda, cuda:N or mps")
     env.add("--precision", default="auto", choices=PRECISIONS,
             help="number format: fp16w = fp16 weights, fp32 arithmetic (CPU); auto measures")
-    env.add("--threads", default=0, type=int, help="torch threads per CPU worker (0: cores / workers)")
+    env.add("--threads", default=0, type=int,
+            help="intra-op threads per compute thread (torch or ONNX Runtime; 0: 1 on CPU)")
+    env.add("--compute-threads", default=0, type=int,
+            help="forward passes at once in a worker, over one copy of the model (0: CPU cores / workers; 1 on GPU)")
+    env.add("--backend", default="auto", choices=BACKENDS,
+            help="auto: ONNX Runtime on CPU where the model allows it, else torch; onnx; torch")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -286,7 +292,8 @@ def run_up(args: argparse.Namespace) -> int:
                   "--log-level", args.log_level, *(("--insecure",) if args.insecure else ()))
     settings = ClusterSettings(
         host=args.host, port=args.port, workers=args.workers, model=args.model, device=args.device,
-        precision=args.precision, threads=args.threads, lan=args.lan, keys=args.keys,
+        precision=args.precision, threads=args.threads, compute_threads=args.compute_threads,
+        backend=args.backend, lan=args.lan, keys=args.keys,
         shutdown_grace=args.shutdown_grace, extra_front_args=front_args,
         extra_broker_args=("--max-queue-texts", str(args.max_queue_texts), "--job-lease", str(args.job_lease),
                            "--log-level", args.log_level),
@@ -347,7 +354,8 @@ def run_worker(args: argparse.Namespace) -> int:
                 "--broker %s is not on this machine but no --broker-key/--key is given: a broker's --lan port "
                 "speaks CurveZMQ and will not hear this worker", args.broker)
     settings = WorkerSettings(broker=args.broker, model=args.model, device=args.device,
-                              precision=args.precision, threads=args.threads, capacity=args.capacity,
+                              precision=args.precision, threads=args.threads,
+                              compute_threads=args.compute_threads, backend=args.backend, capacity=args.capacity,
                               token_budget=args.token_budget, worker_id=args.worker_id,
                               broker_key=args.broker_key, key=args.key, parent_pid=args.parent_pid)
     return run(settings)

@@ -41,7 +41,9 @@ class ClusterSettings:
     model: str = "sentence-transformers/all-MiniLM-L6-v2"
     device: str = "auto"
     precision: str = "auto"
-    threads: int = 0
+    threads: int = 0  # intra-op threads per compute thread; 0: 1 on CPU
+    compute_threads: int = 0  # per worker; 0: CPU cores / CPU workers (1 on a GPU)
+    backend: str = "auto"
     lan: str | None = None
     keys: str | None = None
     shutdown_grace: float = 30.0
@@ -116,16 +118,18 @@ def physical_cores() -> int:
     return cores()
 
 
-MAX_CPU_WORKERS = 2  # each CPU worker holds its own torch runtime and model: ~0.55 GB for all-MiniLM-L6-v2
-
-
 def cpu_workers(threads: int = 0) -> int:
-    """CPU workers for ``--workers auto``: one per physical core (``threads`` cores each, when given), at most
-    MAX_CPU_WORKERS. On the project's 2-core machine 2 workers x 1 torch thread served as fast as or faster
-    than 1 x 2 for every load shape, at less CPU time per text and with less latency at light load (README,
-    Performance); more processes than 2 would mostly add memory."""
-    cores = physical_cores()
-    return max(1, min(MAX_CPU_WORKERS, cores // threads if threads else cores))
+    """CPU workers for ``--workers auto``: one. It runs a forward pass on every core at once (compute threads
+    over one copy of the model, worker/worker.py), where a second process would hold a second runtime and model
+    (README, Performance: `python bench/sidecar.py`)."""
+    return 1
+
+
+def cpu_compute_threads(cpu_workers: int, threads: int = 0, compute_threads: int = 0) -> int:
+    """Compute threads per CPU worker: the physical cores shared out, ``threads`` intra-op threads each."""
+    if compute_threads:
+        return compute_threads
+    return max(1, physical_cores() // (max(1, cpu_workers) * max(1, threads)))
 
 
 class Supervisor:
@@ -164,13 +168,15 @@ class Supervisor:
         self.children.append(Child("front", [*front, *s.extra_front_args, *parent], "front"))
         devices = plan_devices(s.device, s.workers, s.threads)
         on_cpu = sum(1 for d in devices if d == "cpu")
-        threads = s.threads or (max(1, physical_cores() // on_cpu) if on_cpu else 0)
+        compute = cpu_compute_threads(on_cpu, s.threads, s.compute_threads) if on_cpu else 0
         for i, device in enumerate(devices):
             name = f"worker-{i}"
             argv = [*base, "worker", "--broker", self.worker_address, "--model", s.model, "--device", device,
-                    "--precision", s.precision, "--worker-id", name]
-            if device == "cpu" and threads:
-                argv += ["--threads", str(threads)]
+                    "--precision", s.precision, "--backend", s.backend, "--worker-id", name]
+            if device == "cpu":
+                argv += ["--threads", str(s.threads or 1), "--compute-threads", str(compute)]
+            elif s.threads or s.compute_threads:
+                argv += ["--threads", str(s.threads), "--compute-threads", str(s.compute_threads)]
             self.children.append(Child(name, [*argv, *s.extra_worker_args, *parent], "worker", device))
 
     # -- events -----------------------------------------------------------------------------------------
@@ -215,6 +221,8 @@ class Supervisor:
             if kind in ("worker_failed", "worker_refused"):
                 child.info["error"] = data.get("reason") or data.get("message") or data.get("error")
             self.emit(kind, {**data, "worker": child.name})
+        elif kind in ("model_preparing", "model_prepared", "backend_fallback"):
+            self.emit(kind, {**data, "worker": child.name})  # worker/onnx_backend.py: a first start's export
         elif kind == "broker_listening":
             self.emit(kind, {k: v for k, v in data.items() if v})
         else:

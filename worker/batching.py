@@ -42,14 +42,20 @@ class CostModel:
 # there): its packed weights make a pass's fixed cost half of fp32's.
 CPU_COST = CostModel(overhead=31.0, attention_width=1040.0)
 CPU_FP16W_COST = CostModel(overhead=16.1, attention_width=1382.0)
+# ONNX Runtime fp32 (worker/onnx_backend.py, one intra-op thread), the same model and machine (busy that day):
+# `python bench/calibrate.py --backend onnx`. A pass's fixed cost is a smaller share than torch's, attention a
+# larger one.
+CPU_ONNX_COST = CostModel(overhead=8.4, attention_width=500.0)
 # Accelerators run a batch's tokens in parallel: a pass costs as much as a few thousand tokens, and padding
 # is cheap. An estimate, not a measurement of this project: bench/calibrate.py --device cuda refits it.
 ACCELERATOR_COST = CostModel(overhead=4096.0, attention_width=2048.0)
 
 
-def default_cost_model(device: str, precision: str = "fp32") -> CostModel:
+def default_cost_model(device: str, precision: str = "fp32", backend: str = "torch") -> CostModel:
     if device != "cpu":
         return ACCELERATOR_COST
+    if backend == "onnx":
+        return CPU_ONNX_COST
     return CPU_FP16W_COST if precision == "fp16w" else CPU_COST
 
 
@@ -134,6 +140,19 @@ def optimal_cuts(lengths: list[int], token_budget: int, max_batch: int, cost: Co
     return groups
 
 
+def share_of(group: list[int], lengths: list[int], parts: int) -> list[int]:
+    """The first of ``parts`` about equal pieces of ``group`` by tokens (at least one text, one left over)."""
+    parts = min(parts, len(group))
+    total = sum(max(1, lengths[i]) for i in group)
+    taken, tokens = [], 0
+    for i in group:
+        taken.append(i)
+        tokens += max(1, lengths[i])
+        if tokens * parts >= total or len(taken) == len(group) - 1:
+            break
+    return taken
+
+
 class Pool:
     """The jobs a worker holds, planned again into batches after every batch it encodes."""
 
@@ -154,8 +173,13 @@ class Pool:
         self.jobs[key] = job
         self.todo[key] = list(range(len(job.ids)))
 
-    def next_batch(self) -> list[tuple[PendingJob, int]]:
-        """The cheapest planned batch that holds a text of the oldest job with texts left; [] when none."""
+    def next_batch(self, parts: int = 1) -> list[tuple[PendingJob, int]]:
+        """The cheapest planned batch that holds a text of the oldest job with texts left; [] when none.
+
+        ``parts`` is how many compute threads could take work now (this one and the idle ones): while the plan
+        holds fewer batches than that, the batch is cut to its share (:func:`share_of`), so that the idle
+        threads get the rest rather than waiting while one thread encodes it all.
+        """
         refs = list(itertools.islice(((key, t) for key, texts in self.todo.items() for t in texts), self.horizon))
         if not refs:
             return []
@@ -163,6 +187,8 @@ class Pool:
         lengths = [len(self.jobs[key].ids[t]) for key, t in refs]
         groups = plan_groups(lengths, self.token_budget, self.max_batch, self.cost)
         group = next(g for _, g in groups if any(refs[i][0] == oldest for i in g))
+        if parts > len(groups) and len(group) > 1:
+            group = share_of(group, lengths, parts - len(groups) + 1)
         batch = [refs[i] for i in group]
         for key in {key for key, _ in batch}:
             taken = {t for k, t in batch if k == key}

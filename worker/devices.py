@@ -24,7 +24,9 @@ def list_devices() -> list[str]:
 def resolve_device(device: str) -> str:
     """``auto`` becomes the first device of :func:`list_devices`; ``cuda`` becomes ``cuda:0``."""
     if device == "auto":
-        return list_devices()[0]
+        from supervisor.supervisor import detect_devices  # no torch: a CPU-only machine never imports it here
+
+        return "cpu" if detect_devices() == ["cpu"] else list_devices()[0]
     if device == "cuda":
         return "cuda:0"
     return device

@@ -7,11 +7,15 @@ import torch or sentence-transformers.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import logging
+import os
 import re
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -112,6 +116,7 @@ class SentenceTransformerEmbedder:
         if threads:
             torch.set_num_threads(threads)
         self._torch = torch
+        self._path = path
         self.model_id = model_id
         self.device = device
         model = SentenceTransformer(path, device=device)
@@ -145,10 +150,16 @@ class SentenceTransformerEmbedder:
         is too small to show fp16's gain, which is in large batches and memory.
         """
         candidates = [requested] if requested != "auto" else precision.auto_candidates(self.device)
+        timed = requested == "auto" and self.device == "cpu"
+        remembered = precision_choice(self._path, self.device) if timed else None
+        if remembered is not None:  # this model, CPU and torch timed the candidates before: same answer
+            candidates = [c for c in candidates if c == remembered]
+            timed = False
+            log.info("precision: %s, as timed at an earlier start (%s)", remembered, precision_cache_file(
+                self._path, self.device))
         if candidates in ([], ["fp32"]):
             return
         reference = self.encode_ids(self.tokenize(PROBE_TEXTS).ids)
-        timed = requested == "auto" and self.device == "cpu"
         fp32_time = self._time_probe() if timed else 0.0
         for candidate in candidates:
             try:
@@ -169,10 +180,14 @@ class SentenceTransformerEmbedder:
                 self.precision_note = f"{candidate}: cosine {worst:.5f} to fp32 on the probe set"
                 log.info("precision %s", self.precision_note)
                 applied.keep()
+                if timed:
+                    remember_precision(self._path, self.device, candidate)
                 return
             log.warning("%s; using fp32", self.precision_note)
             applied.restore()
             self.precision = "fp32"
+        if timed:
+            remember_precision(self._path, self.device, "fp32")
 
     def _time_probe(self) -> float:
         """Seconds for the probe texts one at a time and then as one batch: both ends of the served load."""
@@ -247,6 +262,39 @@ class SentenceTransformerEmbedder:
         """Character offsets of each token of ``text`` (no special tokens, no limit): for chunking by tokens."""
         encoded = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
         return [(int(start), int(end)) for start, end in encoded["offset_mapping"]]
+
+
+def precision_cache_file(path: str, device: str) -> Path:
+    """Where ``--precision auto``'s timed choice is kept: one file per model files, CPU flags, torch version."""
+    from worker.onnx_backend import cache_root, model_fingerprint, package_version
+
+    flags = ""
+    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8") as f:
+        flags = next((line for line in f if line.startswith("flags")), "")
+    key = hashlib.blake2b(digest_size=12)
+    for part in (model_fingerprint(Path(path)), device, flags, package_version("torch")):
+        key.update(part.encode() + b"\0")
+    return cache_root().parent / "precision" / f"{key.hexdigest()}.json"
+
+
+def precision_choice(path: str, device: str) -> str | None:
+    try:
+        choice = json.loads(precision_cache_file(path, device).read_text(encoding="utf-8")).get("precision")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return choice if isinstance(choice, str) else None
+
+
+def remember_precision(path: str, device: str, choice: str) -> None:
+    """Write the choice atomically (a temporary file renamed over it); a read-only cache is no error."""
+    target = precision_cache_file(path, device)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f".{target.name}.{os.getpid()}")
+        partial.write_text(json.dumps({"precision": choice}), encoding="utf-8")
+        os.replace(partial, target)
+    except OSError as exc:
+        log.info("precision choice not cached: %s", exc)
 
 
 def drop_unused_pooler(model: Any) -> None:

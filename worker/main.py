@@ -47,11 +47,7 @@ def run(settings: WorkerSettings) -> int:
     started = time.monotonic()
     try:
         located = locate_model(settings.model, emit)
-        from worker.embedder import SentenceTransformerEmbedder
-
-        threads = settings.threads or (physical_cores() if device == "cpu" else 0)
-        embedder = SentenceTransformerEmbedder(located.path, settings.model, device, settings.precision,
-                                               threads or None)
+        embedder = load_embedder(settings, located.path, located.name, device, emit)
     except ModelUnavailable as exc:  # not on disk and not downloadable: the reason says it all
         log.error("%s", exc)
         emit("worker_failed", {"error": "MODEL_LOAD_FAILED", "reason": str(exc)})
@@ -61,17 +57,49 @@ def run(settings: WorkerSettings) -> int:
         emit("worker_failed", {"error": "MODEL_LOAD_FAILED",
                                "reason": f"could not load {settings.model}: {type(exc).__name__}: {exc}"})
         return EXIT_LOAD_FAILED
+    compute_threads = settings.compute_threads or (physical_cores() if device == "cpu" else 1)
+    backend = getattr(embedder, "backend", "torch")
     emit("model_loaded", {"model": located.name, "dimensions": embedder.dim, "device": device,
-                          "precision": embedder.precision, "seconds": round(time.monotonic() - started, 2)})
-    log.info("model %s loaded on %s (%s, %s)", settings.model, device, embedder.precision,
-             embedder.precision_note or "no precision check")
-    settings_with_id = WorkerSettings(**{**settings.__dict__, "worker_id": worker_id})
+                          "precision": embedder.precision, "backend": backend, "compute_threads": compute_threads,
+                          "seconds": round(time.monotonic() - started, 2)})
+    log.info("model %s loaded on %s (%s, %s, %s, %d compute threads)", settings.model, device, backend,
+             embedder.precision, embedder.precision_note or "no precision check", compute_threads)
+    settings_with_id = WorkerSettings(**{**settings.__dict__, "worker_id": worker_id,
+                                         "compute_threads": compute_threads})
     loop = WorkerLoop(settings_with_id, embedder, {"model_name": located.name}, on_event=emit)
     if stop_requested:
         return 0
     code = loop.run()
     finish_compute(loop)
     return EXIT_REFUSED if code == 3 else code
+
+
+def load_embedder(settings: WorkerSettings, path: str, name: str, device: str, emit: Any) -> Any:
+    """The ONNX Runtime embedder (worker/onnx_backend.py) where the backend is onnx, or auto on a CPU at a
+    precision it takes (auto, fp32); else the sentence-transformers one. ``--backend onnx`` on a model the ONNX
+    path cannot take fails the load; ``auto`` falls back to torch and says why (``backend_fallback``)."""
+    backend = settings.backend
+    if backend == "auto":
+        backend = "onnx" if device == "cpu" and settings.precision in ("auto", "fp32") else "torch"
+    if backend == "onnx":
+        from worker.onnx_backend import OnnxUnsupported, prepare
+
+        try:
+            if device != "cpu":
+                raise OnnxUnsupported(f"the ONNX backend runs on the CPU, not {device}")
+            return prepare(path, settings.model, emit, threads=settings.threads or 1, model_name=name)
+        except OnnxUnsupported as exc:
+            if settings.backend == "onnx":
+                raise
+            log.warning("serving %s on torch: %s", name, exc)
+            emit("backend_fallback", {"model": name, "backend": "torch", "reason": str(exc)})
+    from worker.devices import physical_cores
+    from worker.embedder import SentenceTransformerEmbedder
+
+    threads = settings.threads
+    if device == "cpu" and not threads:  # one intra-op thread per compute thread, unless one computes alone
+        threads = physical_cores() if settings.compute_threads == 1 else 1
+    return SentenceTransformerEmbedder(path, settings.model, device, settings.precision, threads or None)
 
 
 COMPUTE_GRACE = 5.0  # seconds for the batch being encoded at SIGTERM to finish (the supervisor waits 10)
@@ -83,7 +111,7 @@ def finish_compute(loop: WorkerLoop) -> None:
     process dies by SIGABRT ("terminate called without an active exception"). Should the batch outlast the
     grace, leave without finalising (os._exit, after flushing what was printed)."""
     loop.compute.join(COMPUTE_GRACE)
-    if loop.compute.is_alive():
+    if loop.compute.alive():
         log.warning("the batch being encoded did not finish within %.0fs: exiting without waiting for it",
                     COMPUTE_GRACE)
         sys.stdout.flush()

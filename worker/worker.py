@@ -1,9 +1,10 @@
 """A worker: registers with the broker, takes jobs, encodes them in batches, heartbeats throughout.
 
-Two threads. The I/O thread (``WorkerLoop.run``) owns the ZeroMQ socket: it registers, answers heartbeats,
-hands jobs to the compute thread and sends back what it finishes, so the broker keeps hearing from us
-while a long batch runs; it also tokenizes each job as it arrives. The compute thread owns the model: it
-plans batches over every job it holds (worker/batching.py) and encodes them one after another.
+The I/O thread (``WorkerLoop.run``) owns the ZeroMQ socket: it registers, answers heartbeats, hands jobs to
+the compute threads and sends back what they finish, so the broker keeps hearing from us while a long batch
+runs; it also tokenizes each job as it arrives. The compute threads (``--compute-threads``: one per physical
+core on CPU, one on a GPU) share the model and one planner (worker/batching.py) over every job the worker
+holds; each encodes the next planned batch, so one worker computes on every core.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import queue
 import socket
 import threading
 import time
@@ -42,7 +42,9 @@ class WorkerSettings:
     model: str = "sentence-transformers/all-MiniLM-L6-v2"
     device: str = "auto"
     precision: str = "auto"
-    threads: int = 0  # torch threads; 0: physical cores / local workers
+    threads: int = 0  # intra-op threads per compute thread (torch or ORT); 0: 1 on CPU
+    compute_threads: int = 0  # forward passes at once over the one model; 0: physical cores on CPU, else 1
+    backend: str = "auto"  # auto (onnx on CPU where the model allows, else torch), onnx or torch
     capacity: int = 0  # texts in flight the broker may give us; 0: chosen from the device
     token_budget: int = 0  # padded tokens per batch; 0: chosen from the device
     max_batch: int = 256
@@ -53,26 +55,36 @@ class WorkerSettings:
     parent_pid: int = 0
 
 
-class ComputeThread(threading.Thread):
-    """Encodes the jobs it holds in cross-request batches; reports each finished job through ``done``.
+class ComputeThread:
+    """Encodes the jobs it holds in cross-request batches on ``threads`` compute threads over one model;
+    reports each finished job through ``done``.
 
-    :meth:`submit` runs on the I/O thread: it tokenizes (and chunks) the job there, off the compute thread,
-    and queues it. The compute thread moves queued jobs into its :class:`Pool`, encodes the batch the pool
-    hands out, finishes the jobs that batch completes, and goes round again, so a job that arrives while a
-    batch runs is in the next plan.
+    :meth:`submit` runs on the I/O thread: it tokenizes (and chunks) the job there, off the compute threads,
+    and queues it. Each compute thread, in turn under one lock, moves queued jobs into the shared
+    :class:`Pool` and takes the batch the pool hands out; it encodes that batch outside the lock (ONNX
+    Runtime's ``run`` and torch's kernels release the GIL, so the threads compute on several cores at once),
+    then finishes the jobs the batch completes. A job that arrives while batches run is in the next plan.
+    While other compute threads are idle a thread takes only its share of the planned work
+    (:meth:`Pool.next_batch`'s ``parts``), so a lone multi-text request keeps every core busy.
     """
 
     def __init__(self, embedder: Embedder, token_budget: int, max_batch: int, wake: socket.socket,
-                 cost: CostModel | None = None) -> None:
-        super().__init__(name="compute", daemon=True)
+                 cost: CostModel | None = None, threads: int = 1) -> None:
         self.embedder = embedder
-        self.pool = Pool(token_budget, max_batch, cost or default_cost_model(embedder.device, embedder.precision))
-        self.inbox: queue.Queue[PendingJob | None] = queue.Queue()
+        self.pool = Pool(token_budget, max_batch, cost or default_cost_model(embedder.device, embedder.precision,
+                                                                             getattr(embedder, "backend", "")))
+        self.threads = max(1, threads)
+        self._lock = threading.Condition()
+        self._queued: list[PendingJob] = []
+        self._stopped = False
+        self._idle = 0  # compute threads waiting for work
+        self._workers: list[threading.Thread] = []
         self.done: deque[tuple[PendingJob | None, dict[str, Any] | None]] = deque()
         self.generation = 0  # bumped when the broker forgets us: older jobs are dropped
         self._wake = wake
         self.texts_done = 0
-        self.busy_seconds = 0.0
+        self.busy_seconds = 0.0  # summed over the compute threads
+        self.batches_by_thread = [0] * self.threads  # batches each compute thread encoded (for /health, tests)
         self.batch_sizes = BatchSizes()
         self._trim_heap = heap.trimmer()
         self._trimmed_at = 0.0
@@ -89,68 +101,96 @@ class ComputeThread(threading.Thread):
             self._finish(job, None)
             return
         job.generation = generation
-        self.inbox.put(job)
+        with self._lock:
+            self._queued.append(job)
+            self._lock.notify()
 
     def reset(self) -> None:
         self.generation += 1
 
+    def start(self) -> None:
+        for index in range(self.threads):
+            thread = threading.Thread(target=self.run, args=(index,), name=f"compute-{index}", daemon=True)
+            self._workers.append(thread)
+            thread.start()
+
     def stop(self) -> None:
-        self.inbox.put(None)
+        with self._lock:
+            self._stopped = True
+            self._lock.notify_all()
 
-    def run(self) -> None:
-        while self._take(block=not self.pool.has_work()):
-            self.pool.drop(lambda job: job.generation != self.generation)  # requeued elsewhere by the broker
-            batch = self.pool.next_batch()
-            if batch:
-                self.encode(batch)
+    def join(self, timeout: float | None = None) -> None:
+        """Wait for every compute thread, ``timeout`` seconds in all (None: without bound)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for thread in self._workers:
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
 
-    def _take(self, block: bool) -> bool:
-        """Move queued jobs into the pool, waiting for one when ``block``; False once stopped."""
-        try:
-            job = self.inbox.get() if block else self.inbox.get_nowait()
-        except queue.Empty:
-            return True
-        while job is not None:
-            self.pool.add(job)
-            try:
-                job = self.inbox.get_nowait()
-            except queue.Empty:
-                return True
-        return False
+    def alive(self) -> bool:
+        return any(thread.is_alive() for thread in self._workers)
 
-    def encode(self, batch: list[tuple[PendingJob, int]]) -> None:
+    def run(self, index: int = 0) -> None:
+        while True:
+            batch = self._next(index)
+            if batch is None:
+                return
+            self.encode(batch, index)
+
+    def _next(self, index: int) -> list[tuple[PendingJob, int]] | None:
+        """The next batch for compute thread ``index``, waiting for one; None once stopped."""
+        with self._lock:
+            while not self._stopped:
+                for job in self._queued:
+                    self.pool.add(job)
+                self._queued.clear()
+                self.pool.drop(lambda job: job.generation != self.generation)  # requeued elsewhere by the broker
+                batch = self.pool.next_batch(parts=1 + self._idle)
+                if batch:
+                    if self.pool.has_work():
+                        self._lock.notify()  # more planned work: an idle thread takes the next batch
+                    return batch
+                self._idle += 1
+                self._lock.wait()
+                self._idle -= 1
+            return None
+
+    def encode(self, batch: list[tuple[PendingJob, int]], index: int = 0) -> None:
         start = time.perf_counter()
         try:
             vectors = self.embedder.encode_ids([job.ids[t] for job, t in batch])
         except Exception as exc:  # a model failure fails these jobs, not the worker
             log.exception("encode failed")
-            for job in {id(job): job for job, _ in batch}.values():
-                if not job.failed:
-                    job.failed = True
-                    self._finish(None, {"job": job.job_id, "attempt": job.attempt,
-                                        "code": ErrorCode.ENCODE_FAILED.value,
-                                        "message": f"the model failed: {type(exc).__name__}"})
-            self.pool.drop(lambda job: job.failed)
+            with self._lock:
+                for job in {id(job): job for job, _ in batch}.values():
+                    if not job.failed:
+                        job.failed = True
+                        self._finish(None, {"job": job.job_id, "attempt": job.attempt,
+                                            "code": ErrorCode.ENCODE_FAILED.value,
+                                            "message": f"the model failed: {type(exc).__name__}"})
+                self.pool.drop(lambda job: job.failed)
             return
         spent = time.perf_counter() - start
-        for row, (job, t) in enumerate(batch):
-            if job.failed:
-                continue
-            job.vectors[t] = vectors[row]
-            job.remaining -= 1
-            job.encode_seconds += spent / len(batch)
-            if job.remaining == 0:
-                if job.normalize:
-                    job.vectors = normalize_rows(job.vectors)
-                self._finish(job, None)
-        self.pool.drop(lambda job: job.remaining == 0)
-        self.texts_done += len(batch)
-        self.batch_sizes.observe(len(batch))
-        self.busy_seconds += spent
-        now = time.monotonic()
-        if not self.pool.has_work() or now - self._trimmed_at > HEAP_TRIM_INTERVAL:
+        with self._lock:
+            for row, (job, t) in enumerate(batch):
+                if job.failed:
+                    continue
+                job.vectors[t] = vectors[row]
+                job.remaining -= 1
+                job.encode_seconds += spent / len(batch)
+                if job.remaining == 0 and job.generation == self.generation:
+                    if job.normalize:
+                        job.vectors = normalize_rows(job.vectors)
+                    self._finish(job, None)
+            self.pool.drop(lambda job: job.remaining == 0)
+            self.texts_done += len(batch)
+            self.batches_by_thread[index] += 1
+            self.batch_sizes.observe(len(batch))
+            self.busy_seconds += spent
+            now = time.monotonic()
+            trim = not self.pool.has_work() or now - self._trimmed_at > HEAP_TRIM_INTERVAL
+            if trim:
+                self._trimmed_at = now
+        if trim:
             self._trim_heap()  # worker/heap.py: else fragmentation grows the worker's memory without end
-            self._trimmed_at = now
 
     def prepare(self, header: dict[str, Any]) -> PendingJob:
         options = header.get("options") or {}
@@ -203,7 +243,8 @@ class WorkerLoop:
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         budget = settings.token_budget or default_token_budget(embedder.device)
-        self.compute = ComputeThread(embedder, budget, settings.max_batch, self._wake_w)
+        self.compute = ComputeThread(embedder, budget, settings.max_batch, self._wake_w,
+                                     threads=settings.compute_threads or 1)
         self.capacity = settings.capacity or default_capacity(embedder.device)
         self.sock: zmq.Socket | None = None
         self.registered = False
@@ -225,16 +266,18 @@ class WorkerLoop:
         stats = self.stats()
         return {
             "model": e.model_id, "dim": e.dim, "device": e.device, "capacity": self.capacity,
-            "precision": e.precision, "max_tokens": e.max_tokens, "worker_id": self.worker_id,
+            "precision": e.precision, "backend": getattr(e, "backend", "torch"),
+            "compute_threads": self.compute.threads, "max_tokens": e.max_tokens, "worker_id": self.worker_id,
             "pid": os.getpid(), "host": socket.gethostname(), "version": VERSION, "probe": self.probe,
             "stats": stats, **self.info,
         }
 
     def stats(self) -> dict[str, Any]:
-        busy = self.compute.busy_seconds
+        busy = self.compute.busy_seconds / self.compute.threads  # the threads' busy time, as wall time
         return {"texts_done": self.compute.texts_done,
                 "texts_per_s": round(self.compute.texts_done / busy, 1) if busy > 0 else None,
-                "batch_sizes": self.compute.batch_sizes.snapshot()}
+                "batch_sizes": self.compute.batch_sizes.snapshot(),
+                "batches_by_thread": list(self.compute.batches_by_thread)}
 
     def connect(self) -> None:
         if self.sock is not None:

@@ -11,7 +11,16 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from worker.batching import CPU_COST, CostModel, PendingJob, Pool, optimal_cuts, plan_batches, plan_groups
+from worker.batching import (
+    CPU_COST,
+    CostModel,
+    PendingJob,
+    Pool,
+    optimal_cuts,
+    plan_batches,
+    plan_groups,
+    share_of,
+)
 from worker.embedder import FakeEmbedder, normalize_rows
 from worker.worker import ComputeThread
 
@@ -146,11 +155,12 @@ def words(rng: random.Random, n: int) -> str:
     return " ".join(f"w{rng.randint(0, 50)}" for _ in range(n))
 
 
-def test_compute_thread_answers_every_job_in_order_like_one_at_a_time(wake: socket.socket) -> None:
+@pytest.mark.parametrize("threads", [1, 3])
+def test_compute_thread_answers_every_job_in_order_like_one_at_a_time(wake: socket.socket, threads: int) -> None:
     rng = random.Random(1)
     jobs = {f"j{i}": [words(rng, rng.choice([1, 3, 10, 28])) for _ in range(rng.randint(1, 20))] for i in range(15)}
-    embedder = FakeEmbedder(dim=8, max_tokens=32)
-    compute = ComputeThread(embedder, token_budget=256, max_batch=16, wake=wake)
+    embedder = FakeEmbedder(dim=8, max_tokens=32, delay_per_token=1e-5)
+    compute = ComputeThread(embedder, token_budget=256, max_batch=16, wake=wake, threads=threads)
     for job_id, texts in jobs.items():  # queued before the thread starts: one pool of every job
         compute.submit(header(job_id, texts, normalize=job_id != "j0"))
     compute.start()
@@ -209,3 +219,37 @@ def test_input_errors_are_answered_at_submit(wake: socket.socket) -> None:
     compute.submit({**header("long", ["a b c d e f g h"]), "options": {"truncate": False}})
     job, error = compute.done.popleft()  # answered on the submitting thread, before any compute
     assert job is None and error["code"] == "INPUT_TOO_LONG" and error["indices"] == [0]
+
+
+def test_idle_compute_threads_share_one_request_that_fits_one_batch(wake: socket.socket) -> None:
+    embedder = FakeEmbedder(dim=4, max_tokens=64, delay_per_token=2e-4)
+    compute = ComputeThread(embedder, token_budget=4096, max_batch=64, wake=wake, threads=2)
+    compute.start()
+    try:
+        time.sleep(0.05)  # both threads idle, as between a search box's queries
+        texts = [f"text number {i} with some words" for i in range(12)]
+        compute.submit(header("lone", texts))
+        done = wait_done(compute, 1)
+    finally:
+        compute.stop()
+        compute.join(5)
+    assert compute.batches_by_thread[0] > 0 and compute.batches_by_thread[1] > 0, compute.batches_by_thread
+    assert sorted(embedder.batches) == [6, 6]
+    alone = FakeEmbedder(dim=4, max_tokens=64)
+    assert np.allclose(done["lone"][0].vectors, normalize_rows(alone.encode_ids(alone.tokenize(texts).ids)))
+
+
+def test_next_batch_cuts_a_lone_batch_into_shares_for_idle_threads() -> None:
+    pool = Pool(token_budget=4096, max_batch=64)
+    pool.add(PendingJob("j", 0, True, [[1] * n for n in (12, 10, 10, 10, 10)], [], 4))
+    assert len(plan_groups([12, 10, 10, 10, 10], 4096, 64, CPU_COST)) == 1  # one batch for one thread...
+    first = pool.next_batch(parts=2)
+    assert [t for _, t in first] == [0, 1, 2]  # ...cut at half its tokens for two
+    assert len(pool.next_batch()) == 2  # the rest, uncut when no other thread is idle
+    assert pool.next_batch() == []
+
+
+def test_share_of_keeps_at_least_one_text_for_the_others() -> None:
+    assert share_of([0, 1], [100, 1], 4) == [0]
+    assert share_of([0, 1, 2, 3], [5, 5, 5, 5], 2) == [0, 1]
+    assert share_of([0, 1, 2, 3], [5, 5, 5, 5], 9) == [0]

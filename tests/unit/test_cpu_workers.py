@@ -1,4 +1,4 @@
-"""How many CPU workers `--workers auto` plans, and with how many torch threads each."""
+"""How many CPU workers `--workers auto` plans, and with how many compute and intra-op threads each."""
 
 from __future__ import annotations
 
@@ -19,11 +19,11 @@ def machine(monkeypatch: pytest.MonkeyPatch):
     return set_machine
 
 
-@pytest.mark.parametrize(("cores", "threads", "workers"), [(1, 0, 1), (2, 0, 2), (16, 0, 2), (2, 2, 1), (8, 8, 1)])
-def test_auto_plans_cpu_workers_by_cores(machine, cores: int, threads: int, workers: int) -> None:
+@pytest.mark.parametrize("cores", [1, 2, 16])
+def test_auto_plans_one_cpu_worker_whatever_the_cores(machine, cores: int) -> None:
     machine(cores, ["cpu"])
-    assert plan_devices("auto", "auto", threads) == ["cpu"] * workers
-    assert plan_devices("cpu", "auto", threads) == ["cpu"] * workers
+    assert plan_devices("auto", "auto") == ["cpu"]
+    assert plan_devices("cpu", "auto", 2) == ["cpu"]
 
 
 def test_gpus_get_one_worker_each_and_an_explicit_count_wins(machine) -> None:
@@ -33,14 +33,39 @@ def test_gpus_get_one_worker_each_and_an_explicit_count_wins(machine) -> None:
     assert plan_devices("auto", "3") == ["cpu"] * 3
 
 
-@pytest.mark.parametrize(("cores", "expected"), [(2, [("cpu", "1"), ("cpu", "1")]), (8, [("cpu", "4"), ("cpu", "4")])])
-def test_the_cores_are_shared_out_as_torch_threads(machine, cores: int, expected: list[tuple[str, str]]) -> None:
-    machine(cores, ["cpu"])
-    sup = Supervisor(ClusterSettings())
+def worker_threads(settings: ClusterSettings) -> list[tuple[str, str, str, str]]:
+    sup = Supervisor(settings)
     try:
         sup.plan()
         workers = [c for c in sup.children if c.kind == "worker"]
-        assert [(c.device, c.argv[c.argv.index("--threads") + 1]) for c in workers] == expected
+        return [(c.device, c.argv[c.argv.index("--threads") + 1], c.argv[c.argv.index("--compute-threads") + 1],
+                 c.argv[c.argv.index("--backend") + 1]) for c in workers]
+    finally:
+        sup.context.term()
+        shutil.rmtree(sup.rundir, ignore_errors=True)
+
+
+@pytest.mark.parametrize(("cores", "settings", "expected"), [
+    (2, ClusterSettings(), [("cpu", "1", "2", "auto")]),
+    (8, ClusterSettings(), [("cpu", "1", "8", "auto")]),
+    (8, ClusterSettings(workers="2"), [("cpu", "1", "4", "auto")] * 2),
+    (8, ClusterSettings(threads=2), [("cpu", "2", "4", "auto")]),
+    (2, ClusterSettings(workers="2", threads=1), [("cpu", "1", "1", "auto")] * 2),
+    (2, ClusterSettings(compute_threads=3, backend="torch"), [("cpu", "1", "3", "torch")]),
+])
+def test_the_cores_are_shared_out_as_compute_threads(machine, cores: int, settings: ClusterSettings,
+                                                     expected: list[tuple[str, str, str, str]]) -> None:
+    machine(cores, ["cpu"])
+    assert worker_threads(settings) == expected
+
+
+def test_a_gpu_worker_gets_no_cpu_thread_options(machine) -> None:
+    machine(8, ["cuda:0"])
+    sup = Supervisor(ClusterSettings())
+    try:
+        sup.plan()
+        (worker,) = [c for c in sup.children if c.kind == "worker"]
+        assert worker.device == "cuda:0" and "--compute-threads" not in worker.argv
     finally:
         sup.context.term()
         shutil.rmtree(sup.rundir, ignore_errors=True)
