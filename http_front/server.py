@@ -12,7 +12,8 @@
   idle for ``idle_timeout`` seconds is closed. Polling is ``poll()``, not ``select()``, which cannot watch
   descriptors past 1024;
 - probes (``/livez``, ``/readyz``, ``/health``, ``/metrics``; and ``/status.json``) and the server's own
-  error answers run on a small dispatcher of their own, so they never wait behind embed requests for one of the request threads;
+  error answers run on a small dispatcher of their own, so they never wait behind embed requests for one of
+  the request threads;
 - embed requests beyond what the front can hold (every request thread busy and ``max_queued`` requests already
   waiting for one) are answered ``503 OVERLOADED`` with ``Retry-After`` at once, not queued without bound;
 - a client that closes its connection while its request runs is noticed (waitress reads one request ahead,
