@@ -20,8 +20,9 @@ from typing import Any
 import numpy as np
 import zmq
 
-from broker import balancing, protocol
-from broker.protocol import Command, ErrorCode, Message, ProtocolError
+from broker import balancing
+from embed_common import protocol
+from embed_common.protocol import Command, ErrorCode, Message, ProtocolError
 
 log = logging.getLogger(__name__)
 

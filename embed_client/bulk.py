@@ -30,7 +30,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from embed_client.bulk_sources import Source, SourceError, find_sources, read_jsonl, read_text, split_text
 from embed_client.bulk_store import Store, StoreError
 from embed_client.client import HTTP_ERROR, EmbedClient, EmbedError
-from supervisor import progress
+from embed_common import progress
 
 log = logging.getLogger(__name__)
 

@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 import zmq
 
-from broker import protocol
-from broker.protocol import Command, ProtocolError
+from embed_common import protocol
+from embed_common.protocol import Command, ProtocolError
 from http_front.errors import ApiError
 
 log = logging.getLogger(__name__)

@@ -8,10 +8,10 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from embed_common import lifeline, progress
 from http_front.app import AppState, Limits, create_app
 from http_front.broker_client import BrokerClient
 from http_front.server import make_server, serve
-from supervisor import lifeline, progress
 
 log = logging.getLogger(__name__)
 

@@ -352,8 +352,8 @@ def check_keys(keys_dir: str | None = None, broker_key: str | None = None, key: 
 
 
 def run_keys(args: argparse.Namespace) -> int:
-    from broker import keys
     from broker.security import KeyFileError
+    from embed_common import keys
 
     try:
         if args.keys_command == "init":

@@ -21,7 +21,7 @@ from typing import IO, Any
 
 import zmq
 
-from supervisor import progress
+from embed_common import progress
 from supervisor.broker_link import BrokerLink
 
 log = logging.getLogger(__name__)

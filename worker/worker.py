@@ -22,8 +22,8 @@ from typing import Any
 
 import zmq
 
-from broker import protocol
-from broker.protocol import Command, ErrorCode, ProtocolError
+from embed_common import protocol
+from embed_common.protocol import Command, ErrorCode, ProtocolError
 from worker import heap
 from worker.batch_stats import BatchSizes
 from worker.batching import CostModel, PendingJob, Pool, default_cost_model

@@ -19,8 +19,8 @@ import pytest
 import requests
 import zmq
 
-from broker import protocol
-from broker.protocol import Command
+from embed_common import protocol
+from embed_common.protocol import Command
 from tests.conftest import Cluster, eventually
 from tests.integration.faults import (
     Load,

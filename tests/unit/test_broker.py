@@ -8,8 +8,8 @@ from concurrent.futures import Future
 import numpy as np
 import pytest
 
-from broker import protocol
-from broker.protocol import PROTOCOL, Command, ErrorCode
+from embed_common import protocol
+from embed_common.protocol import PROTOCOL, Command, ErrorCode
 from http_front.errors import ApiError
 from tests.unit.inproc import CrashingWorkerLoop, InprocCluster, fake_vectors
 from worker.embedder import PROBE_TEXTS, FakeEmbedder

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import zmq
 
-from broker import keys as key_files
 from broker import security
 from broker.security import KeyFileError
+from embed_common import keys as key_files
 from supervisor.cli import main as cli_main
 
 DEADLINE = 15.0  # generous: the machine may be busy

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 import zmq
 
-from broker import protocol
-from broker.protocol import Command
+from embed_common import protocol
+from embed_common.protocol import Command
 from http_front.errors import ApiError
 from supervisor.broker_link import BrokerLink
 from supervisor.supervisor import FAILED_AFTER, Child, ClusterSettings, Supervisor
