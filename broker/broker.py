@@ -21,7 +21,8 @@ import numpy as np
 import zmq
 
 from broker import balancing
-from embed_common import protocol
+from embed_common import protocol, sockets
+from embed_common.models import short_name
 from embed_common.protocol import Command, ErrorCode, Message, ProtocolError
 
 log = logging.getLogger(__name__)
@@ -98,11 +99,6 @@ class Worker:
         }
 
 
-def model_name(model: str) -> str:
-    """The comparable name of a model id or local path: its last path component."""
-    return model.rstrip("/\\").replace("\\", "/").rsplit("/", 1)[-1]
-
-
 class Broker:
     def __init__(self, settings: BrokerSettings, context: zmq.Context | None = None) -> None:
         self.settings = settings
@@ -133,10 +129,7 @@ class Broker:
             self.sockets["lan"] = lan_router(self.context, s.lan_address, s.keys_dir)
 
     def _router(self, address: str) -> zmq.Socket:
-        sock = self.context.socket(zmq.ROUTER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.ROUTER_MANDATORY, 0)
-        sock.setsockopt(zmq.MAXMSGSIZE, 256 * 1024 * 1024)
+        sock = sockets.configure_router(self.context.socket(zmq.ROUTER))
         sock.bind(address)
         return sock
 
@@ -344,9 +337,9 @@ class Broker:
         self.seen_processes[worker.worker_id] = process
 
     def _check_model(self, info: dict[str, Any]) -> str | None:
-        name = model_name(info["model"])
-        if self.settings.model and name != model_name(self.settings.model):
-            return f"this cluster serves {model_name(self.settings.model)}, the worker serves {name}"
+        name = short_name(info["model"])
+        if self.settings.model and name != short_name(self.settings.model):
+            return f"this cluster serves {short_name(self.settings.model)}, the worker serves {name}"
         probe = info.get("probe")
         ref = self.reference
         if ref is None:

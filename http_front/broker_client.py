@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import zmq
 
-from embed_common import protocol
+from embed_common import protocol, sockets
 from embed_common.protocol import Command, ProtocolError
 from http_front.errors import ApiError
 
@@ -224,9 +224,7 @@ class BrokerClient:
 
     # -- the I/O thread ----------------------------------------------------------------------------------
     def _run(self) -> None:
-        sock = self.context.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.MAXMSGSIZE, 512 * 1024 * 1024)
+        sock = sockets.configure(self.context.socket(zmq.DEALER))
         sock.connect(self.address)
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)

@@ -17,6 +17,7 @@ from typing import Any
 import falcon
 import numpy as np
 
+from embed_common.models import normalize_rows
 from http_front.app import AppState, check_texts, read_json
 from http_front.errors import ApiError
 
@@ -57,11 +58,6 @@ def model_card(model_id: str) -> dict[str, Any]:
     return {"id": model_id, "object": "model", "created": 0, "owned_by": OWNER}
 
 
-def unit_rows(vectors: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return vectors / np.maximum(norms, 1e-12)
-
-
 class Embeddings:
     def __init__(self, state: AppState) -> None:
         self.state = state
@@ -97,7 +93,7 @@ class Embeddings:
         result = self.state.embed(ROUTE, texts, True, None if truncate else {"truncate": False}) if texts else None
         vectors = result.vectors if result is not None else np.zeros((0, dim or 0), np.float32)
         if dimensions is not None and dimensions < vectors.shape[1]:
-            vectors = unit_rows(vectors[:, :dimensions])
+            vectors = normalize_rows(vectors[:, :dimensions])
         data = [{"object": "embedding", "index": i, "embedding": e} for i, e in enumerate(encode(vectors, encoding))]
         tokens = result.tokens if result is not None else 0
         resp.media = {"object": "list", "data": data, "model": model_id,

@@ -325,7 +325,7 @@ def run_worker(args: argparse.Namespace) -> int:
     if args.key:
         check_keys(broker_key=args.broker_key, key=args.key)
     else:
-        from broker.security import is_local_endpoint
+        from embed_common.curve import is_local_endpoint
 
         if not is_local_endpoint(args.broker):
             logging.getLogger(__name__).warning(
@@ -340,7 +340,7 @@ def run_worker(args: argparse.Namespace) -> int:
 
 def check_keys(keys_dir: str | None = None, broker_key: str | None = None, key: str | None = None) -> None:
     """Check the CurveZMQ key files before starting anything; a bad one ends the command with a clear message."""
-    from broker.security import KeyFileError, check_client_keys, check_server_keys
+    from embed_common.curve import KeyFileError, check_client_keys, check_server_keys
 
     try:
         if keys_dir:
@@ -352,8 +352,8 @@ def check_keys(keys_dir: str | None = None, broker_key: str | None = None, key: 
 
 
 def run_keys(args: argparse.Namespace) -> int:
-    from broker.security import KeyFileError
     from embed_common import keys
+    from embed_common.curve import KeyFileError
 
     try:
         if args.keys_command == "init":

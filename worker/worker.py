@@ -243,7 +243,7 @@ class WorkerLoop:
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.IDENTITY, f"{self.worker_id}/{uuid.uuid4().hex[:8]}".encode())
         if self.settings.broker_key:
-            from broker.security import configure_curve_client
+            from embed_common.curve import configure_curve_client
 
             configure_curve_client(sock, self.settings.broker_key, self.settings.key)
         sock.connect(self.settings.broker)
