@@ -39,6 +39,8 @@ from typing import Any
 import msgpack
 import numpy as np
 
+from embed_common.errors import ErrorCode  # noqa: F401  (re-exported: the codes an ERROR header carries)
+
 PROTOCOL = b"EC1"
 MAX_HEADER_BYTES = 64 * 1024 * 1024
 
@@ -139,16 +141,3 @@ def encode_vectors(vectors: np.ndarray) -> bytes:
 
 def decode_vectors(data: bytes, n: int, dim: int) -> np.ndarray:
     return np.frombuffer(data, dtype="<f4").reshape(n, dim)
-
-
-# Stable error codes: the one table that maps them to HTTP statuses lives in http_front/errors.py.
-class ErrorCode(str, enum.Enum):
-    BAD_REQUEST = "BAD_REQUEST"
-    NO_WORKERS = "NO_WORKERS"
-    OVERLOADED = "OVERLOADED"
-    TIMEOUT = "TIMEOUT"
-    WORKER_CRASHED = "WORKER_CRASHED"
-    ENCODE_FAILED = "ENCODE_FAILED"
-    INPUT_TOO_LONG = "INPUT_TOO_LONG"
-    MODEL_MISMATCH = "MODEL_MISMATCH"
-    SHUTTING_DOWN = "SHUTTING_DOWN"

@@ -27,6 +27,7 @@ import numpy as np
 import zmq
 
 from embed_common import protocol, sockets
+from embed_common.errors import ErrorCode
 from embed_common.protocol import Command, ProtocolError
 from http_front.errors import ApiError
 
@@ -109,7 +110,7 @@ class BrokerClient:
                 try:
                     replies.append(self._wait(job_id, future, deadline))
                 except ApiError as exc:  # INPUT_TOO_LONG: wait for every job, to name every such input
-                    if exc.code != "INPUT_TOO_LONG":
+                    if exc.code != ErrorCode.INPUT_TOO_LONG:
                         raise
                     too_long.extend(start + int(i) for i in exc.details.get("indices", []))
                     max_tokens = exc.details.get("max_tokens", max_tokens)
@@ -120,7 +121,7 @@ class BrokerClient:
                     self._pending.pop(job_id, None)
             raise
         if too_long:
-            raise ApiError("INPUT_TOO_LONG", f"{len(too_long)} input(s) longer than the model's limit of "
+            raise ApiError(ErrorCode.INPUT_TOO_LONG, f"{len(too_long)} input(s) longer than the model's limit of "
                            f"{max_tokens} tokens, at indices {too_long}; shorten them or allow truncation",
                            indices=too_long, max_tokens=max_tokens)
         vectors = np.concatenate([v for v, _ in replies]) if replies else np.zeros((0, 0), np.float32)
@@ -195,14 +196,14 @@ class BrokerClient:
                 return  # the deadline passed: the caller reports TIMEOUT
             for future in done:
                 error = future.exception()
-                if isinstance(error, ApiError) and error.code != "INPUT_TOO_LONG":
+                if isinstance(error, ApiError) and error.code != ErrorCode.INPUT_TOO_LONG:
                     raise error
 
     def _wait(self, job_id: str, future: Future, deadline: float) -> tuple[np.ndarray, dict[str, Any]]:
         try:
             return future.result(timeout=max(0.0, deadline - time.monotonic()))
         except FutureTimeout:
-            raise ApiError("TIMEOUT", "the request did not finish before its deadline") from None
+            raise ApiError(ErrorCode.TIMEOUT, "the request did not finish before its deadline") from None
         finally:
             with self._lock:
                 self._pending.pop(job_id, None)
@@ -281,7 +282,7 @@ class BrokerClient:
                 pending.future.set_result((message.vectors(), header))
             elif message.command is Command.ERROR:
                 details = {k: header[k] for k in ("indices", "max_tokens") if k in header}
-                pending.future.set_exception(ApiError(header["code"], header["message"], **details))
+                pending.future.set_exception(ApiError.from_peer(header["code"], header["message"], **details))
 
     def _on_status(self, sock: zmq.Socket, header: dict[str, Any]) -> None:
         self.status = header

@@ -16,13 +16,13 @@ from waitress import wasyncore
 from waitress.channel import HTTPChannel
 from waitress.task import ErrorTask
 
-_CODES = {413: "PAYLOAD_TOO_LARGE", 431: "BAD_REQUEST", 400: "BAD_REQUEST", 500: "INTERNAL"}
+from embed_common.errors import code_for_status
 
 
 class JsonErrorTask(ErrorTask):
     def execute(self) -> None:
         error = self.request.error
-        code = _CODES.get(error.code, "BAD_REQUEST" if error.code < 500 else "INTERNAL")
+        code = code_for_status(error.code)
         message = {"PAYLOAD_TOO_LARGE": "the request body is over the size limit"}.get(code, error.reason)
         body = json.dumps({"error": {"code": code, "message": f"{message}: {error.body}".rstrip(": ")}})
         self.status = f"{error.code} {error.reason}"
