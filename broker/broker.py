@@ -24,6 +24,7 @@ from broker import balancing
 from embed_common import protocol, sockets
 from embed_common.models import short_name
 from embed_common.protocol import Command, ErrorCode, Message, ProtocolError
+from embed_common.settings import default
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +42,8 @@ class BrokerSettings:
     model: str | None = None  # expected model name; None: the first worker's model defines the cluster
     heartbeat_interval: float = protocol.HEARTBEAT_INTERVAL
     heartbeat_liveness: int = protocol.HEARTBEAT_LIVENESS
-    job_lease: float = 60.0  # a worker that holds a job longer than this is presumed stuck
-    max_queue_texts: int = 50_000
+    job_lease: float = default("job-lease", "broker")  # a worker that holds a job longer is presumed stuck
+    max_queue_texts: int = default("max-queue-texts", "broker")
     max_crashes: int = 2  # a job whose attempts killed this many workers fails as WORKER_CRASHED
     no_worker_grace: float = 10.0  # queued jobs wait this long for a worker to come back
 

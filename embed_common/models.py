@@ -1,10 +1,8 @@
-"""Model-name rules and vector rows, the same in every part."""
+"""Model-name rules and vector rows, the same in every part (the default model id: embed_common/settings.py)."""
 
 from __future__ import annotations
 
 import numpy as np
-
-DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
 
 def short_name(model_id: str) -> str:

@@ -10,11 +10,13 @@ import logging
 import re
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any
 
 import falcon
 
+from embed_common import VERSION
+from embed_common.settings import Limits
 from http_front import errors, json_media
 from http_front.auth import ApiKeyAuth
 from http_front.broker_client import BrokerClient, EmbedResult
@@ -24,17 +26,6 @@ from http_front.pdf_text import PdfPool
 
 log = logging.getLogger(__name__)
 
-VERSION = "0.1.0"
-
-
-@dataclass(frozen=True)
-class Limits:
-    max_body_bytes: int = 16 * 1024 * 1024
-    max_texts: int = 2048
-    max_text_chars: int = 100_000
-    request_timeout: float = 30.0  # the seed client's timeout
-    max_pdf_pages: int = 1000  # POST /embed/pdf: more pages is PDF_TOO_LARGE
-    pdf_timeout: float = 20.0  # seconds to read one PDF's text (within request_timeout)
 
 
 class AppState:

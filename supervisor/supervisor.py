@@ -22,6 +22,7 @@ from typing import IO, Any
 import zmq
 
 from embed_common import progress
+from embed_common.settings import default
 from supervisor.broker_link import BrokerLink
 
 log = logging.getLogger(__name__)
@@ -35,16 +36,16 @@ EXIT_REFUSED = 3  # worker/main.py: the broker refused it; restarting will not h
 
 @dataclass(frozen=True)
 class ClusterSettings:
-    host: str = "127.0.0.1"
-    port: int = 8421
-    workers: str = "auto"  # a count, or "auto": one per device
-    model: str = "sentence-transformers/all-MiniLM-L6-v2"
-    device: str = "auto"
-    precision: str = "auto"
-    threads: int = 0
+    host: str = default("host", "up")
+    port: int = default("port", "up")
+    workers: str = default("workers", "up")  # a count, or "auto": one per device
+    model: str = default("model", "up")
+    device: str = default("device", "up")
+    precision: str = default("precision", "up")
+    threads: int = default("threads", "up")
     lan: str | None = None
     keys: str | None = None
-    shutdown_grace: float = 30.0
+    shutdown_grace: float = default("shutdown-grace", "up")
     extra_front_args: tuple[str, ...] = ()
     extra_broker_args: tuple[str, ...] = ()
     extra_worker_args: tuple[str, ...] = ()

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from embed_common.models import DEFAULT_MODEL, short_name
+from embed_common.models import short_name
+from embed_common.settings import DEFAULT_MODEL
 
 log = logging.getLogger(__name__)
 

@@ -22,8 +22,9 @@ from typing import Any
 
 import zmq
 
-from embed_common import protocol
+from embed_common import VERSION, protocol
 from embed_common.protocol import Command, ErrorCode, ProtocolError
+from embed_common.settings import default
 from worker import heap
 from worker.batch_stats import BatchSizes
 from worker.batching import CostModel, PendingJob, Pool, default_cost_model
@@ -32,19 +33,18 @@ from worker.embedder import PROBE_TEXTS, Embedder, normalize_rows
 
 log = logging.getLogger(__name__)
 
-VERSION = "0.1.0"
 HEAP_TRIM_INTERVAL = 1.0  # seconds: under load the compute thread returns freed heap memory this often
 
 
 @dataclass(frozen=True)
 class WorkerSettings:
     broker: str
-    model: str = "sentence-transformers/all-MiniLM-L6-v2"
-    device: str = "auto"
-    precision: str = "auto"
-    threads: int = 0  # torch threads; 0: physical cores / local workers
-    capacity: int = 0  # texts in flight the broker may give us; 0: chosen from the device
-    token_budget: int = 0  # padded tokens per batch; 0: chosen from the device
+    model: str = default("model", "worker")
+    device: str = default("device", "worker")
+    precision: str = default("precision", "worker")
+    threads: int = default("threads", "worker")  # torch threads; 0: physical cores / local workers
+    capacity: int = default("capacity", "worker")  # texts in flight the broker may give us; 0: by the device
+    token_budget: int = default("token-budget", "worker")  # padded tokens per batch; 0: by the device
     max_batch: int = 256
     worker_id: str = ""
     broker_key: str | None = None  # broker's public key file (CurveZMQ, for --lan brokers)
