@@ -52,10 +52,12 @@ class BrokerSettings:
 class Job:
     job_id: str
     client: bytes
-    texts: list[str]
+    texts: list[str]  # only for a SUBMIT of the older form (texts in the header); else []
     normalize: bool
     options: dict[str, Any]
     deadline: float
+    count: int = 0  # texts in the job
+    payload: list[bytes] = field(default_factory=list)  # the texts frame, passed on to the worker unread
     attempt: int = 0
     crashes: int = 0
     worker: WorkerKey | None = None
@@ -193,7 +195,7 @@ class Broker:
     def handle_client(self, client: bytes, message: Message) -> None:
         header = message.header
         if message.command is Command.SUBMIT:
-            self.submit(client, header)
+            self.submit(client, message)
         elif message.command is Command.CANCEL:
             self.cancel(header["job"])
         elif message.command is Command.STATUS:
@@ -205,25 +207,27 @@ class Broker:
         else:
             self._drop("client", client, f"{message.command.name} is not a client command")
 
-    def submit(self, client: bytes, header: dict[str, Any]) -> None:
+    def submit(self, client: bytes, message: Message) -> None:
+        header = message.header
         job_id = header["job"]
         if job_id in self.jobs:  # a front re-sent a job we still hold (after it saw us restart): keep one
             self.jobs[job_id].client = client
             return
-        texts = header["texts"]
+        texts = header.get("texts") or []
         if not all(isinstance(t, str) for t in texts):
             self.fail(client, job_id, ErrorCode.BAD_REQUEST, "texts must be strings")
             return
+        count = message.text_count()
         now = time.monotonic()
         if not self.workers and self._no_workers_for(now) >= self.settings.no_worker_grace:
             self.fail(client, job_id, ErrorCode.NO_WORKERS, self._no_workers_message())
             return
-        if self.queued_texts() + len(texts) > self.settings.max_queue_texts:
+        if self.queued_texts() + count > self.settings.max_queue_texts:
             self.fail(client, job_id, ErrorCode.OVERLOADED, "the queue is full; retry later")
             return
         options = header.get("options") or {}
         job = Job(job_id, client, texts, header["normalize"], options if isinstance(options, dict) else {},
-                  deadline=now + max(0, header["timeout_ms"]) / 1000)
+                  deadline=now + max(0, header["timeout_ms"]) / 1000, count=count, payload=message.payload)
         self.jobs[job_id] = job
         self.queue.append(job)
         self.counters["submitted"] += 1
@@ -239,7 +243,7 @@ class Broker:
         self.send("client", client, Command.ERROR, {"job": job_id, "code": code.value, "message": message})
 
     def queued_texts(self) -> int:
-        return sum(len(job.texts) for job in self.queue)
+        return sum(job.count for job in self.queue)
 
     def _no_workers_for(self, now: float) -> float:
         """How long no worker has served; 0 while the supervisor restarts one (queued jobs wait for it, up to
@@ -393,7 +397,7 @@ class Broker:
     def _result_mismatch(self, job: Job, header: dict[str, Any]) -> str | None:
         """Why a RESULT cannot be the answer to ``job`` (rows or dimension), or None when it can."""
         chunks = header.get("chunks")
-        rows = len(chunks) if "chunk" in job.options and isinstance(chunks, list) else len(job.texts)
+        rows = len(chunks) if "chunk" in job.options and isinstance(chunks, list) else job.count
         if header["n"] != rows:
             return f"{header['n']} vectors for {rows} inputs"
         dim = (self.reference or {}).get("dim")
@@ -408,7 +412,7 @@ class Broker:
             self._late_reply(header, "for an attempt no longer in flight")
             return
         del worker.inflight[job.job_id]
-        worker.inflight_texts -= len(job.texts)
+        worker.inflight_texts -= job.count
         worker.isolated = False
         del self.jobs[job.job_id]
         mismatch = self._result_mismatch(job, header) if message.command is Command.RESULT else None
@@ -418,7 +422,7 @@ class Broker:
             self.send("client", job.client, Command.ERROR, {"job": job.job_id, "code": ErrorCode.ENCODE_FAILED.value,
                                                             "message": f"a worker answered wrongly: {mismatch}"})
         elif message.command is Command.RESULT:
-            worker.served_texts += len(job.texts)
+            worker.served_texts += job.count
             worker.served_jobs += 1
             self.counters["answered"] += 1
             now = time.monotonic()
@@ -448,25 +452,28 @@ class Broker:
             if worker is None:
                 return
             self.queue.popleft()
-            backlog -= len(job.texts)
+            backlog -= job.count
             job.worker = worker.key
             job.dispatched_at = now
             job.lease_until = now + self.settings.job_lease
             worker.inflight[job.job_id] = job
-            worker.inflight_texts += len(job.texts)
+            worker.inflight_texts += job.count
             worker.last_dispatch = now
             worker.isolated = job.crashes > 0
-            header = {"job": job.job_id, "attempt": job.attempt, "texts": job.texts,
-                      "normalize": job.normalize}
+            header: dict[str, Any] = {"job": job.job_id, "attempt": job.attempt, "normalize": job.normalize}
+            if job.payload:
+                header["n"] = job.count
+            else:
+                header["texts"] = job.texts
             if job.options:
                 header["options"] = job.options
-            self.send(worker.key[0], worker.key[1], Command.JOB, header)
+            self.send(worker.key[0], worker.key[1], Command.JOB, header, *job.payload)
 
     def _pick_worker(self, job: Job, backlog: int) -> Worker | None:
         """The worker that should take ``job`` now given ``backlog`` queued texts (broker.balancing), or None."""
         candidates = [w for w in self.workers.values()
                       if not (w.isolated or (job.crashes > 0 and w.inflight))]
-        return balancing.pick(candidates, len(job.texts), backlog)
+        return balancing.pick(candidates, job.count, backlog)
 
     def send_heartbeats(self) -> None:
         for worker in self.workers.values():

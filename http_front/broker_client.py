@@ -45,7 +45,7 @@ class EmbedResult:
 
 @dataclass
 class _Pending:
-    header: dict[str, Any]
+    frames: list[bytes]  # the SUBMIT, kept to send again if the broker restarts
     future: Future
     sent_to: str | None = None  # broker_id it was last sent to
 
@@ -174,14 +174,15 @@ class BrokerClient:
     def _submit(self, texts: list[str], normalize: bool, timeout: float,
                 options: dict[str, Any] | None) -> tuple[str, Future]:
         job_id = uuid.uuid4().hex
-        header: dict[str, Any] = {"job": job_id, "texts": texts, "normalize": normalize,
+        header: dict[str, Any] = {"job": job_id, "n": len(texts), "normalize": normalize,
                                   "timeout_ms": int(timeout * 1000)}
         if options:
             header["options"] = options
-        frames = protocol.encode(Command.SUBMIT, header)  # first: what cannot be encoded is never pending
+        # first: what cannot be encoded is never pending
+        frames = protocol.encode(Command.SUBMIT, header, protocol.encode_texts(texts))
         future: Future = Future()
         with self._lock:
-            self._pending[job_id] = _Pending(header, future)
+            self._pending[job_id] = _Pending(frames, future)
         self._enqueue(frames)
         return job_id, future
 
@@ -296,7 +297,7 @@ class BrokerClient:
             log.warning("broker restarted (%s -> %s): re-sending %d jobs in flight",
                         self.broker_id[:8], str(broker_id)[:8], len(pending))
             for p in pending:
-                self._send(sock, protocol.encode(Command.SUBMIT, p.header))
+                self._send(sock, p.frames)
             self.resent += len(pending)
         self.broker_id = broker_id
 

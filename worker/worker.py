@@ -82,14 +82,18 @@ class ComputeThread(threading.Thread):
         try:
             job = self.prepare(header)
         except InputError as exc:
-            self._finish(None, {"job": header["job"], "attempt": header["attempt"],
-                                "code": exc.code, "message": str(exc), **exc.details})
+            self.reject(header, exc.code, str(exc), **exc.details)
             return
         if job.remaining == 0:  # a chunked job whose texts hold no tokens: nothing to encode
             self._finish(job, None)
             return
         job.generation = generation
         self.inbox.put(job)
+
+    def reject(self, header: dict[str, Any], code: str, message: str, **details: Any) -> None:
+        """Answer a job with an error without encoding it."""
+        self._finish(None, {"job": header["job"], "attempt": header["attempt"], "code": code, "message": message,
+                            **details})
 
     def reset(self) -> None:
         self.generation += 1
@@ -323,7 +327,12 @@ class WorkerLoop:
         command, header = message.command, message.header
         if command is Command.JOB:
             if self.registered:
-                self.compute.submit(header)
+                try:
+                    texts = message.texts()  # the broker passed the front's texts frame on unread
+                except ProtocolError as exc:
+                    self.compute.reject(header, ErrorCode.BAD_REQUEST.value, str(exc))
+                else:
+                    self.compute.submit({**header, "texts": texts})
         elif command is Command.WELCOME:
             first = self.broker_id is None
             self.registered = True

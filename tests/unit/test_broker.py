@@ -83,7 +83,7 @@ def test_a_late_reply_from_an_earlier_attempt_is_dropped(make_cluster) -> None:
     texts = ["late", "reply"]
     request = embed_in_background(cluster, texts)
     job = worker.recv()
-    assert job.command is Command.JOB and job.header["attempt"] == 0 and job.header["texts"] == texts
+    assert job.command is Command.JOB and job.header["attempt"] == 0 and job.texts() == texts
     job_id = job.header["job"]
     wrong = np.full((2, 8), 7.0, dtype=np.float32)
     worker.send(Command.RESULT, {"job": job_id, "attempt": 5, "n": 2, "dim": 8}, protocol.encode_vectors(wrong))
