@@ -33,6 +33,9 @@ WorkerKey = tuple[str, bytes]  # (socket name, ZeroMQ identity)
 PROBE_MIN_COSINE = 0.99  # two workers whose probe vectors differ more than this serve different models
 
 
+SWEEP_INTERVAL = 0.02  # seconds between looks for dead workers, expired leases and expired queued jobs
+
+
 @dataclass(frozen=True)
 class BrokerSettings:
     client_address: str
@@ -76,7 +79,6 @@ class Worker:
     inflight_texts: int = 0
     last_dispatch: float = 0.0
     served_texts: int = 0
-    served_jobs: int = 0
     stats: dict[str, Any] = field(default_factory=dict)
     isolated: bool = False  # holds a job that already crashed a worker: it gets nothing else meanwhile
 
@@ -152,7 +154,7 @@ class Broker:
         names = {sock: name for name, sock in self.sockets.items()}
         for sock in self.sockets.values():
             poller.register(sock, zmq.POLLIN)
-        next_heartbeat = time.monotonic()
+        next_heartbeat = next_sweep = time.monotonic()
         log.info("broker %s ready: clients on %s, workers on %s", self.broker_id[:8],
                  self.settings.client_address, self.settings.worker_address)
         while not self._stop:
@@ -168,8 +170,10 @@ class Broker:
             if now >= next_heartbeat:
                 self.send_heartbeats()
                 next_heartbeat = now + self.settings.heartbeat_interval
-            self.purge_workers(now)
-            self.expire_queue(now)
+            if now >= next_sweep:  # deadlines are seconds long: a sweep each turn only costs CPU under load
+                self.purge_workers(now)
+                self.expire_queue(now)
+                next_sweep = now + SWEEP_INTERVAL
             self.dispatch()
 
     def handle(self, socket_name: str, frames: list[bytes]) -> None:
@@ -423,7 +427,6 @@ class Broker:
                                                             "message": f"a worker answered wrongly: {mismatch}"})
         elif message.command is Command.RESULT:
             worker.served_texts += job.count
-            worker.served_jobs += 1
             self.counters["answered"] += 1
             now = time.monotonic()
             reply = {

@@ -66,6 +66,9 @@ class Command(bytes, enum.Enum):
     WORKERS_DOWN = b"\x14"
 
 
+_COMMANDS = {command.value: command for command in Command}  # a dict lookup: Command(b) costs far more
+
+
 class ProtocolError(ValueError):
     """A frame list that is not a valid message; the receiver logs and drops it."""
 
@@ -135,10 +138,9 @@ def decode(frames: list[bytes]) -> Message:
         raise ProtocolError(f"expected at least 3 frames, got {len(frames)}")
     if frames[0] != PROTOCOL:
         raise ProtocolError(f"unknown protocol tag {frames[0][:16]!r}")
-    try:
-        command = Command(frames[1])
-    except ValueError:
-        raise ProtocolError(f"unknown command {frames[1][:8]!r}") from None
+    command = _COMMANDS.get(frames[1])
+    if command is None:
+        raise ProtocolError(f"unknown command {frames[1][:8]!r}")
     if len(frames[2]) > MAX_HEADER_BYTES:
         raise ProtocolError("header too large")
     try:

@@ -68,7 +68,8 @@ class BrokerClient:
         self.status: dict[str, Any] | None = None  # the broker's latest status
         self.status_at = 0.0  # monotonic time it arrived
         self.broker_id: str | None = None
-        self.resent = 0
+        self._job_prefix = uuid.uuid4().hex[:16]  # job ids: unique across fronts, cheap within one
+        self._job_numbers = itertools.count()
 
     # -- request threads ----------------------------------------------------------------------------------
     def start(self) -> None:
@@ -105,7 +106,8 @@ class BrokerClient:
         too_long: list[int] = []  # request-level indices of inputs over the token limit (with truncate: false)
         max_tokens = None
         try:
-            self._raise_first_error([future for _, future in futures], deadline)
+            if len(futures) > 1:  # with one job, waiting for it is waiting for its error
+                self._raise_first_error([future for _, future in futures], deadline)
             for start, (job_id, future) in zip(starts, futures, strict=True):
                 try:
                     replies.append(self._wait(job_id, future, deadline))
@@ -168,12 +170,9 @@ class BrokerClient:
             chars += len(text)
         return starts
 
-    def send_control(self, command: Command, header: dict[str, Any]) -> None:
-        self._enqueue(protocol.encode(command, header))
-
     def _submit(self, texts: list[str], normalize: bool, timeout: float,
                 options: dict[str, Any] | None) -> tuple[str, Future]:
-        job_id = uuid.uuid4().hex
+        job_id = f"{self._job_prefix}{next(self._job_numbers):x}"
         header: dict[str, Any] = {"job": job_id, "n": len(texts), "normalize": normalize,
                                   "timeout_ms": int(timeout * 1000)}
         if options:
@@ -298,7 +297,6 @@ class BrokerClient:
                         self.broker_id[:8], str(broker_id)[:8], len(pending))
             for p in pending:
                 self._send(sock, p.frames)
-            self.resent += len(pending)
         self.broker_id = broker_id
 
 
