@@ -104,7 +104,7 @@ def encode(vectors: np.ndarray, encoding: str) -> list[Any]:
     if encoding == "base64":
         rows = np.ascontiguousarray(vectors, dtype="<f4")
         return [base64.b64encode(row.tobytes()).decode("ascii") for row in rows]
-    return vectors.tolist()
+    return list(np.ascontiguousarray(vectors, dtype=np.float32))  # rows written from the buffer (json_media.py)
 
 
 class Models:
