@@ -18,6 +18,7 @@ import orjson
 
 from embed_common import VERSION
 from embed_common.settings import Limits
+from embed_common.status import BrokerStatus
 from http_front import errors, json_media
 from http_front.auth import ApiKeyAuth
 from http_front.broker_client import BrokerClient, EmbedResult
@@ -38,6 +39,7 @@ class AppState:
         self.metrics = Metrics(client)
         self.draining = False
         self.inflight = 0
+        self.owned: list[Any] = []  # what create_app started for this state and close() stops (the PDF parsers)
         self._lock = threading.Lock()
         self.idle = threading.Condition(self._lock)
 
@@ -68,6 +70,12 @@ class AppState:
             self.leave()
         self.metrics.observe_embed(route, len(texts), result, time.perf_counter() - started)
         return result
+
+    def close(self) -> None:
+        """Stop what the app started for itself (the entry point calls it once the server is closed)."""
+        for closeable in self.owned:
+            closeable.close()
+        self.owned.clear()
 
     def drain(self, grace: float) -> bool:
         """Refuse new requests; wait up to ``grace`` seconds for those in flight. True if all finished."""
@@ -134,29 +142,29 @@ def flag(body: dict[str, Any], name: str, default: bool) -> bool:
     return value
 
 
-def cluster_summary(status: dict[str, Any] | None) -> dict[str, Any]:
-    workers = (status or {}).get("workers") or []
-    devices = sorted({str(w.get("device")) for w in workers})
+def cluster_summary(status: BrokerStatus | None) -> dict[str, Any]:
+    status = status or BrokerStatus()
+    devices = sorted({str(w.get("device")) for w in status.workers})
     return {
-        "model": (status or {}).get("model_name"),
-        "model_id": (status or {}).get("model"),
-        "dim": (status or {}).get("dim"),
+        "model": status.model_name,
+        "model_id": status.model,
+        "dim": status.dim,
         "device": devices[0] if len(devices) == 1 else ",".join(devices) or None,
-        "workers": workers,
+        "workers": status.workers,
         # local workers that exited and do not serve yet: restarting, or failed (crash loop, refused)
-        "workers_down": (status or {}).get("workers_down") or [],
+        "workers_down": status.workers_down,
     }
 
 
-def readiness(state: AppState, status: dict[str, Any] | None) -> str:
+def readiness(state: AppState, status: BrokerStatus | None) -> str:
     """``ok`` when a worker can serve; else why not (the seed's /health ``status`` and /readyz's)."""
     if state.draining:
         return "shutting_down"
     if status is None:
         return "starting" if state.client.status is None else "broker_unreachable"
-    if status.get("workers"):
+    if status.workers:
         return "ok"
-    return "no_workers" if status.get("ever_ready") else "starting"
+    return "no_workers" if status.ever_ready else "starting"
 
 
 class Health:
@@ -164,7 +172,7 @@ class Health:
         self.state = state
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        status = self.state.client.latest_status()
+        status = self.state.client.broker_status()
         state = readiness(self.state, status)
         resp.status = falcon.HTTP_200 if state == "ok" else falcon.HTTP_503
         resp.media = {"status": state, **cluster_summary(status)}
@@ -184,7 +192,7 @@ class Readyz:
         self.state = state
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        state = readiness(self.state, self.state.client.latest_status())
+        state = readiness(self.state, self.state.client.broker_status())
         resp.status = falcon.HTTP_200 if state == "ok" else falcon.HTTP_503
         resp.media = {"status": state}
 
@@ -194,7 +202,7 @@ class Info:
         self.state = state
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        status = self.state.client.latest_status() or {}
+        status = self.state.client.broker_status() or BrokerStatus()
         summary = cluster_summary(status)
         workers = summary["workers"]
         resp.media = {
@@ -203,9 +211,9 @@ class Info:
             "dim": summary["dim"],
             "device": summary["device"],
             "precision": sorted({str(w.get("precision")) for w in workers}) or None,
-            "max_tokens": status.get("max_tokens"),
+            "max_tokens": status.max_tokens,
             "version": VERSION,
-            "limits": {**asdict(self.state.limits), "max_queue_texts": status.get("max_queue_texts")},
+            "limits": {**asdict(self.state.limits), "max_queue_texts": status.max_queue_texts},
             "workers": workers,
         }
 
@@ -254,5 +262,7 @@ def create_app(client: BrokerClient, limits: Limits | None = None, state: AppSta
     app.add_route("/metrics", MetricsResource(state.metrics))
     app.add_route("/openapi.json", openapi.OpenApiSpec(state))
     openai_api.register(app, state)
-    documents.register(app, state, pdf_parsers)
+    parsers = documents.register(app, state, pdf_parsers)
+    if pdf_parsers is None:  # a pool of its own: closed with the state (one passed in is the caller's)
+        state.owned.append(parsers)
     return app

@@ -29,6 +29,7 @@ import zmq
 from embed_common import protocol, sockets
 from embed_common.errors import ErrorCode
 from embed_common.protocol import Command, ProtocolError
+from embed_common.status import BrokerStatus
 from http_front.errors import ApiError
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,8 @@ class BrokerClient:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="broker-io", daemon=True)
         self._req = itertools.count(1)
-        self.status: dict[str, Any] | None = None  # the broker's latest status
+        self.status: dict[str, Any] | None = None  # the broker's latest STATUS header, as it came
+        self._typed_status = BrokerStatus()  # the same, parsed once (embed_common/status.py)
         self.status_at = 0.0  # monotonic time it arrived
         self.broker_id: str | None = None
         self._job_prefix = uuid.uuid4().hex[:16]  # job ids: unique across fronts, cheap within one
@@ -84,9 +86,16 @@ class BrokerClient:
             self._wake_w.close()
 
     def latest_status(self, max_age: float = 3.0) -> dict[str, Any] | None:
+        """The raw STATUS header, or None when there is none younger than ``max_age`` seconds."""
         if self.status is None or time.monotonic() - self.status_at > max_age:
             return None
         return self.status
+
+    def broker_status(self, max_age: float = 3.0) -> BrokerStatus | None:
+        """The broker's latest status, typed; None when there is none younger than ``max_age`` seconds."""
+        if self.status is None or time.monotonic() - self.status_at > max_age:
+            return None
+        return self._typed_status
 
     def embed(self, texts: list[str], normalize: bool, timeout: float,
               options: dict[str, Any] | None = None, job_chars: int | None = None) -> EmbedResult:
@@ -150,14 +159,13 @@ class BrokerClient:
         return len(waiting)
 
     def _max_tokens(self) -> int:
-        status = self.latest_status() or {}
-        value = status.get("max_tokens")
-        return value if isinstance(value, int) and value > 0 else 512
+        status = self.broker_status()
+        return (status.max_tokens if status else None) or 512
 
     def _workers(self) -> int:
         """Workers the broker last reported: a request is spread over them."""
-        status = self.latest_status()
-        return max(1, len(status.get("workers") or [])) if status else 1
+        status = self.broker_status()
+        return max(1, len(status.workers)) if status else 1
 
     def _job_starts(self, texts: list[str], job_chars: int | None) -> list[int]:
         starts: list[int] = []
@@ -285,6 +293,7 @@ class BrokerClient:
                 pending.future.set_exception(ApiError.from_peer(header["code"], header["message"], **details))
 
     def _on_status(self, sock: zmq.Socket, header: dict[str, Any]) -> None:
+        self._typed_status = BrokerStatus.parse(header)
         self.status = header
         self.status_at = time.monotonic()
         broker_id = header.get("broker_id")

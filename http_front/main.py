@@ -78,5 +78,6 @@ def run(settings: FrontSettings) -> int:
         if not stopping.is_set():
             raise
     finally:
+        state.close()
         client.close()
     return 0

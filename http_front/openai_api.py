@@ -18,6 +18,7 @@ import falcon
 import numpy as np
 
 from embed_common.models import normalize_rows
+from embed_common.status import BrokerStatus
 from http_front.app import AppState, check_texts, read_json
 from http_front.errors import ApiError
 
@@ -28,8 +29,8 @@ OWNER = "embed-cluster"
 
 def served_model(state: AppState) -> tuple[str | None, str | None]:
     """The cluster's model id and short name, once a worker has registered."""
-    status = state.client.latest_status() or {}
-    return status.get("model"), status.get("model_name")
+    status = state.client.broker_status() or BrokerStatus()
+    return status.model, status.model_name
 
 
 def check_model(state: AppState, model: str) -> str:
@@ -87,7 +88,7 @@ class Embeddings:
         if not isinstance(truncate, bool):
             raise ApiError("BAD_REQUEST", "'truncate' must be true or false", param="truncate")
         model_id = check_model(self.state, body["model"])
-        dim = (self.state.client.latest_status() or {}).get("dim")
+        dim = (self.state.client.broker_status() or BrokerStatus()).dim
         if dimensions is not None and isinstance(dim, int) and dimensions > dim:
             raise ApiError("BAD_REQUEST", f"'dimensions' is {dimensions}; this model has {dim}", param="dimensions")
         result = self.state.embed(ROUTE, texts, True, None if truncate else {"truncate": False}) if texts else None

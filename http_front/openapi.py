@@ -12,6 +12,7 @@ from typing import Any
 import falcon
 
 from embed_common.errors import TABLE
+from embed_common.status import BrokerStatus
 from http_front.app import VERSION, AppState
 
 
@@ -44,8 +45,8 @@ _OPEN: list[dict[str, Any]] = []  # security: none, for the probes and this spec
 
 def build_spec(state: AppState) -> dict[str, Any]:
     limits = state.limits
-    status = state.client.latest_status() or {}
-    model_id, model_name, dim = status.get("model"), status.get("model_name"), status.get("dim")
+    status = state.client.broker_status() or BrokerStatus()
+    model_id, model_name, dim = status.model, status.model_name, status.dim
     text = {"type": "string", "maxLength": limits.max_text_chars}
     texts = {"type": "array", "items": text, "maxItems": limits.max_texts}
     model: dict[str, Any] = {"type": "string", "description": "the served model's id or short name"}
