@@ -9,7 +9,6 @@ lost, and the broker's job table keeps it from being done twice.
 
 from __future__ import annotations
 
-import bisect
 import contextlib
 import itertools
 import logging
@@ -28,6 +27,7 @@ import zmq
 
 from embed_common import protocol, sockets
 from embed_common.errors import ErrorCode
+from embed_common.jobs import JOB_TEXTS, estimated_tokens, job_starts, spread_bounds
 from embed_common.protocol import Command, ProtocolError
 from embed_common.status import BrokerStatus
 from http_front.errors import ApiError
@@ -52,7 +52,7 @@ class _Pending:
 
 
 class BrokerClient:
-    def __init__(self, address: str, context: zmq.Context | None = None, job_texts: int = 64,
+    def __init__(self, address: str, context: zmq.Context | None = None, job_texts: int = JOB_TEXTS,
                  status_interval: float = 0.5) -> None:
         self.address = address
         self.context = context or zmq.Context.instance()
@@ -168,15 +168,7 @@ class BrokerClient:
         return max(1, len(status.workers)) if status else 1
 
     def _job_starts(self, texts: list[str], job_chars: int | None) -> list[int]:
-        starts: list[int] = []
-        count = chars = 0
-        for i, text in enumerate(texts):
-            if not starts or count == self.job_texts or (job_chars and chars + len(text) > job_chars):
-                starts.append(i)
-                count = chars = 0
-            count += 1
-            chars += len(text)
-        return starts
+        return job_starts(texts, job_chars, self.job_texts)
 
     def _submit(self, texts: list[str], normalize: bool, timeout: float,
                 options: dict[str, Any] | None) -> tuple[str, Future]:
@@ -307,34 +299,3 @@ class BrokerClient:
             for p in pending:
                 self._send(sock, p.frames)
         self.broker_id = broker_id
-
-
-def estimated_tokens(text: str, max_tokens: int) -> float:
-    """About how many tokens ``text`` has once truncated: what encoding it costs, without the tokenizer.
-
-    Subword tokenizers take ~4 characters of English (ASCII) text a token and ~1.6 of other scripts; long texts
-    are cut at the model's limit anyway. tests/unit/test_spread.py checks that this follows the real tokenizer's
-    counts more closely than plain characters do.
-    """
-    ascii_chars = len(text.encode("ascii", "ignore"))
-    return min(float(max_tokens), 2.0 + ascii_chars / 4.2 + (len(text) - ascii_chars) / 1.6)
-
-
-def spread_bounds(work: list[float], parts: int) -> list[int]:
-    """Cut a request's texts into at most ``parts`` runs of about equal ``work``: [0, cut, ..., len(work)].
-
-    Each cut lies where the running total comes nearest its share, so that no worker of a spread request waits
-    long on another (the request is done when its last share is). Every run holds at least one text.
-    """
-    n = len(work)
-    parts = max(1, min(parts, n))
-    before = list(itertools.accumulate(work, initial=0.0))  # before[i]: the work of texts[:i]
-    bounds = [0]
-    for k in range(1, parts):
-        target = before[n] * k / parts
-        lo, hi = bounds[-1] + 1, n - (parts - k)  # leave a text for each run still to come
-        i = min(max(bisect.bisect_left(before, target, lo, hi + 1), lo), hi)
-        if i > lo and target - before[i - 1] < before[i] - target:
-            i -= 1
-        bounds.append(i)
-    return [*bounds, n]

@@ -24,7 +24,7 @@ from typing import Any
 MIN_PYTHON = (3, 10)
 PROBE_TIMEOUT = 120.0  # seconds for the device probe (importing torch can be slow on a cold disk)
 
-# import name -> requirement as pip takes it; tests/unit/test_doctor.py keeps it equal to pyproject.toml's
+# import name -> requirement as pip takes it; tests/unit/test_doctor_checks.py keeps it equal to pyproject.toml's
 DEPENDENCIES: dict[str, str] = {
     "falcon": "falcon>=3.1",
     "waitress": "waitress>=2.1",
