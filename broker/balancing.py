@@ -20,9 +20,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any, Protocol, TypeVar
 
+from embed_common.jobs import JOB_TEXTS
+
 WINDOW = 1.0  # seconds of work a worker may hold
 MEASURED_AFTER = 64  # texts a worker must have encoded before its own rate is trusted over the prior
-MIN_CREDIT = 64  # one full job (the front splits requests into jobs of at most 64 texts)
+MIN_CREDIT = JOB_TEXTS  # one full job (embed_common/jobs.py: the front's jobs hold at most this many texts)
 PRIOR_RATE = {"cuda": 1000.0, "mps": 300.0, "cpu": 100.0}  # texts/s before a worker has measured itself
 
 

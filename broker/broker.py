@@ -20,14 +20,20 @@ from typing import Any
 import numpy as np
 import zmq
 
-from broker import balancing, protocol
-from broker.protocol import Command, ErrorCode, Message, ProtocolError
+from broker import balancing
+from embed_common import protocol, sockets
+from embed_common.models import short_name
+from embed_common.protocol import Command, ErrorCode, Message, ProtocolError
+from embed_common.settings import default
 
 log = logging.getLogger(__name__)
 
 WorkerKey = tuple[str, bytes]  # (socket name, ZeroMQ identity)
 
 PROBE_MIN_COSINE = 0.99  # two workers whose probe vectors differ more than this serve different models
+
+
+SWEEP_INTERVAL = 0.02  # seconds between looks for dead workers, expired leases and expired queued jobs
 
 
 @dataclass(frozen=True)
@@ -39,8 +45,8 @@ class BrokerSettings:
     model: str | None = None  # expected model name; None: the first worker's model defines the cluster
     heartbeat_interval: float = protocol.HEARTBEAT_INTERVAL
     heartbeat_liveness: int = protocol.HEARTBEAT_LIVENESS
-    job_lease: float = 60.0  # a worker that holds a job longer than this is presumed stuck
-    max_queue_texts: int = 50_000
+    job_lease: float = default("job-lease", "broker")  # a worker that holds a job longer is presumed stuck
+    max_queue_texts: int = default("max-queue-texts", "broker")
     max_crashes: int = 2  # a job whose attempts killed this many workers fails as WORKER_CRASHED
     no_worker_grace: float = 10.0  # queued jobs wait this long for a worker to come back
 
@@ -49,10 +55,12 @@ class BrokerSettings:
 class Job:
     job_id: str
     client: bytes
-    texts: list[str]
+    texts: list[str]  # only for a SUBMIT of the older form (texts in the header); else []
     normalize: bool
     options: dict[str, Any]
     deadline: float
+    count: int = 0  # texts in the job
+    payload: list[bytes] = field(default_factory=list)  # the texts frame, passed on to the worker unread
     attempt: int = 0
     crashes: int = 0
     worker: WorkerKey | None = None
@@ -71,7 +79,6 @@ class Worker:
     inflight_texts: int = 0
     last_dispatch: float = 0.0
     served_texts: int = 0
-    served_jobs: int = 0
     stats: dict[str, Any] = field(default_factory=dict)
     isolated: bool = False  # holds a job that already crashed a worker: it gets nothing else meanwhile
 
@@ -97,11 +104,6 @@ class Worker:
             "served_texts": self.served_texts,
             "texts_per_s": self.stats.get("texts_per_s"),
         }
-
-
-def model_name(model: str) -> str:
-    """The comparable name of a model id or local path: its last path component."""
-    return model.rstrip("/\\").replace("\\", "/").rsplit("/", 1)[-1]
 
 
 class Broker:
@@ -135,10 +137,7 @@ class Broker:
             self.sockets["lan"] = lan_router(self.context, s.lan_address, s.keys_dir)
 
     def _router(self, address: str) -> zmq.Socket:
-        sock = self.context.socket(zmq.ROUTER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.ROUTER_MANDATORY, 0)
-        sock.setsockopt(zmq.MAXMSGSIZE, 256 * 1024 * 1024)
+        sock = sockets.configure_router(self.context.socket(zmq.ROUTER))
         sock.bind(address)
         return sock
 
@@ -158,7 +157,7 @@ class Broker:
         names = {sock: name for name, sock in self.sockets.items()}
         for sock in self.sockets.values():
             poller.register(sock, zmq.POLLIN)
-        next_heartbeat = time.monotonic()
+        next_heartbeat = next_sweep = time.monotonic()
         log.info("broker %s ready: clients on %s, workers on %s", self.broker_id[:8],
                  self.settings.client_address, self.settings.worker_address)
         while not self._stop:
@@ -174,8 +173,10 @@ class Broker:
             if now >= next_heartbeat:
                 self.send_heartbeats()
                 next_heartbeat = now + self.settings.heartbeat_interval
-            self.purge_workers(now)
-            self.expire_queue(now)
+            if now >= next_sweep:  # deadlines are seconds long: a sweep each turn only costs CPU under load
+                self.purge_workers(now)
+                self.expire_queue(now)
+                next_sweep = now + SWEEP_INTERVAL
             self.dispatch()
 
     def handle(self, socket_name: str, frames: list[bytes]) -> None:
@@ -201,7 +202,7 @@ class Broker:
     def handle_client(self, client: bytes, message: Message) -> None:
         header = message.header
         if message.command is Command.SUBMIT:
-            self.submit(client, header)
+            self.submit(client, message)
         elif message.command is Command.CANCEL:
             self.cancel(header["job"])
         elif message.command is Command.STATUS:
@@ -213,25 +214,27 @@ class Broker:
         else:
             self._drop("client", client, f"{message.command.name} is not a client command")
 
-    def submit(self, client: bytes, header: dict[str, Any]) -> None:
+    def submit(self, client: bytes, message: Message) -> None:
+        header = message.header
         job_id = header["job"]
         if job_id in self.jobs:  # a front re-sent a job we still hold (after it saw us restart): keep one
             self.jobs[job_id].client = client
             return
-        texts = header["texts"]
+        texts = header.get("texts") or []
         if not all(isinstance(t, str) for t in texts):
             self.fail(client, job_id, ErrorCode.BAD_REQUEST, "texts must be strings")
             return
+        count = message.text_count()
         now = time.monotonic()
         if not self.workers and self._no_workers_for(now) >= self.settings.no_worker_grace:
             self.fail(client, job_id, ErrorCode.NO_WORKERS, self._no_workers_message())
             return
-        if self.queued_texts() + len(texts) > self.settings.max_queue_texts:
+        if self.queued_texts() + count > self.settings.max_queue_texts:
             self.fail(client, job_id, ErrorCode.OVERLOADED, "the queue is full; retry later")
             return
         options = header.get("options") or {}
         job = Job(job_id, client, texts, header["normalize"], options if isinstance(options, dict) else {},
-                  deadline=now + max(0, header["timeout_ms"]) / 1000)
+                  deadline=now + max(0, header["timeout_ms"]) / 1000, count=count, payload=message.payload)
         self.jobs[job_id] = job
         self.queue.append(job)
         self.counters["submitted"] += 1
@@ -248,7 +251,7 @@ class Broker:
         self.send("client", client, Command.ERROR, {"job": job_id, "code": code.value, "message": message})
 
     def queued_texts(self) -> int:
-        return sum(len(job.texts) for job in self.queue)
+        return sum(job.count for job in self.queue)
 
     def _no_workers_for(self, now: float) -> float:
         """How long no worker has served; 0 while the supervisor restarts one (queued jobs wait for it, up to
@@ -350,9 +353,9 @@ class Broker:
         self.seen_processes[worker.worker_id] = process
 
     def _check_model(self, info: dict[str, Any]) -> str | None:
-        name = model_name(info["model"])
-        if self.settings.model and name != model_name(self.settings.model):
-            return f"this cluster serves {model_name(self.settings.model)}, the worker serves {name}"
+        name = short_name(info["model"])
+        if self.settings.model and name != short_name(self.settings.model):
+            return f"this cluster serves {short_name(self.settings.model)}, the worker serves {name}"
         probe = info.get("probe")
         ref = self.reference
         if ref is None:
@@ -405,7 +408,7 @@ class Broker:
     def _result_mismatch(self, job: Job, header: dict[str, Any]) -> str | None:
         """Why a RESULT cannot be the answer to ``job`` (rows or dimension), or None when it can."""
         chunks = header.get("chunks")
-        rows = len(chunks) if "chunk" in job.options and isinstance(chunks, list) else len(job.texts)
+        rows = len(chunks) if "chunk" in job.options and isinstance(chunks, list) else job.count
         if header["n"] != rows:
             return f"{header['n']} vectors for {rows} inputs"
         dim = (self.reference or {}).get("dim")
@@ -420,7 +423,7 @@ class Broker:
             self._late_reply(header, "for an attempt no longer in flight")
             return
         del worker.inflight[job.job_id]
-        worker.inflight_texts -= len(job.texts)
+        worker.inflight_texts -= job.count
         worker.isolated = False
         del self.jobs[job.job_id]
         mismatch = self._result_mismatch(job, header) if message.command is Command.RESULT else None
@@ -430,8 +433,7 @@ class Broker:
             self.send("client", job.client, Command.ERROR, {"job": job.job_id, "code": ErrorCode.ENCODE_FAILED.value,
                                                             "message": f"a worker answered wrongly: {mismatch}"})
         elif message.command is Command.RESULT:
-            worker.served_texts += len(job.texts)
-            worker.served_jobs += 1
+            worker.served_texts += job.count
             self.counters["answered"] += 1
             now = time.monotonic()
             reply = {
@@ -460,25 +462,28 @@ class Broker:
             if worker is None:
                 return
             self.queue.popleft()
-            backlog -= len(job.texts)
+            backlog -= job.count
             job.worker = worker.key
             job.dispatched_at = now
             job.lease_until = now + self.settings.job_lease
             worker.inflight[job.job_id] = job
-            worker.inflight_texts += len(job.texts)
+            worker.inflight_texts += job.count
             worker.last_dispatch = now
             worker.isolated = job.crashes > 0
-            header = {"job": job.job_id, "attempt": job.attempt, "texts": job.texts,
-                      "normalize": job.normalize}
+            header: dict[str, Any] = {"job": job.job_id, "attempt": job.attempt, "normalize": job.normalize}
+            if job.payload:
+                header["n"] = job.count
+            else:
+                header["texts"] = job.texts
             if job.options:
                 header["options"] = job.options
-            self.send(worker.key[0], worker.key[1], Command.JOB, header)
+            self.send(worker.key[0], worker.key[1], Command.JOB, header, *job.payload)
 
     def _pick_worker(self, job: Job, backlog: int) -> Worker | None:
         """The worker that should take ``job`` now given ``backlog`` queued texts (broker.balancing), or None."""
         candidates = [w for w in self.workers.values()
                       if not (w.isolated or (job.crashes > 0 and w.inflight))]
-        return balancing.pick(candidates, len(job.texts), backlog)
+        return balancing.pick(candidates, job.count, backlog)
 
     def send_heartbeats(self) -> None:
         for worker in self.workers.values():

@@ -8,7 +8,7 @@ import os
 import signal
 
 from broker.broker import Broker, BrokerSettings
-from supervisor import lifeline, progress
+from embed_common import lifeline, progress
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,8 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from embed_client.bulk_sources import Source, SourceError, find_sources, read_jsonl, read_text, split_text
 from embed_client.bulk_store import Store, StoreError
 from embed_client.client import HTTP_ERROR, EmbedClient, EmbedError
-from supervisor import progress
+from embed_common import progress
+from embed_common.settings import DEFAULT_URL
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ EXIT_INTERRUPTED = 130
 class BulkSettings:
     paths: tuple[str, ...]
     out: Path
-    url: str = "http://127.0.0.1:8421"
+    url: str = DEFAULT_URL
     format: str = "npy"
     chunk_tokens: int | None = None
     overlap_tokens: int | None = None

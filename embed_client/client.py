@@ -7,7 +7,7 @@
 - :meth:`EmbedClient.embed` splits a big list into requests within the server's limits (read once from
   ``/info``) and reassembles the vectors in input order.
 
-Standard library only, so that it imports anywhere.
+Standard library only (and embed_common.settings, which is too), so that it imports anywhere.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from typing import Any
+
+from embed_common.settings import DEFAULT_URL  # standard library only, like this module
 
 NETWORK_ERROR = "NETWORK_ERROR"
 TIMEOUT = "TIMEOUT"
@@ -53,7 +55,7 @@ class Limits:
 
 
 class EmbedClient:
-    def __init__(self, base_url: str = "http://127.0.0.1:8421", timeout: float = 30, retry_attempts: int = 2,
+    def __init__(self, base_url: str = DEFAULT_URL, timeout: float = 30, retry_attempts: int = 2,
                  retry_delay: float = 1, api_key: str | None = None, max_texts: int | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout

@@ -12,11 +12,15 @@ import re
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any
 
 import falcon
+import orjson
 
+from embed_common import VERSION
+from embed_common.settings import Limits
+from embed_common.status import BrokerStatus
 from http_front import errors, json_media
 from http_front.auth import ApiKeyAuth
 from http_front.broker_client import BrokerClient, EmbedResult
@@ -44,22 +48,6 @@ class ClientGoneCheck:
                          req_succeeded: bool) -> None:
         CLIENT_GONE.set(None)
 
-VERSION = "0.1.0"
-
-
-@dataclass(frozen=True)
-class Limits:
-    max_body_bytes: int = 16 * 1024 * 1024
-    max_texts: int = 2048
-    max_text_chars: int = 100_000
-    request_timeout: float = 30.0  # the seed client's timeout
-    max_pdf_pages: int = 1000  # POST /embed/pdf: more pages is PDF_TOO_LARGE
-    pdf_timeout: float = 20.0  # seconds to read one PDF's text (within request_timeout)
-    # the HTTP server's (http_front/server.py); here so that /info states them
-    max_connections: int = 1000  # open TCP connections; idle ones are closed, oldest first, as it is neared
-    idle_timeout: float = 30.0  # seconds a connection may sit idle (keep-alive or half-sent) before it is closed
-    http_queue: int = 64  # requests waiting for a request thread; more get 503 OVERLOADED at once
-
 
 class AppState:
     """What the resources share: the broker link, the limits, and the drain switch for shutdown."""
@@ -71,6 +59,7 @@ class AppState:
         self.history = StatusHistory(client)  # the status page's ring buffers (http_front/status_page.py)
         self.draining = False
         self.inflight = 0
+        self.owned: list[Any] = []  # what create_app started for this state and close() stops (the PDF parsers)
         self._lock = threading.Lock()
         self.idle = threading.Condition(self._lock)
 
@@ -102,6 +91,13 @@ class AppState:
         self.metrics.observe_embed(route, len(texts), result, time.perf_counter() - started)
         return result
 
+    def close(self) -> None:
+        """Stop what the app started for itself (the entry point calls it once the server is closed)."""
+        self.history.close()
+        for closeable in self.owned:
+            closeable.close()
+        self.owned.clear()
+
     def drain(self, grace: float) -> bool:
         """Refuse new requests; wait up to ``grace`` seconds for those in flight. True if all finished."""
         with self._lock:
@@ -116,6 +112,10 @@ def read_json(req: falcon.Request, limits: Limits) -> Any:
     body = req.bounded_stream.read(limits.max_body_bytes + 1)
     if len(body) > limits.max_body_bytes:
         raise ApiError("PAYLOAD_TOO_LARGE", f"the body is over the limit of {limits.max_body_bytes} bytes")
+    try:
+        return orjson.loads(body)  # the fast parser; what it refuses (NaN, huge ints, lone surrogates, deep
+    except orjson.JSONDecodeError:  # nesting) the standard one reads or refuses with the right message
+        pass
     try:
         return json.loads(body)
     except (ValueError, UnicodeDecodeError):
@@ -163,29 +163,29 @@ def flag(body: dict[str, Any], name: str, default: bool) -> bool:
     return value
 
 
-def cluster_summary(status: dict[str, Any] | None) -> dict[str, Any]:
-    workers = (status or {}).get("workers") or []
-    devices = sorted({str(w.get("device")) for w in workers})
+def cluster_summary(status: BrokerStatus | None) -> dict[str, Any]:
+    status = status or BrokerStatus()
+    devices = sorted({str(w.get("device")) for w in status.workers})
     return {
-        "model": (status or {}).get("model_name"),
-        "model_id": (status or {}).get("model"),
-        "dim": (status or {}).get("dim"),
+        "model": status.model_name,
+        "model_id": status.model,
+        "dim": status.dim,
         "device": devices[0] if len(devices) == 1 else ",".join(devices) or None,
-        "workers": workers,
+        "workers": status.workers,
         # local workers that exited and do not serve yet: restarting, or failed (crash loop, refused)
-        "workers_down": (status or {}).get("workers_down") or [],
+        "workers_down": status.workers_down,
     }
 
 
-def readiness(state: AppState, status: dict[str, Any] | None) -> str:
+def readiness(state: AppState, status: BrokerStatus | None) -> str:
     """``ok`` when a worker can serve; else why not (the seed's /health ``status`` and /readyz's)."""
     if state.draining:
         return "shutting_down"
     if status is None:
         return "starting" if state.client.status is None else "broker_unreachable"
-    if status.get("workers"):
+    if status.workers:
         return "ok"
-    return "no_workers" if status.get("ever_ready") else "starting"
+    return "no_workers" if status.ever_ready else "starting"
 
 
 class Health:
@@ -193,7 +193,7 @@ class Health:
         self.state = state
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        status = self.state.client.latest_status()
+        status = self.state.client.broker_status()
         state = readiness(self.state, status)
         resp.status = falcon.HTTP_200 if state == "ok" else falcon.HTTP_503
         resp.media = {"status": state, **cluster_summary(status)}
@@ -213,7 +213,7 @@ class Readyz:
         self.state = state
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        state = readiness(self.state, self.state.client.latest_status())
+        state = readiness(self.state, self.state.client.broker_status())
         resp.status = falcon.HTTP_200 if state == "ok" else falcon.HTTP_503
         resp.media = {"status": state}
 
@@ -223,7 +223,7 @@ class Info:
         self.state = state
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        status = self.state.client.latest_status() or {}
+        status = self.state.client.broker_status() or BrokerStatus()
         summary = cluster_summary(status)
         workers = summary["workers"]
         resp.media = {
@@ -233,9 +233,9 @@ class Info:
             "device": summary["device"],
             "precision": sorted({str(w.get("precision")) for w in workers}) or None,
             "backend": sorted({str(w.get("backend")) for w in workers}) or None,
-            "max_tokens": status.get("max_tokens"),
+            "max_tokens": status.max_tokens,
             "version": VERSION,
-            "limits": {**asdict(self.state.limits), "max_queue_texts": status.get("max_queue_texts")},
+            "limits": {**asdict(self.state.limits), "max_queue_texts": status.max_queue_texts},
             "workers": workers,
         }
 
@@ -284,6 +284,8 @@ def create_app(client: BrokerClient, limits: Limits | None = None, state: AppSta
     app.add_route("/metrics", MetricsResource(state.metrics))
     app.add_route("/openapi.json", openapi.OpenApiSpec(state))
     openai_api.register(app, state)
-    documents.register(app, state, pdf_parsers)
+    parsers = documents.register(app, state, pdf_parsers)
+    if pdf_parsers is None:  # a pool of its own: closed with the state (one passed in is the caller's)
+        state.owned.append(parsers)
     status_page.register(app, state)
     return app

@@ -9,7 +9,6 @@ lost, and the broker's job table keeps it from being done twice.
 
 from __future__ import annotations
 
-import bisect
 import contextlib
 import itertools
 import logging
@@ -27,8 +26,11 @@ from typing import Any
 import numpy as np
 import zmq
 
-from broker import protocol
-from broker.protocol import Command, ProtocolError
+from embed_common import protocol, sockets
+from embed_common.errors import ErrorCode
+from embed_common.jobs import JOB_TEXTS, estimated_tokens, job_starts, spread_bounds
+from embed_common.protocol import Command, ProtocolError
+from embed_common.status import BrokerStatus
 from http_front.errors import ApiError
 
 log = logging.getLogger(__name__)
@@ -48,13 +50,13 @@ class EmbedResult:
 
 @dataclass
 class _Pending:
-    header: dict[str, Any]
+    frames: list[bytes]  # the SUBMIT, kept to send again if the broker restarts
     future: Future
     sent_to: str | None = None  # broker_id it was last sent to
 
 
 class BrokerClient:
-    def __init__(self, address: str, context: zmq.Context | None = None, job_texts: int = 64,
+    def __init__(self, address: str, context: zmq.Context | None = None, job_texts: int = JOB_TEXTS,
                  status_interval: float = 0.5, on_first_worker: Callable[[], None] | None = None) -> None:
         self.address = address
         self.on_first_worker = on_first_worker  # called once, on the I/O thread, after the status is stored
@@ -69,11 +71,13 @@ class BrokerClient:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="broker-io", daemon=True)
         self._req = itertools.count(1)
-        self.status: dict[str, Any] | None = None  # the broker's latest status
+        self.status: dict[str, Any] | None = None  # the broker's latest STATUS header, as it came
+        self._typed_status = BrokerStatus()  # the same, parsed once (embed_common/status.py)
         self.status_at = 0.0  # monotonic time it arrived
         self.broker_id: str | None = None
-        self.resent = 0
         self.worker_seen = False  # until a status lists a worker, the status is asked for often (START_INTERVAL)
+        self._job_prefix = uuid.uuid4().hex[:16]  # job ids: unique across fronts, cheap within one
+        self._job_numbers = itertools.count()
 
     # -- request threads ----------------------------------------------------------------------------------
     def start(self) -> None:
@@ -88,9 +92,16 @@ class BrokerClient:
             self._wake_w.close()
 
     def latest_status(self, max_age: float = 3.0) -> dict[str, Any] | None:
+        """The raw STATUS header, or None when there is none younger than ``max_age`` seconds."""
         if self.status is None or time.monotonic() - self.status_at > max_age:
             return None
         return self.status
+
+    def broker_status(self, max_age: float = 3.0) -> BrokerStatus | None:
+        """The broker's latest status, typed; None when there is none younger than ``max_age`` seconds."""
+        if self.status is None or time.monotonic() - self.status_at > max_age:
+            return None
+        return self._typed_status
 
     def embed(self, texts: list[str], normalize: bool, timeout: float,
               options: dict[str, Any] | None = None, job_chars: int | None = None,
@@ -112,12 +123,13 @@ class BrokerClient:
         too_long: list[int] = []  # request-level indices of inputs over the token limit (with truncate: false)
         max_tokens = None
         try:
-            self._raise_first_error([future for _, future in futures], deadline, gone)
+            if len(futures) > 1 or gone is not None:  # one job, unwatched: waiting for it is waiting for its error
+                self._raise_first_error([future for _, future in futures], deadline, gone)
             for start, (job_id, future) in zip(starts, futures, strict=True):
                 try:
                     replies.append(self._wait(job_id, future, deadline))
                 except ApiError as exc:  # INPUT_TOO_LONG: wait for every job, to name every such input
-                    if exc.code != "INPUT_TOO_LONG":
+                    if exc.code != ErrorCode.INPUT_TOO_LONG:
                         raise
                     too_long.extend(start + int(i) for i in exc.details.get("indices", []))
                     max_tokens = exc.details.get("max_tokens", max_tokens)
@@ -128,7 +140,7 @@ class BrokerClient:
                     self._pending.pop(job_id, None)
             raise
         if too_long:
-            raise ApiError("INPUT_TOO_LONG", f"{len(too_long)} input(s) longer than the model's limit of "
+            raise ApiError(ErrorCode.INPUT_TOO_LONG, f"{len(too_long)} input(s) longer than the model's limit of "
                            f"{max_tokens} tokens, at indices {too_long}; shorten them or allow truncation",
                            indices=too_long, max_tokens=max_tokens)
         vectors = np.concatenate([v for v, _ in replies]) if replies else np.zeros((0, 0), np.float32)
@@ -155,40 +167,29 @@ class BrokerClient:
         return len(waiting)
 
     def _max_tokens(self) -> int:
-        status = self.latest_status() or {}
-        value = status.get("max_tokens")
-        return value if isinstance(value, int) and value > 0 else 512
+        status = self.broker_status()
+        return (status.max_tokens if status else None) or 512
 
     def _workers(self) -> int:
         """Workers the broker last reported: a request is spread over them."""
-        status = self.latest_status()
-        return max(1, len(status.get("workers") or [])) if status else 1
+        status = self.broker_status()
+        return max(1, len(status.workers)) if status else 1
 
     def _job_starts(self, texts: list[str], job_chars: int | None) -> list[int]:
-        starts: list[int] = []
-        count = chars = 0
-        for i, text in enumerate(texts):
-            if not starts or count == self.job_texts or (job_chars and chars + len(text) > job_chars):
-                starts.append(i)
-                count = chars = 0
-            count += 1
-            chars += len(text)
-        return starts
-
-    def send_control(self, command: Command, header: dict[str, Any]) -> None:
-        self._enqueue(protocol.encode(command, header))
+        return job_starts(texts, job_chars, self.job_texts)
 
     def _submit(self, texts: list[str], normalize: bool, timeout: float,
                 options: dict[str, Any] | None) -> tuple[str, Future]:
-        job_id = uuid.uuid4().hex
-        header: dict[str, Any] = {"job": job_id, "texts": texts, "normalize": normalize,
+        job_id = f"{self._job_prefix}{next(self._job_numbers):x}"
+        header: dict[str, Any] = {"job": job_id, "n": len(texts), "normalize": normalize,
                                   "timeout_ms": int(timeout * 1000)}
         if options:
             header["options"] = options
-        frames = protocol.encode(Command.SUBMIT, header)  # first: what cannot be encoded is never pending
+        # first: what cannot be encoded is never pending
+        frames = protocol.encode(Command.SUBMIT, header, protocol.encode_texts(texts))
         future: Future = Future()
         with self._lock:
-            self._pending[job_id] = _Pending(header, future)
+            self._pending[job_id] = _Pending(frames, future)
         self._enqueue(frames)
         return job_id, future
 
@@ -209,14 +210,14 @@ class BrokerClient:
                 return  # the deadline passed: the caller reports TIMEOUT
             for future in done:
                 error = future.exception()
-                if isinstance(error, ApiError) and error.code != "INPUT_TOO_LONG":
+                if isinstance(error, ApiError) and error.code != ErrorCode.INPUT_TOO_LONG:
                     raise error
 
     def _wait(self, job_id: str, future: Future, deadline: float) -> tuple[np.ndarray, dict[str, Any]]:
         try:
             return future.result(timeout=max(0.0, deadline - time.monotonic()))
         except FutureTimeout:
-            raise ApiError("TIMEOUT", "the request did not finish before its deadline") from None
+            raise ApiError(ErrorCode.TIMEOUT, "the request did not finish before its deadline") from None
         finally:
             with self._lock:
                 self._pending.pop(job_id, None)
@@ -238,9 +239,7 @@ class BrokerClient:
 
     # -- the I/O thread ----------------------------------------------------------------------------------
     def _run(self) -> None:
-        sock = self.context.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.MAXMSGSIZE, 512 * 1024 * 1024)
+        sock = sockets.configure(self.context.socket(zmq.DEALER))
         sock.connect(self.address)
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
@@ -298,9 +297,10 @@ class BrokerClient:
                 pending.future.set_result((message.vectors(), header))
             elif message.command is Command.ERROR:
                 details = {k: header[k] for k in ("indices", "max_tokens") if k in header}
-                pending.future.set_exception(ApiError(header["code"], header["message"], **details))
+                pending.future.set_exception(ApiError.from_peer(header["code"], header["message"], **details))
 
     def _on_status(self, sock: zmq.Socket, header: dict[str, Any]) -> None:
+        self._typed_status = BrokerStatus.parse(header)
         self.status = header
         self.status_at = time.monotonic()
         if not self.worker_seen and header.get("workers"):
@@ -316,37 +316,5 @@ class BrokerClient:
             log.warning("broker restarted (%s -> %s): re-sending %d jobs in flight",
                         self.broker_id[:8], str(broker_id)[:8], len(pending))
             for p in pending:
-                self._send(sock, protocol.encode(Command.SUBMIT, p.header))
-            self.resent += len(pending)
+                self._send(sock, p.frames)
         self.broker_id = broker_id
-
-
-def estimated_tokens(text: str, max_tokens: int) -> float:
-    """About how many tokens ``text`` has once truncated: what encoding it costs, without the tokenizer.
-
-    Subword tokenizers take ~4 characters of English (ASCII) text a token and ~1.6 of other scripts; long texts
-    are cut at the model's limit anyway. tests/unit/test_spread.py checks that this follows the real tokenizer's
-    counts more closely than plain characters do.
-    """
-    ascii_chars = len(text.encode("ascii", "ignore"))
-    return min(float(max_tokens), 2.0 + ascii_chars / 4.2 + (len(text) - ascii_chars) / 1.6)
-
-
-def spread_bounds(work: list[float], parts: int) -> list[int]:
-    """Cut a request's texts into at most ``parts`` runs of about equal ``work``: [0, cut, ..., len(work)].
-
-    Each cut lies where the running total comes nearest its share, so that no worker of a spread request waits
-    long on another (the request is done when its last share is). Every run holds at least one text.
-    """
-    n = len(work)
-    parts = max(1, min(parts, n))
-    before = list(itertools.accumulate(work, initial=0.0))  # before[i]: the work of texts[:i]
-    bounds = [0]
-    for k in range(1, parts):
-        target = before[n] * k / parts
-        lo, hi = bounds[-1] + 1, n - (parts - k)  # leave a text for each run still to come
-        i = min(max(bisect.bisect_left(before, target, lo, hi + 1), lo), hi)
-        if i > lo and target - before[i - 1] < before[i] - target:
-            i -= 1
-        bounds.append(i)
-    return [*bounds, n]

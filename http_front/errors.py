@@ -1,4 +1,4 @@
-"""The front's error codes and the one table that maps them to HTTP statuses.
+"""How the front answers an error: the codes, statuses and Retry-After come from embed_common/errors.py.
 
 Every error leaves the front as ``{"error": {"code": CODE, "message": ...}}``; messages never carry
 exception text from inside the cluster.
@@ -11,68 +11,52 @@ from typing import Any
 
 import falcon
 
+from embed_common.errors import code_for_status, spec
+
 log = logging.getLogger(__name__)
 
-HTTP_STATUS: dict[str, int] = {
-    "BAD_REQUEST": 400,
-    "INVALID_JSON": 400,
-    "UNAUTHORIZED": 401,
-    "NOT_FOUND": 404,
-    "MODEL_NOT_FOUND": 404,
-    "METHOD_NOT_ALLOWED": 405,
-    "PAYLOAD_TOO_LARGE": 413,
-    "UNSUPPORTED_MEDIA_TYPE": 415,
-    "INPUT_TOO_LONG": 422,
-    "PDF_INVALID": 422,
-    "PDF_ENCRYPTED": 422,
-    "PDF_TOO_LARGE": 413,
-    "INTERNAL": 500,
-    "ENCODE_FAILED": 500,
-    "WORKER_CRASHED": 500,
-    "CLIENT_GONE": 499,  # the client closed its connection first: nobody reads this answer (nginx's 499)
-    "NO_WORKERS": 503,
-    "OVERLOADED": 503,
-    "SHUTTING_DOWN": 503,
-    "TIMEOUT": 504,
-}
-
-RETRY_AFTER: dict[str, int] = {"NO_WORKERS": 2, "OVERLOADED": 1, "SHUTTING_DOWN": 5}
 
 OPENAI_PREFIX = "/v1/"  # routes under it answer errors in OpenAI's shape (http_front/openai_api.py)
 
 
 class ApiError(Exception):
+    """An error answered as JSON; ``code`` must be in the error table (a typo raises UnknownErrorCode here)."""
+
     def __init__(self, code: str, message: str, **details: Any) -> None:
         super().__init__(message)
-        self.code = code if code in HTTP_STATUS else "INTERNAL"
+        self.spec = spec(code)
+        self.code = self.spec.code
         self.message = message
         self.details = details
 
+    @classmethod
+    def from_peer(cls, code: Any, message: Any, **details: Any) -> ApiError:
+        """An error a broker or worker sent: a code this front does not know (a newer peer) is INTERNAL."""
+        try:
+            return cls(str(code), str(message), **details)
+        except KeyError:
+            log.warning("a peer sent the unknown error code %r: answering INTERNAL", code)
+            return cls("INTERNAL", str(message), **details)
+
     @property
     def status(self) -> int:
-        return HTTP_STATUS[self.code]
+        return self.spec.status
 
     def body(self) -> dict[str, Any]:
         return {"error": {"code": self.code, "message": self.message, **self.details}}
 
     def openai_body(self) -> dict[str, Any]:
         """OpenAI's error shape: the same stable code, plus its ``type`` and ``param``."""
-        if self.status >= 500:
-            kind = "server_error"
-        elif self.status == 401:
-            kind = "authentication_error"
-        else:
-            kind = "invalid_request_error"
         details = {k: v for k, v in self.details.items() if k != "param"}
-        return {"error": {"message": self.message, "type": kind, "param": self.details.get("param"),
+        return {"error": {"message": self.message, "type": self.spec.openai_type, "param": self.details.get("param"),
                           "code": self.code, **details}}
 
 
 def _respond(req: falcon.Request, resp: falcon.Response, error: ApiError) -> None:
     resp.status = falcon.code_to_http_status(error.status)
     resp.media = error.openai_body() if req.path.startswith(OPENAI_PREFIX) else error.body()
-    if error.code in RETRY_AFTER:
-        resp.set_header("Retry-After", str(RETRY_AFTER[error.code]))
+    if error.spec.retry_after is not None:
+        resp.set_header("Retry-After", str(error.spec.retry_after))
     if error.code == "UNAUTHORIZED":
         resp.set_header("WWW-Authenticate", 'Bearer realm="embed-cluster"')
 
@@ -81,12 +65,8 @@ def handle_api_error(req: falcon.Request, resp: falcon.Response, ex: ApiError, p
     _respond(req, resp, ex)
 
 
-_FALCON_CODES = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 413: "PAYLOAD_TOO_LARGE",
-                 415: "UNSUPPORTED_MEDIA_TYPE", 401: "UNAUTHORIZED"}
-
-
 def handle_http_error(req: falcon.Request, resp: falcon.Response, ex: falcon.HTTPError, params: dict) -> None:
-    code = _FALCON_CODES.get(ex.status_code, "BAD_REQUEST" if ex.status_code < 500 else "INTERNAL")
+    code = code_for_status(ex.status_code)
     error = ApiError(code, ex.title or code.lower())
     _respond(req, resp, error)
     resp.status = falcon.code_to_http_status(ex.status_code)

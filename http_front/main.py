@@ -8,10 +8,11 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from http_front.app import AppState, Limits, create_app
+from embed_common import lifeline, progress
+from embed_common.settings import Limits, default
+from http_front.app import AppState, create_app
 from http_front.broker_client import BrokerClient
 from http_front.server import make_server, serve
-from supervisor import lifeline, progress
 
 log = logging.getLogger(__name__)
 
@@ -22,11 +23,11 @@ ABORT_GRACE = 5.0  # seconds for requests failed at the end of the grace to send
 @dataclass(frozen=True)
 class FrontSettings:
     broker: str
-    host: str = "127.0.0.1"
-    port: int = 8421
-    threads: int = 32
+    host: str = default("host", "front")
+    port: int = default("port", "front")
+    threads: int = default("http-threads", "front")
     limits: Limits = field(default_factory=Limits)
-    shutdown_grace: float = 30.0
+    shutdown_grace: float = default("shutdown-grace", "front")
     parent_pid: int = 0
     api_key: str | None = field(default=None, repr=False)  # from EMBED_API_KEY; never logged
 
@@ -90,6 +91,6 @@ def run(settings: FrontSettings) -> int:
         if not stopping.is_set():
             raise
     finally:
-        state.history.close()
+        state.close()
         client.close()
     return 0

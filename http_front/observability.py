@@ -76,19 +76,19 @@ class ClusterCollector(Collector):
         self.client = client
 
     def collect(self) -> Iterator[Metric]:
-        status = self.client.latest_status()
+        status = self.client.broker_status()
         yield GaugeMetricFamily("embed_broker_up", "1 when the front has a fresh status from the broker",
                                 value=0 if status is None else 1)
         if status is None:
             return
         yield GaugeMetricFamily("embed_queue_texts", "texts waiting in the broker's queue",
-                                value=status.get("queue_texts") or 0)
+                                value=status.queue_texts)
         yield GaugeMetricFamily("embed_queue_jobs", "jobs waiting in the broker's queue",
-                                value=status.get("queue_jobs") or 0)
+                                value=status.queue_jobs)
         workers = GaugeMetricFamily("embed_workers", "workers by state: ready and busy (registered), restarting "
                                     "and failed (local workers down, as the supervisor reports)", labels=["state"])
         states: dict[str, int] = {"ready": 0, "busy": 0, "restarting": 0, "failed": 0}
-        for worker in [*(status.get("workers") or []), *(status.get("workers_down") or [])]:
+        for worker in [*status.workers, *status.workers_down]:
             state = str(worker.get("state"))
             states[state] = states.get(state, 0) + 1
         for state, count in sorted(states.items()):
@@ -96,14 +96,14 @@ class ClusterCollector(Collector):
         yield workers
         restarts = CounterMetricFamily("embed_worker_restarts", "times a worker id registered again from a new "
                                        "process (restarted by the supervisor or whoever runs it)", labels=["worker"])
-        for worker_id, count in sorted((status.get("worker_restarts") or {}).items()):
+        for worker_id, count in sorted(status.worker_restarts.items()):
             restarts.add_metric([str(worker_id)], count)
         yield restarts
         jobs = CounterMetricFamily("embed_broker_jobs", "the broker's job counters", labels=["event"])
-        for event, count in sorted((status.get("counters") or {}).items()):
+        for event, count in sorted(status.counters.items()):
             jobs.add_metric([str(event)], count)
         yield jobs
-        yield self._batch_sizes(status.get("worker_stats") or {})
+        yield self._batch_sizes(status.worker_stats)
 
     @staticmethod
     def _batch_sizes(worker_stats: dict[str, Any]) -> Metric:

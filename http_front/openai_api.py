@@ -17,6 +17,8 @@ from typing import Any
 import falcon
 import numpy as np
 
+from embed_common.models import normalize_rows
+from embed_common.status import BrokerStatus
 from http_front.app import AppState, check_texts, read_json
 from http_front.errors import ApiError
 
@@ -27,8 +29,8 @@ OWNER = "embed-cluster"
 
 def served_model(state: AppState) -> tuple[str | None, str | None]:
     """The cluster's model id and short name, once a worker has registered."""
-    status = state.client.latest_status() or {}
-    return status.get("model"), status.get("model_name")
+    status = state.client.broker_status() or BrokerStatus()
+    return status.model, status.model_name
 
 
 def check_model(state: AppState, model: str) -> str:
@@ -55,11 +57,6 @@ def parse_input(value: Any, state: AppState) -> list[str]:
 
 def model_card(model_id: str) -> dict[str, Any]:
     return {"id": model_id, "object": "model", "created": 0, "owned_by": OWNER}
-
-
-def unit_rows(vectors: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return vectors / np.maximum(norms, 1e-12)
 
 
 class Embeddings:
@@ -91,13 +88,13 @@ class Embeddings:
         if not isinstance(truncate, bool):
             raise ApiError("BAD_REQUEST", "'truncate' must be true or false", param="truncate")
         model_id = check_model(self.state, body["model"])
-        dim = (self.state.client.latest_status() or {}).get("dim")
+        dim = (self.state.client.broker_status() or BrokerStatus()).dim
         if dimensions is not None and isinstance(dim, int) and dimensions > dim:
             raise ApiError("BAD_REQUEST", f"'dimensions' is {dimensions}; this model has {dim}", param="dimensions")
         result = self.state.embed(ROUTE, texts, True, None if truncate else {"truncate": False}) if texts else None
         vectors = result.vectors if result is not None else np.zeros((0, dim or 0), np.float32)
         if dimensions is not None and dimensions < vectors.shape[1]:
-            vectors = unit_rows(vectors[:, :dimensions])
+            vectors = normalize_rows(vectors[:, :dimensions])
         data = [{"object": "embedding", "index": i, "embedding": e} for i, e in enumerate(encode(vectors, encoding))]
         tokens = result.tokens if result is not None else 0
         resp.media = {"object": "list", "data": data, "model": model_id,
@@ -108,7 +105,7 @@ def encode(vectors: np.ndarray, encoding: str) -> list[Any]:
     if encoding == "base64":
         rows = np.ascontiguousarray(vectors, dtype="<f4")
         return [base64.b64encode(row.tobytes()).decode("ascii") for row in rows]
-    return vectors.tolist()
+    return list(np.ascontiguousarray(vectors, dtype=np.float32))  # rows written from the buffer (json_media.py)
 
 
 class Models:

@@ -11,6 +11,8 @@ from typing import Any
 
 import falcon
 
+from embed_common.errors import TABLE
+from embed_common.status import BrokerStatus
 from http_front.app import VERSION, AppState
 from http_front.status_page import ASSETS, SERIES
 
@@ -24,18 +26,14 @@ def _errors(statuses: tuple[int, ...], openai: bool = False) -> dict[str, Any]:
     return {str(s): _json(ref, _STATUS_TEXT[s]) for s in statuses}
 
 
-_STATUS_TEXT = {
-    400: "bad request: INVALID_JSON or BAD_REQUEST (wrong field, type or limit)",
-    401: "UNAUTHORIZED: an API key is configured and the request did not carry it",
-    404: "MODEL_NOT_FOUND: the model is not served here",
-    413: "PAYLOAD_TOO_LARGE: the body is over max_body_bytes; PDF_TOO_LARGE: over max_pdf_pages or pdf_timeout",
-    415: "UNSUPPORTED_MEDIA_TYPE: /embed/pdf takes the PDF itself, as application/pdf",
-    422: "INPUT_TOO_LONG: an input is over the model's token limit and truncation was refused; "
-         "PDF_INVALID (not a PDF, corrupt or truncated) or PDF_ENCRYPTED (needs a password)",
-    500: "WORKER_CRASHED, ENCODE_FAILED or INTERNAL",
-    503: "NO_WORKERS, OVERLOADED or SHUTTING_DOWN (Retry-After is set)",
-    504: "TIMEOUT: not done within request_timeout",
-}
+def _status_text(status: int) -> str:
+    """What an error status means here: its codes and their descriptions from the error table."""
+    specs = [spec for spec in TABLE if spec.status == status]
+    text = "; ".join(f"{spec.code}: {spec.description}" for spec in specs)
+    return text + (" (Retry-After is set)" if any(spec.retry_after for spec in specs) else "")
+
+
+_STATUS_TEXT = {status: _status_text(status) for status in sorted({spec.status for spec in TABLE})}
 _EMBED_ERRORS = (400, 401, 413, 422, 500, 503, 504)
 _CHUNK_OPTIONS: dict[str, Any] = {
     "chunk_tokens": {"type": "integer", "minimum": 1, "description": "tokens a chunk at most (default and "
@@ -48,8 +46,8 @@ _OPEN: list[dict[str, Any]] = []  # security: none, for the probes and this spec
 
 def build_spec(state: AppState) -> dict[str, Any]:
     limits = state.limits
-    status = state.client.latest_status() or {}
-    model_id, model_name, dim = status.get("model"), status.get("model_name"), status.get("dim")
+    status = state.client.broker_status() or BrokerStatus()
+    model_id, model_name, dim = status.model, status.model_name, status.dim
     text = {"type": "string", "maxLength": limits.max_text_chars}
     texts = {"type": "array", "items": text, "maxItems": limits.max_texts}
     model: dict[str, Any] = {"type": "string", "description": "the served model's id or short name"}

@@ -37,11 +37,9 @@ from waitress.server import TcpWSGIServer
 from waitress.task import ErrorTask, ThreadedTaskDispatcher
 from waitress.utilities import Error
 
-from http_front.errors import RETRY_AFTER
+from embed_common.errors import code_for_status, spec
 
 log = logging.getLogger(__name__)
-
-_CODES = {413: "PAYLOAD_TOO_LARGE", 431: "BAD_REQUEST", 400: "BAD_REQUEST", 500: "INTERNAL", 503: "OVERLOADED"}
 
 PROBE_PATHS = frozenset({"/livez", "/readyz", "/health", "/metrics", "/status.json"})  # cached state, cheap
 PROBE_THREADS = 2  # probes are answered from cached state: a couple of threads keep up with any prober
@@ -57,13 +55,14 @@ class Overloaded(Error):
 class JsonErrorTask(ErrorTask):
     def execute(self) -> None:
         error = self.request.error
-        code = _CODES.get(error.code, "BAD_REQUEST" if error.code < 500 else "INTERNAL")
+        code = code_for_status(error.code)
         message = {"PAYLOAD_TOO_LARGE": "the request body is over the size limit"}.get(code, error.reason)
         body = json.dumps({"error": {"code": code, "message": f"{message}: {error.body}".rstrip(": ")}})
         self.status = f"{error.code} {error.reason}"
         self.response_headers.append(("Content-Type", "application/json"))
-        if code in RETRY_AFTER:
-            self.response_headers.append(("Retry-After", str(RETRY_AFTER[code])))
+        retry_after = spec(code).retry_after
+        if retry_after is not None:
+            self.response_headers.append(("Retry-After", str(retry_after)))
         if not isinstance(error, Overloaded):  # its request was read whole: the connection can go on
             self.set_close_on_finish()
             self.channel.linger_on_close = True  # the client may still be sending the body we refused

@@ -349,7 +349,7 @@ class StatusData:
         from http_front.app import VERSION, cluster_summary, readiness
 
         state = self.state
-        status = state.client.latest_status()
+        status = state.client.broker_status()
         summary = cluster_summary(status)
         workers = summary["workers"]
         resp.media = {
@@ -358,13 +358,14 @@ class StatusData:
             "model": summary["model"],
             "dim": summary["dim"],
             "precision": sorted({str(w.get("precision")) for w in workers}) or None,
-            "max_tokens": (status or {}).get("max_tokens"),
+            "backend": sorted({str(w.get("backend")) for w in workers}) or None,
+            "max_tokens": status.max_tokens if status else None,
             "version": VERSION,
             "now": round(state.history.wall(), 3),
             "uptime_s": round(state.history.wall() - state.history.started_wall, 1),
-            "limits": {**asdict(state.limits), "max_queue_texts": (status or {}).get("max_queue_texts")},
-            "queue_texts": (status or {}).get("queue_texts"),
-            "queue_jobs": (status or {}).get("queue_jobs"),
+            "limits": {**asdict(state.limits), "max_queue_texts": status.max_queue_texts if status else None},
+            "queue_texts": status.queue_texts if status else None,
+            "queue_jobs": status.queue_jobs if status else None,
             **state.history.snapshot(),
         }
         resp.set_header("Cache-Control", "no-store")

@@ -18,8 +18,8 @@ from typing import Any
 
 import zmq
 
-from broker import protocol
-from broker.protocol import Command
+from embed_common import protocol
+from embed_common.protocol import Command
 
 log = logging.getLogger(__name__)
 

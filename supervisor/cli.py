@@ -12,7 +12,15 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-ENV_PREFIX = "EMBED_"
+from embed_common import settings as table
+from embed_common.settings import (  # noqa: F401  (re-exported: tests and older callers name them here)
+    DEVICES,
+    ENV_PREFIX,
+    PRECISIONS,
+    device_value,
+    positive_float,
+    workers_value,
+)
 
 
 class EnvArgs:
@@ -35,8 +43,8 @@ class EnvArgs:
                 self.parser.error(f"{name}={raw!r} is not a valid value for {flag}")
             if choices is not None and default not in choices:
                 self.parser.error(f"{name}={raw!r}: choose from {', '.join(map(str, choices))}")
-        self.parser.add_argument(flag, default=default, type=type, choices=choices,
-                                 help=f"{help} [env {name}]".strip())
+        shown = help if help == argparse.SUPPRESS else f"{help} [env {name}]".strip()
+        self.parser.add_argument(flag, default=default, type=type, choices=choices, help=shown)
 
     def flag(self, flag: str, help: str = "") -> None:
         name = ENV_PREFIX + flag.lstrip("-").upper().replace("-", "_")
@@ -45,85 +53,16 @@ class EnvArgs:
         self.parser.add_argument(flag, action="store_true", default=default, help=f"{help} [env {name}]")
 
 
-def workers_value(raw: str) -> str:
-    if raw == "auto":
-        return raw
-    if not raw.isdigit():
-        raise ValueError(raw)
-    return str(int(raw))
-
-
-def positive_int(raw: str) -> int:
-    value = int(raw)
-    if value <= 0:
-        raise ValueError(raw)
-    return value
-
-
-def positive_float(raw: str) -> float:
-    value = float(raw)
-    if value <= 0:
-        raise ValueError(raw)
-    return value
-
-
-DEVICES = ("auto", "cpu", "cuda", "mps")
-
-
-def device_value(raw: str) -> str:
-    """auto, cpu, cuda, cuda:N or mps."""
-    if raw in DEVICES or (raw.startswith("cuda:") and raw[5:].isdigit()):
-        return raw
-    raise ValueError(raw)
-PRECISIONS = ("auto", "fp32", "bf16", "fp16", "fp16w")
-BACKENDS = ("auto", "onnx", "torch")  # worker/main.py: load_embedder  # worker/precision.py says what each is
-
-
-def add_common(env: EnvArgs) -> None:
-    env.add("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="log level")
-    env.add("--parent-pid", default=0, type=int, help=argparse.SUPPRESS)
-
-
-def add_front_limits(env: EnvArgs) -> None:
-    env.add("--max-body-bytes", default=16 * 1024 * 1024, type=int, help="largest request body")
-    env.add("--max-texts", default=2048, type=int, help="most texts in one request")
-    env.add("--max-text-chars", default=100_000, type=int, help="most characters in one text")
-    env.add("--request-timeout", default=30.0, type=positive_float, help="seconds before a request gets 504")
-    env.add("--max-pdf-pages", default=1000, type=int, help="most pages of a PDF to /embed/pdf")
-    env.add("--pdf-timeout", default=20.0, type=positive_float, help="seconds to read one PDF's text")
-    env.add("--shutdown-grace", default=30.0, type=float, help="seconds to finish requests on SIGTERM")
-    env.add("--max-connections", default=1000, type=positive_int,
-            help="open HTTP connections at most; idle ones are closed, oldest first, as it is neared")
-    env.add("--idle-timeout", default=30.0, type=positive_float,
-            help="seconds an idle (keep-alive or half-sent) HTTP connection stays open")
-    env.add("--http-queue", default=64, type=positive_int,
-            help="requests that may wait for a request thread; more get 503 OVERLOADED at once")
-
-
-def add_front_auth(env: EnvArgs) -> None:
-    # the key itself is read from EMBED_API_KEY only (http_front/auth.py): a flag would show it in argv
-    EnvArgs.known.add("EMBED_API_KEY")
-    env.flag("--insecure", help="allow a non-loopback --host without EMBED_API_KEY (anyone who reaches it "
-                                "may use it)")
-
-
-def add_broker_limits(env: EnvArgs) -> None:
-    env.add("--max-queue-texts", default=50_000, type=int, help="texts queued before 503 OVERLOADED")
-    env.add("--job-lease", default=60.0, type=positive_float, help="seconds a worker may hold a job")
-
-
-def add_worker_model(env: EnvArgs) -> None:
-    env.add("--model", default="sentence-transformers/all-MiniLM-L6-v2",
-            help="sentence-transformers model id or local path")
-    env.add("--device", default="auto", type=device_value, help="auto, cpu, cuda, cuda:N or mps")
-    env.add("--precision", default="auto", choices=PRECISIONS,
-            help="number format: fp16w = fp16 weights, fp32 arithmetic (CPU); auto measures")
-    env.add("--threads", default=0, type=int,
-            help="intra-op threads per compute thread (torch or ONNX Runtime; 0: 1 on CPU)")
-    env.add("--compute-threads", default=0, type=int,
-            help="forward passes at once in a worker, over one copy of the model (0: CPU cores / workers; 1 on GPU)")
-    env.add("--backend", default="auto", choices=BACKENDS,
-            help="auto: ONNX Runtime on CPU where the model allows it, else torch; onnx; torch")
+def add_settings(env: EnvArgs, part: str) -> None:
+    """Every row of the settings table (embed_common/settings.py) that ``part`` takes, as a flag."""
+    for setting in table.for_part(part):
+        if setting.switch:
+            env.flag(setting.flag, help=setting.help)
+        else:
+            env.add(setting.flag, default=setting.default, type=setting.convert, help=setting.help,
+                    choices=setting.choices)
+    if part in ("up", "front", "embed"):
+        EnvArgs.known.update(table.ENV_ONLY)  # the API key: read from the environment only (http_front/auth.py)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -131,59 +70,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     up = sub.add_parser("up", help="run the whole cluster: broker, front and workers")
-    env = EnvArgs(up)
-    env.add("--host", default="127.0.0.1", help="address the HTTP front binds")
-    env.add("--port", default=8421, type=int, help="HTTP port")
-    env.add("--workers", default="auto", type=workers_value, help="worker processes: N or auto (one per device)")
-    add_worker_model(env)
-    env.add("--lan", default=None, help="HOST:PORT where remote workers connect (CurveZMQ)")
-    env.add("--keys", default=None, help="key directory for --lan (embed-cluster keys init)")
-    add_front_limits(env)
-    add_broker_limits(env)
-    add_front_auth(env)
-    add_common(env)
-
+    add_settings(EnvArgs(up), "up")
     broker = sub.add_parser("broker", help="run the broker alone")
-    env = EnvArgs(broker)
-    env.add("--clients", default="tcp://127.0.0.1:8422", help="address fronts connect to")
-    env.add("--workers-address", default="tcp://127.0.0.1:8423", help="address local workers connect to")
-    env.add("--lan", default=None, help="HOST:PORT where remote workers connect (CurveZMQ)")
-    env.add("--keys", default=None, help="key directory for --lan")
-    env.add("--expect-model", default=None, help="refuse workers that serve another model")
-    add_broker_limits(env)
-    add_common(env)
-
+    add_settings(EnvArgs(broker), "broker")
     front = sub.add_parser("front", help="run the HTTP front alone")
-    env = EnvArgs(front)
-    env.add("--broker", default="tcp://127.0.0.1:8422", help="the broker's client address")
-    env.add("--host", default="127.0.0.1", help="address to bind")
-    env.add("--port", default=8421, type=int, help="HTTP port")
-    env.add("--http-threads", default=32, type=int, help="waitress request threads")
-    add_front_limits(env)
-    add_front_auth(env)
-    add_common(env)
-
+    add_settings(EnvArgs(front), "front")
     doctor = sub.add_parser("doctor", help="check that this machine can run the cluster (exit 0 when it can)")
-    env = EnvArgs(doctor)
-    env.add("--host", default="127.0.0.1", help="address the HTTP front would bind")
-    env.add("--port", default=8421, type=int, help="HTTP port that must be free")
-    env.add("--model", default="sentence-transformers/all-MiniLM-L6-v2", help="model that must be available")
-    env.add("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     doctor.add_argument("--json", action="store_true", help="print one JSON document (for programs)")
-    add_common(env)
-
+    add_settings(EnvArgs(doctor), "doctor")
     worker = sub.add_parser("worker", help="run one model worker")
-    env = EnvArgs(worker)
-    env.add("--broker", default="tcp://127.0.0.1:8423", help="the broker's worker address")
-    add_worker_model(env)
-    env.add("--worker-id", default="", help="name shown in /health (default: host-pid)")
-    env.add("--capacity", default=0, type=int, help="texts in flight (0: by device)")
-    env.add("--token-budget", default=0, type=int, help="padded tokens per batch (0: by device)")
-    env.add("--broker-key", default=None, help="the broker's public key file (for a --lan broker)")
-    env.add("--key", default=None, help="this worker's secret key file")
-    add_common(env)
+    add_settings(EnvArgs(worker), "worker")
 
-    keys = sub.add_parser("keys", help="CurveZMQ keys for LAN workers (broker.keys)")
+    keys = sub.add_parser("keys", help="CurveZMQ keys for LAN workers (embed_common/keys.py)")
     keys.set_defaults(log_level="WARNING")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
     init = keys_sub.add_parser("init", help="write DIR/broker.key, DIR/broker.key_secret and DIR/allowed/")
@@ -205,17 +103,7 @@ def add_embed(sub: Any) -> None:
                            "cluster into OUT, resumably (embed_client/bulk.py)")
     embed.add_argument("paths", nargs="+", metavar="PATH", help="files, or folders to search for them")
     embed.add_argument("-o", "--output", required=True, help="output folder: vectors, metadata.jsonl, manifest")
-    env = EnvArgs(embed)
-    env.add("--url", default="http://127.0.0.1:8421", help="the cluster's HTTP address (key: EMBED_API_KEY)")
-    env.add("--format", default="npy", choices=("npy", "jsonl"), help="vectors.npy (float32) or vectors.jsonl")
-    env.add("--chunk-tokens", default=None, type=int, help="tokens a chunk at most (default: the model's limit)")
-    env.add("--overlap-tokens", default=None, type=int, help="tokens shared with the chunk before "
-            "(default: chunk-tokens // 8)")
-    env.add("--concurrency", default=4, type=int, help="files in flight")
-    env.add("--timeout", default=120.0, type=positive_float, help="seconds one request may take")
-    env.flag("--no-normalize", help="unnormalized vectors")
-    env.flag("--no-progress", help="no progress bar on stderr")
-    add_common(env)
+    add_settings(EnvArgs(embed), "embed")
 
 
 def check_environment() -> None:
@@ -269,35 +157,21 @@ def run_embed(args: argparse.Namespace) -> int:
     return run(settings)
 
 
-def limits_from(args: argparse.Namespace) -> Any:
-    from http_front.app import Limits
-
-    return Limits(args.max_body_bytes, args.max_texts, args.max_text_chars, args.request_timeout,
-                  max_pdf_pages=args.max_pdf_pages, pdf_timeout=args.pdf_timeout,
-                  max_connections=args.max_connections, idle_timeout=args.idle_timeout,
-                  http_queue=args.http_queue)
-
-
 def run_up(args: argparse.Namespace) -> int:
     from supervisor.supervisor import ClusterSettings, Supervisor
 
     if args.lan and not args.keys:
         sys.exit("embed-cluster: --lan needs --keys DIR (create it with: embed-cluster keys init DIR)")
     check_bind(args.host, args.insecure)  # the key directory is checked by the supervisor (startup_failed)
-    front_args = ("--max-body-bytes", str(args.max_body_bytes), "--max-texts", str(args.max_texts),
-                  "--max-text-chars", str(args.max_text_chars), "--request-timeout", str(args.request_timeout),
-                  "--max-pdf-pages", str(args.max_pdf_pages), "--pdf-timeout", str(args.pdf_timeout),
-                  "--max-connections", str(args.max_connections), "--idle-timeout", str(args.idle_timeout),
-                  "--http-queue", str(args.http_queue),
-                  "--log-level", args.log_level, *(("--insecure",) if args.insecure else ()))
     settings = ClusterSettings(
         host=args.host, port=args.port, workers=args.workers, model=args.model, device=args.device,
         precision=args.precision, threads=args.threads, compute_threads=args.compute_threads,
         backend=args.backend, lan=args.lan, keys=args.keys,
-        shutdown_grace=args.shutdown_grace, extra_front_args=front_args,
-        extra_broker_args=("--max-queue-texts", str(args.max_queue_texts), "--job-lease", str(args.job_lease),
-                           "--log-level", args.log_level),
-        extra_worker_args=("--log-level", args.log_level),
+        shutdown_grace=args.shutdown_grace,
+        # everything else up takes goes on to the children that take it, as the table says
+        extra_front_args=tuple(table.child_argv(args, "front")),
+        extra_broker_args=tuple(table.child_argv(args, "broker")),
+        extra_worker_args=tuple(table.child_argv(args, "worker")),
     )
     return Supervisor(settings).run()
 
@@ -333,7 +207,7 @@ def run_front(args: argparse.Namespace) -> int:
 
     api_key = check_bind(args.host, args.insecure)
     settings = FrontSettings(broker=args.broker, host=args.host, port=args.port, threads=args.http_threads,
-                             limits=limits_from(args), shutdown_grace=args.shutdown_grace,
+                             limits=table.limits_of(args), shutdown_grace=args.shutdown_grace,
                              parent_pid=args.parent_pid, api_key=api_key)
     return run(settings)
 
@@ -347,7 +221,7 @@ def run_worker(args: argparse.Namespace) -> int:
     if args.key:
         check_keys(broker_key=args.broker_key, key=args.key)
     else:
-        from broker.security import is_local_endpoint
+        from embed_common.curve import is_local_endpoint
 
         if not is_local_endpoint(args.broker):
             logging.getLogger(__name__).warning(
@@ -363,7 +237,7 @@ def run_worker(args: argparse.Namespace) -> int:
 
 def check_keys(keys_dir: str | None = None, broker_key: str | None = None, key: str | None = None) -> None:
     """Check the CurveZMQ key files before starting anything; a bad one ends the command with a clear message."""
-    from broker.security import KeyFileError, check_client_keys, check_server_keys
+    from embed_common.curve import KeyFileError, check_client_keys, check_server_keys
 
     try:
         if keys_dir:
@@ -375,8 +249,8 @@ def check_keys(keys_dir: str | None = None, broker_key: str | None = None, key: 
 
 
 def run_keys(args: argparse.Namespace) -> int:
-    from broker import keys
-    from broker.security import KeyFileError
+    from embed_common import keys
+    from embed_common.curve import KeyFileError
 
     try:
         if args.keys_command == "init":

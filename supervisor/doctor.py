@@ -24,7 +24,7 @@ from typing import Any
 MIN_PYTHON = (3, 10)
 PROBE_TIMEOUT = 120.0  # seconds for the device probe (importing torch can be slow on a cold disk)
 
-# import name -> requirement as pip takes it; tests/unit/test_doctor.py keeps it equal to pyproject.toml's
+# import name -> requirement as pip takes it; tests/unit/test_doctor_checks.py keeps it equal to pyproject.toml's
 DEPENDENCIES: dict[str, str] = {
     "falcon": "falcon>=3.1",
     "waitress": "waitress>=2.1",
@@ -84,7 +84,7 @@ def _importable(module: str) -> bool:
 
 def check_device(device: str, torch_installed: bool, found: list[str] | None = None) -> Check:
     """Whether ``device`` is among the devices torch finds (a subprocess probe), or among ``found`` when the
-    caller knows them already (``up`` counts GPUs without torch: supervisor.detect_devices)."""
+    caller knows them already (``up`` counts GPUs without torch: worker.devices.detect_devices)."""
     if found is None:
         if not torch_installed:
             return Check("device", False, "not probed: torch is not installed", "DEVICE_UNAVAILABLE",
@@ -160,9 +160,9 @@ def check_port(host: str, port: int) -> Check:
 def check_keys(keys_dir: str) -> Check:
     """The broker's CurveZMQ key pair in ``keys_dir`` (``embed-cluster keys init`` writes it)."""
     try:
-        from broker.security import KeyFileError, check_server_keys  # pyzmq: imported only when asked
+        from embed_common.curve import KeyFileError, check_server_keys  # pyzmq: imported only when asked
     except ImportError:
-        return Check("keys", False, "the project's code is not importable", "KEYS_INVALID")
+        return Check("keys", False, "pyzmq is not installed: the keys cannot be read", "KEYS_INVALID")
     try:
         check_server_keys(keys_dir)
     except KeyFileError as exc:

@@ -21,8 +21,10 @@ from typing import IO, Any
 
 import zmq
 
-from supervisor import progress
+from embed_common import progress
+from embed_common.settings import default
 from supervisor.broker_link import BrokerLink
+from worker.devices import detect_devices, gpu_driver_present
 
 log = logging.getLogger(__name__)
 
@@ -35,18 +37,18 @@ EXIT_REFUSED = 3  # worker/main.py: the broker refused it; restarting will not h
 
 @dataclass(frozen=True)
 class ClusterSettings:
-    host: str = "127.0.0.1"
-    port: int = 8421
-    workers: str = "auto"  # a count, or "auto": one per device
-    model: str = "sentence-transformers/all-MiniLM-L6-v2"
-    device: str = "auto"
-    precision: str = "auto"
-    threads: int = 0  # intra-op threads per compute thread; 0: 1 on CPU
-    compute_threads: int = 0  # per worker; 0: CPU cores / CPU workers (1 on a GPU)
-    backend: str = "auto"
+    host: str = default("host", "up")
+    port: int = default("port", "up")
+    workers: str = default("workers", "up")  # a count, or "auto": one per device
+    model: str = default("model", "up")
+    device: str = default("device", "up")
+    precision: str = default("precision", "up")
+    threads: int = default("threads", "up")
+    compute_threads: int = default("compute-threads", "up")  # per worker; 0: CPU cores / CPU workers (1 on a GPU)
+    backend: str = default("backend", "up")
     lan: str | None = None
     keys: str | None = None
-    shutdown_grace: float = 30.0
+    shutdown_grace: float = default("shutdown-grace", "up")
     extra_front_args: tuple[str, ...] = ()
     extra_broker_args: tuple[str, ...] = ()
     extra_worker_args: tuple[str, ...] = ()
@@ -78,38 +80,6 @@ def plan_devices(device: str, workers: str, threads: int = 0) -> list[str]:
     if device == "cuda":
         found = detect_devices()
     return [found[i % len(found)] for i in range(count)]
-
-
-def detect_devices() -> list[str]:
-    """GPUs without importing torch: CUDA_VISIBLE_DEVICES, the NVIDIA driver's /proc entries, Apple silicon."""
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    count = 0
-    if visible is not None:
-        count = len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
-    elif os.path.isdir("/proc/driver/nvidia/gpus"):
-        count = len(os.listdir("/proc/driver/nvidia/gpus"))
-    elif shutil.which("nvidia-smi"):
-        try:
-            out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10).stdout
-            count = sum(1 for line in out.splitlines() if line.startswith("GPU "))
-        except (OSError, subprocess.SubprocessError):
-            count = 0
-    if count:
-        return [f"cuda:{i}" for i in range(count)]
-    if sys.platform == "darwin" and os.uname().machine == "arm64":
-        return ["mps"]
-    return ["cpu"]
-
-
-def gpu_driver_present() -> bool:
-    """Whether a GPU could be usable here although :func:`detect_devices` counted none: NVIDIA's device nodes
-    (``/dev/nvidiactl``; ``/dev/dxg`` under WSL2) exist, or this is Apple silicon, or a platform without such
-    nodes. Without them no CUDA program runs, so start-up need not ask torch."""
-    if sys.platform.startswith("linux"):
-        return os.path.exists("/dev/nvidiactl") or os.path.exists("/dev/dxg")
-    if sys.platform == "darwin":
-        return os.uname().machine == "arm64"
-    return True
 
 
 def physical_cores() -> int:

@@ -8,6 +8,41 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
+import sys
+
+
+def detect_devices() -> list[str]:
+    """GPUs without importing torch: CUDA_VISIBLE_DEVICES, the NVIDIA driver's /proc entries, Apple silicon."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    count = 0
+    if visible is not None:
+        count = len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
+    elif os.path.isdir("/proc/driver/nvidia/gpus"):
+        count = len(os.listdir("/proc/driver/nvidia/gpus"))
+    elif shutil.which("nvidia-smi"):
+        try:
+            out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10).stdout
+            count = sum(1 for line in out.splitlines() if line.startswith("GPU "))
+        except (OSError, subprocess.SubprocessError):
+            count = 0
+    if count:
+        return [f"cuda:{i}" for i in range(count)]
+    if sys.platform == "darwin" and os.uname().machine == "arm64":
+        return ["mps"]
+    return ["cpu"]
+
+
+def gpu_driver_present() -> bool:
+    """Whether a GPU could be usable here although :func:`detect_devices` counted none: NVIDIA's device nodes
+    (``/dev/nvidiactl``; ``/dev/dxg`` under WSL2) exist, or this is Apple silicon, or a platform without such
+    nodes. Without them no CUDA program runs, so start-up need not ask torch."""
+    if sys.platform.startswith("linux"):
+        return os.path.exists("/dev/nvidiactl") or os.path.exists("/dev/dxg")
+    if sys.platform == "darwin":
+        return os.uname().machine == "arm64"
+    return True
 
 
 def list_devices() -> list[str]:
@@ -24,8 +59,6 @@ def list_devices() -> list[str]:
 def resolve_device(device: str) -> str:
     """``auto`` becomes the first device of :func:`list_devices`; ``cuda`` becomes ``cuda:0``."""
     if device == "auto":
-        from supervisor.supervisor import detect_devices  # no torch: a CPU-only machine never imports it here
-
         return "cpu" if detect_devices() == ["cpu"] else list_devices()[0]
     if device == "cuda":
         return "cuda:0"

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from embed_common.models import normalize_rows
 from worker import precision
 
 log = logging.getLogger(__name__)
@@ -56,11 +57,6 @@ class Embedder(Protocol):
     special_tokens: int  # tokens the tokenizer adds around every text ([CLS] and [SEP]: 2)
 
     def token_spans(self, text: str) -> list[tuple[int, int]]: ...
-
-
-def normalize_rows(vectors: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return vectors / np.maximum(norms, 1e-12)
 
 
 def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -9,7 +9,7 @@ import sys
 import time
 from typing import Any
 
-from supervisor import lifeline, progress
+from embed_common import lifeline, progress
 from worker.worker import WorkerLoop, WorkerSettings
 
 log = logging.getLogger(__name__)

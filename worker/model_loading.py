@@ -22,9 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from embed_common.models import short_name
+from embed_common.settings import DEFAULT_MODEL
+
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 BUNDLED_IDS = {DEFAULT_MODEL, "all-MiniLM-L6-v2"}
 REVISION = "main"
 
@@ -47,10 +49,6 @@ class LocatedModel:
 
 class ModelUnavailable(RuntimeError):
     """The model is neither on disk nor downloadable; the message says why in one line."""
-
-
-def short_name(model_id: str) -> str:
-    return model_id.rstrip("/\\").replace("\\", "/").rsplit("/", 1)[-1]
 
 
 def bundled_path() -> str | None:

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from supervisor import lifeline
+from embed_common import lifeline
 from worker.embedder import PROBE_TEXTS, cosines
 from worker.onnx_backend import MODEL_FILE, OPSET, REPORT_FILE, OnnxEmbedder, read_pipeline
 

@@ -22,8 +22,9 @@ from typing import Any
 
 import zmq
 
-from broker import protocol
-from broker.protocol import Command, ErrorCode, ProtocolError
+from embed_common import VERSION, protocol
+from embed_common.protocol import Command, ErrorCode, ProtocolError
+from embed_common.settings import default
 from worker import heap
 from worker.batch_stats import BatchSizes
 from worker.batching import CostModel, PendingJob, Pool, default_cost_model
@@ -32,21 +33,20 @@ from worker.embedder import PROBE_TEXTS, Embedder, normalize_rows
 
 log = logging.getLogger(__name__)
 
-VERSION = "0.1.0"
 HEAP_TRIM_INTERVAL = 1.0  # seconds: under load the compute thread returns freed heap memory this often
 
 
 @dataclass(frozen=True)
 class WorkerSettings:
     broker: str
-    model: str = "sentence-transformers/all-MiniLM-L6-v2"
-    device: str = "auto"
-    precision: str = "auto"
-    threads: int = 0  # intra-op threads per compute thread (torch or ORT); 0: 1 on CPU
-    compute_threads: int = 0  # forward passes at once over the one model; 0: physical cores on CPU, else 1
-    backend: str = "auto"  # auto (onnx on CPU where the model allows, else torch), onnx or torch
-    capacity: int = 0  # texts in flight the broker may give us; 0: chosen from the device
-    token_budget: int = 0  # padded tokens per batch; 0: chosen from the device
+    model: str = default("model", "worker")
+    device: str = default("device", "worker")
+    precision: str = default("precision", "worker")
+    threads: int = default("threads", "worker")  # intra-op threads per compute thread (torch or ORT); 0: 1 on CPU
+    compute_threads: int = default("compute-threads", "worker")  # passes at once over the one model; 0: cores on CPU
+    backend: str = default("backend", "worker")  # auto (onnx on CPU where the model allows, else torch), onnx, torch
+    capacity: int = default("capacity", "worker")  # texts in flight the broker may give us; 0: by the device
+    token_budget: int = default("token-budget", "worker")  # padded tokens per batch; 0: by the device
     max_batch: int = 256
     worker_id: str = ""
     broker_key: str | None = None  # broker's public key file (CurveZMQ, for --lan brokers)
@@ -94,8 +94,7 @@ class ComputeThread:
         try:
             job = self.prepare(header)
         except InputError as exc:
-            self._finish(None, {"job": header["job"], "attempt": header["attempt"],
-                                "code": exc.code, "message": str(exc), **exc.details})
+            self.reject(header, exc.code, str(exc), **exc.details)
             return
         if job.remaining == 0:  # a chunked job whose texts hold no tokens: nothing to encode
             self._finish(job, None)
@@ -104,6 +103,11 @@ class ComputeThread:
         with self._lock:
             self._queued.append(job)
             self._lock.notify()
+
+    def reject(self, header: dict[str, Any], code: str, message: str, **details: Any) -> None:
+        """Answer a job with an error without encoding it."""
+        self._finish(None, {"job": header["job"], "attempt": header["attempt"], "code": code, "message": message,
+                            **details})
 
     def reset(self) -> None:
         self.generation += 1
@@ -286,7 +290,7 @@ class WorkerLoop:
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.IDENTITY, f"{self.worker_id}/{uuid.uuid4().hex[:8]}".encode())
         if self.settings.broker_key:
-            from broker.security import configure_curve_client
+            from embed_common.curve import configure_curve_client
 
             configure_curve_client(sock, self.settings.broker_key, self.settings.key)
         sock.connect(self.settings.broker)
@@ -366,7 +370,12 @@ class WorkerLoop:
         command, header = message.command, message.header
         if command is Command.JOB:
             if self.registered:
-                self.compute.submit(header)
+                try:
+                    texts = message.texts()  # the broker passed the front's texts frame on unread
+                except ProtocolError as exc:
+                    self.compute.reject(header, ErrorCode.BAD_REQUEST.value, str(exc))
+                else:
+                    self.compute.submit({**header, "texts": texts})
         elif command is Command.WELCOME:
             first = self.broker_id is None
             self.registered = True

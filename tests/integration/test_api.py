@@ -13,7 +13,6 @@ import re
 import secrets
 import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from prometheus_client.parser import text_string_to_metric_families
 from schemathesis.checks import positive_data_acceptance
 
-from tests.conftest import ROOT, Cluster, cli, cosine_rows, sample_texts, wait_http
+from tests.conftest import ROOT, Cluster, cli, cosine_rows, eventually, sample_texts, wait_http
 
 pytestmark = pytest.mark.slow
 
@@ -241,17 +240,17 @@ def test_metrics_move_as_requests_are_served(api: Cluster, http: requests.Sessio
         assert moved("embed_stage_seconds_count", stage=stage) == 1
     assert moved("embed_stage_seconds_sum", stage="total") > 0
     assert metric(after, "embed_workers", state="ready") + metric(after, "embed_workers", state="busy") == 1
-    assert metric(after, "embed_broker_up") == 1 and metric(after, "embed_queue_texts") >= 0
-    # batch sizes come with the worker's heartbeats (one a second): wait for the next one
-    batched = 0.0
-    for _ in range(50):
+    assert metric(after, "embed_broker_up") == 1
+    # every request was answered: the queue gauge comes back to 0 by the broker's next status
+    eventually(lambda: metric(scrape(api), "embed_queue_texts") == 0, "the queue gauge back to 0", timeout=10)
+
+    def batched() -> Any:  # batch sizes come with the worker's heartbeats (one a second): the next one
         latest = scrape(api)
-        batched = (metric(latest, "embed_batch_size_texts_sum", worker="worker-0")
-                   - metric(before, "embed_batch_size_texts_sum", worker="worker-0"))
-        if batched >= len(texts):
-            break
-        time.sleep(0.2)
-    assert batched >= len(texts)  # (`before` may predate the heartbeat of an earlier test's batch)
+        done = (metric(latest, "embed_batch_size_texts_sum", worker="worker-0")
+                - metric(before, "embed_batch_size_texts_sum", worker="worker-0"))
+        return latest if done >= len(texts) else None  # (`before` may predate an earlier test's batch)
+
+    latest = eventually(batched, "the worker's heartbeat reports the batch", timeout=10, interval=0.2)
     assert metric(latest, "embed_batch_size_texts_count", worker="worker-0") >= 1
 
 
@@ -264,12 +263,12 @@ def test_request_ids_are_echoed_generated_and_logged(api: Cluster, http: request
     unsafe = http.get(api.url + "/info", headers={"X-Request-ID": "a b\tc" * 40}, timeout=30)
     assert re.fullmatch(r"[0-9a-f]{32}", unsafe.headers["X-Request-ID"])  # not echoed into logs as it came
     assert requests.get(api.url + "/embed", timeout=30).headers["X-Request-ID"]  # errors carry one too
-    log = ""
-    for _ in range(50):
-        log = api.log(tail=200_000)
-        if given in log:
-            break
-        time.sleep(0.1)
+
+    def logged() -> str | None:
+        text = api.log(tail=200_000)
+        return text if given in text else None
+
+    log = eventually(logged, "the request id in the front's log", timeout=5, interval=0.1)
     assert re.search(rf"POST /embed -> 200 OK .*\[request {given}\]", log)
 
 

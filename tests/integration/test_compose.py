@@ -28,6 +28,7 @@ import yaml
 
 from tests.conftest import ROOT, Process, cosine_rows, free_port, sample_texts, wait_http
 
+pytestmark = pytest.mark.slow  # starts real processes, like every integration module
 COMPOSE_FILES = ("docker-compose.yml", "docker-compose.gpu.yml")
 API_KEY = "compose-test-key"
 HTTP_PORT, LAN_PORT = "8421", "8424"  # the ports the compose file uses inside the containers
@@ -188,7 +189,6 @@ def native_compose(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[N
             process.stop(timeout=60)
 
 
-@pytest.mark.slow
 def test_compose_services_run_as_native_processes_and_embed(native_compose, reference_model) -> None:
     native, processes = native_compose
     auth = {"Authorization": f"Bearer {API_KEY}"}

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 import requests
 
-from tests.conftest import Cluster, cosine_rows, sample_texts, wait_http
+from tests.conftest import Cluster, cosine_rows, eventually, sample_texts, wait_http
 
 pytestmark = pytest.mark.slow
 
@@ -115,11 +114,12 @@ def test_without_workers_health_says_starting_and_embed_says_no_workers() -> Non
         c.wait_event("front_listening", timeout=60)
         r = wait_http(c.url + "/health", lambda r: r.status_code == 503, timeout=30)
         assert r.json()["status"] == "starting" and r.json()["workers"] == []
-        deadline = time.monotonic() + 30
-        while True:  # the broker refuses at once once its start-up grace is over
+
+        def refused() -> list[requests.Response]:  # the broker refuses at once once its start-up grace is over
             e = requests.post(c.url + "/embed", json={"texts": ["x"]}, timeout=60)
-            if e.status_code == 503 or time.monotonic() > deadline:
-                break
+            return [e] if e.status_code == 503 else []  # a list: a 503 Response is falsy
+
+        [e] = eventually(refused, "/embed refused with 503 once the broker's start-up grace is over", timeout=30)
         assert e.status_code == 503, e.text
         assert e.json()["error"]["code"] == "NO_WORKERS" and e.headers["Retry-After"]
     finally:

@@ -17,6 +17,7 @@ import pytest
 
 from tests.conftest import ROOT, free_port
 
+pytestmark = pytest.mark.slow  # starts real processes, like every integration module
 LEFT_OUT = ("zmq", "pyzmq")  # the import package, its dist-info and its bundled libraries (pyzmq.libs)
 
 

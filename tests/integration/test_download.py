@@ -18,6 +18,7 @@ import pytest
 from tests.conftest import ROOT, Cluster, cosine_rows, sample_texts
 from tests.hub_server import HubServer, Repo
 
+pytestmark = pytest.mark.slow  # starts real processes, like every integration module
 REPO_ID = "test-org/mini-model"
 # Files a hub repo often holds that a torch worker never reads: the download must skip them.
 OTHER_RUNTIMES = {"onnx/model.onnx": b"onnx" * 100, "tf_model.h5": b"h5" * 100, "pytorch_model.bin": b"pt" * 100}
@@ -138,7 +139,6 @@ def test_locate_model_says_why_it_cannot_download(hub: HubServer, tmp_path: Path
     assert "\n" not in event["data"]["reason"]
 
 
-@pytest.mark.slow
 def test_up_downloads_the_model_with_progress_then_serves_it(hub: HubServer, tmp_path: Path,
                                                             reference_model: Any) -> None:
     cluster = Cluster("--workers", "1", "--model", REPO_ID, env=hub_env(hub, tmp_path))

@@ -28,7 +28,7 @@ from tests.conftest import Cluster, Process, cli, cosine_rows, free_port, sample
 
 pytestmark = pytest.mark.slow
 
-LIVENESS = 3.0  # broker/protocol.py: HEARTBEAT_INTERVAL * HEARTBEAT_LIVENESS
+LIVENESS = 3.0  # embed_common/protocol.py: HEARTBEAT_INTERVAL * HEARTBEAT_LIVENESS
 
 
 def run(*argv: str) -> str:

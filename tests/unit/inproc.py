@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import zmq
 
-from broker import protocol
 from broker.broker import Broker, BrokerSettings
-from broker.protocol import Command, Message
+from embed_common import protocol
+from embed_common.protocol import Command, Message
 from http_front.broker_client import BrokerClient
 from tests.conftest import eventually as poll
 from worker.embedder import FakeEmbedder, normalize_rows

@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 
-from broker import balancing, protocol
+from broker import balancing
 from broker.broker import Broker, BrokerSettings
-from broker.protocol import Command
+from embed_common import protocol
+from embed_common.protocol import Command
 
 DIM = 4
 CLIENT = b"front"

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
+from tests.conftest import eventually
 from worker.batching import (
     CPU_COST,
     CostModel,
@@ -140,10 +141,7 @@ def wake() -> Iterator[socket.socket]:
 
 
 def wait_done(compute: ComputeThread, count: int) -> dict[str, tuple]:
-    deadline = time.monotonic() + 30
-    while len(compute.done) < count:
-        assert time.monotonic() < deadline, f"only {len(compute.done)} of {count} jobs finished"
-        time.sleep(0.005)
+    eventually(lambda: len(compute.done) >= count, f"{count} jobs finished", timeout=30, interval=0.005)
     return {job.job_id if job is not None else error["job"]: (job, error) for job, error in compute.done}
 
 

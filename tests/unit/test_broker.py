@@ -8,8 +8,8 @@ from concurrent.futures import Future
 import numpy as np
 import pytest
 
-from broker import protocol
-from broker.protocol import PROTOCOL, Command, ErrorCode
+from embed_common import protocol
+from embed_common.protocol import PROTOCOL, Command, ErrorCode
 from http_front.errors import ApiError
 from tests.unit.inproc import CrashingWorkerLoop, InprocCluster, fake_vectors
 from worker.embedder import PROBE_TEXTS, FakeEmbedder
@@ -83,7 +83,7 @@ def test_a_late_reply_from_an_earlier_attempt_is_dropped(make_cluster) -> None:
     texts = ["late", "reply"]
     request = embed_in_background(cluster, texts)
     job = worker.recv()
-    assert job.command is Command.JOB and job.header["attempt"] == 0 and job.header["texts"] == texts
+    assert job.command is Command.JOB and job.header["attempt"] == 0 and job.texts() == texts
     job_id = job.header["job"]
     wrong = np.full((2, 8), 7.0, dtype=np.float32)
     worker.send(Command.RESULT, {"job": job_id, "attempt": 5, "n": 2, "dim": 8}, protocol.encode_vectors(wrong))

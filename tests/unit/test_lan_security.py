@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 import zmq
 
-from broker import keys as key_files
 from broker import security
-from broker.security import KeyFileError
+from embed_common import curve
+from embed_common import keys as key_files
+from embed_common.curve import KeyFileError
 from supervisor.cli import main as cli_main
 
 DEADLINE = 15.0  # generous: the machine may be busy
@@ -114,7 +115,7 @@ class Peer:
     def __init__(self, context: zmq.Context, address: str, key_dir: Path, secret: Path) -> None:
         self.sock = context.socket(zmq.DEALER)
         self.sock.linger = 0
-        security.configure_curve_client(self.sock, str(key_dir / "broker.key"), str(secret))
+        curve.configure_curve_client(self.sock, str(key_dir / "broker.key"), str(secret))
         self.sock.connect(address)
 
     def close(self) -> None:
@@ -146,8 +147,8 @@ def test_only_allowed_keys_get_through_and_the_list_is_read_on_every_connection(
         stranger.sock.send(b"hello from a stranger")
         assert not received(router, b"hello from a stranger", timeout=1.5)
         public = zmq.auth.load_certificate(key_dir / "stranger.key_secret")[0].decode()
-        refusals = [r.getMessage() for r in caplog.records if r.name == "broker.security" and "refused" in
-                    r.getMessage()]
+        refusals = [r.getMessage() for r in caplog.records
+                    if r.name in ("broker.security", "embed_common.curve") and "refused" in r.getMessage()]
         assert any(f"public key {public} is not on the allow-list" in m and "from 127.0.0.1" in m
                    for m in refusals), refusals
         assert any("refused this worker's key" in m for m in refusals)  # the worker's side says so too
@@ -213,4 +214,4 @@ def test_a_lan_router_needs_the_broker_secret(tmp_path: Path, context: zmq.Conte
     ("tcp://198.51.100.1:8424", False), ("tcp://gpu-box:8424", False),
 ])
 def test_which_broker_addresses_leave_this_machine(address: str, local: bool) -> None:
-    assert security.is_local_endpoint(address) is local
+    assert curve.is_local_endpoint(address) is local

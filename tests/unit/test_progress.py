@@ -1,4 +1,4 @@
-"""PROGRESS lines (supervisor/progress.py) and how the supervisor folds its children's events into the
+"""PROGRESS lines (embed_common/progress.py) and how the supervisor folds its children's events into the
 cluster's (Supervisor.on_event): the seed's three events once, ``model_loaded`` only when a worker is ready
 and the front listens."""
 
@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from supervisor import progress
+from embed_common import progress
 from supervisor.supervisor import Child, ClusterSettings, Supervisor
 
 # -- the line format --------------------------------------------------------------------------------------

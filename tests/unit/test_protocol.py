@@ -10,8 +10,8 @@ import msgpack
 import numpy as np
 import pytest
 
-from broker import protocol
-from broker.protocol import FIELDS, PROTOCOL, WITH_VECTORS, Command, ProtocolError
+from embed_common import protocol
+from embed_common.protocol import FIELDS, PROTOCOL, WITH_VECTORS, Command, ProtocolError
 
 VECTORS = np.arange(6, dtype=np.float32).reshape(2, 3) / 7
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from embed_common import progress
 from http_front.errors import ApiError
-from supervisor import progress
 from supervisor.doctor import check_device, check_keys, check_model, looks_like_path, startup_checks
 from supervisor.supervisor import Child, ClusterSettings, Supervisor
 

@@ -7,12 +7,14 @@ A message is a list of ZeroMQ frames (a ROUTER socket adds the peer's identity i
 - ``PROTOCOL`` is the version tag ``b"EC1"``;
 - ``command`` is one byte from :class:`Command`;
 - ``header`` is a msgpack map whose fields are checked against :data:`FIELDS`;
-- ``payload``: vectors travel as one raw little-endian float32 frame of ``n * dim`` values.
+- ``payload``: vectors travel as one raw little-endian float32 frame of ``n * dim`` values; texts (SUBMIT,
+  JOB) as one msgpack frame that the broker passes on unread (it needs only the count ``n`` in the header).
+  A SUBMIT or JOB may instead carry its ``texts`` list in the header (the older form), then without a frame.
 
 Two conversations share the layout:
 
 front <-> broker (the broker's *client* socket)
-    SUBMIT  front -> broker   {job, texts, normalize, timeout_ms, [options]}
+    SUBMIT  front -> broker   {job, n, normalize, timeout_ms, [options]} + texts
     RESULT  broker -> front   {job, n, dim, worker, [...]} + vectors
     ERROR   broker -> front   {job, code, message, [indices, max_tokens]}  (INPUT_TOO_LONG: the job's indices)
     CANCEL  front -> broker   {job}
@@ -23,7 +25,7 @@ front <-> broker (the broker's *client* socket)
 
 worker <-> broker (the broker's *worker* sockets)
     READY     worker -> broker {model, dim, device, capacity, ...}; broker answers WELCOME or REFUSED
-    JOB       broker -> worker {job, attempt, texts, normalize, [options]}
+    JOB       broker -> worker {job, attempt, n, normalize, [options]} + texts
     RESULT    worker -> broker {job, attempt, n, dim, [...]} + vectors
     ERROR     worker -> broker {job, attempt, code, message, [indices, max_tokens]}
     HEARTBEAT both ways {}, worker's carries its stats {texts_done, texts_per_s, batch_sizes}
@@ -38,6 +40,8 @@ from typing import Any
 
 import msgpack
 import numpy as np
+
+from embed_common.errors import ErrorCode  # noqa: F401  (re-exported: the codes an ERROR header carries)
 
 PROTOCOL = b"EC1"
 MAX_HEADER_BYTES = 64 * 1024 * 1024
@@ -62,6 +66,9 @@ class Command(bytes, enum.Enum):
     WORKERS_DOWN = b"\x14"
 
 
+_COMMANDS = {command.value: command for command in Command}  # a dict lookup: Command(b) costs far more
+
+
 class ProtocolError(ValueError):
     """A frame list that is not a valid message; the receiver logs and drops it."""
 
@@ -71,12 +78,12 @@ FIELDS: dict[Command, dict[str, type | tuple[type, ...]]] = {
     Command.READY: {"model": str, "dim": int, "device": str, "capacity": int},
     Command.WELCOME: {"broker_id": str},
     Command.REFUSED: {"code": str, "message": str},
-    Command.JOB: {"job": str, "attempt": int, "texts": list, "normalize": bool},
+    Command.JOB: {"job": str, "attempt": int, "normalize": bool},
     Command.RESULT: {"job": str, "n": int, "dim": int},
     Command.ERROR: {"job": str, "code": str, "message": str},
     Command.HEARTBEAT: {},
     Command.DISCONNECT: {},
-    Command.SUBMIT: {"job": str, "texts": list, "normalize": bool, "timeout_ms": int},
+    Command.SUBMIT: {"job": str, "normalize": bool, "timeout_ms": int},
     Command.CANCEL: {"job": str},
     Command.STATUS: {"req": int},
     Command.WORKER_GONE: {"pid": int},
@@ -85,6 +92,8 @@ FIELDS: dict[Command, dict[str, type | tuple[type, ...]]] = {
 
 # Commands that carry a vectors payload frame.
 WITH_VECTORS = {Command.RESULT}
+# Commands that carry texts: a frame of them and their count ``n``, or a ``texts`` list in the header.
+WITH_TEXTS = {Command.SUBMIT, Command.JOB}
 
 
 @dataclass
@@ -97,6 +106,27 @@ class Message:
         """The (n, dim) float32 matrix carried by a RESULT."""
         return decode_vectors(self.payload[0] if self.payload else b"", self.header["n"], self.header["dim"])
 
+    def text_count(self) -> int:
+        """How many texts a SUBMIT or JOB carries, without reading them."""
+        texts = self.header.get("texts")
+        return len(texts) if isinstance(texts, list) else int(self.header["n"])
+
+    def texts(self) -> list[str]:
+        """The texts a SUBMIT or JOB carries (read from its frame: only the worker needs them); ProtocolError
+        when they are not ``n`` strings."""
+        if "texts" in self.header:
+            texts = self.header["texts"]
+        else:
+            try:
+                texts = msgpack.unpackb(self.payload[0], raw=False)
+            except Exception as exc:  # msgpack raises several types for garbage
+                raise ProtocolError(f"texts frame is not msgpack: {type(exc).__name__}") from None
+            if not isinstance(texts, list) or len(texts) != self.header["n"]:
+                raise ProtocolError(f"texts frame does not hold {self.header['n']} texts")
+        if not all(isinstance(t, str) for t in texts):
+            raise ProtocolError("texts must be strings")
+        return texts
+
 
 def encode(command: Command, header: dict[str, Any] | None = None, *payload: bytes) -> list[bytes]:
     return [PROTOCOL, command.value, msgpack.packb(header or {}, use_bin_type=True), *payload]
@@ -108,10 +138,9 @@ def decode(frames: list[bytes]) -> Message:
         raise ProtocolError(f"expected at least 3 frames, got {len(frames)}")
     if frames[0] != PROTOCOL:
         raise ProtocolError(f"unknown protocol tag {frames[0][:16]!r}")
-    try:
-        command = Command(frames[1])
-    except ValueError:
-        raise ProtocolError(f"unknown command {frames[1][:8]!r}") from None
+    command = _COMMANDS.get(frames[1])
+    if command is None:
+        raise ProtocolError(f"unknown command {frames[1][:8]!r}")
     if len(frames[2]) > MAX_HEADER_BYTES:
         raise ProtocolError("header too large")
     try:
@@ -126,11 +155,24 @@ def decode(frames: list[bytes]) -> Message:
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             raise ProtocolError(f"{command.name}: field {name!r} missing or not {kind}")
     message = Message(command, header, list(frames[3:]))
+    if command in WITH_TEXTS:
+        if "texts" in header:
+            if not isinstance(header["texts"], list) or message.payload:
+                raise ProtocolError(f"{command.name}: 'texts' is not a list, or comes with a texts frame too")
+        else:
+            n = header.get("n")
+            if not isinstance(n, int) or isinstance(n, bool) or n < 0 or len(message.payload) != 1:
+                raise ProtocolError(f"{command.name}: needs 'n' and one texts frame (or a 'texts' list)")
     if command in WITH_VECTORS:
         n, dim = header["n"], header["dim"]
         if n < 0 or dim < 0 or len(message.payload) != 1 or len(message.payload[0]) != n * dim * 4:
             raise ProtocolError(f"{command.name}: vectors frame does not hold {n}x{dim} float32")
     return message
+
+
+def encode_texts(texts: list[str]) -> bytes:
+    """The texts frame of a SUBMIT (the broker forwards it to the worker as it is)."""
+    return msgpack.packb(texts, use_bin_type=True)
 
 
 def encode_vectors(vectors: np.ndarray) -> bytes:
@@ -139,16 +181,3 @@ def encode_vectors(vectors: np.ndarray) -> bytes:
 
 def decode_vectors(data: bytes, n: int, dim: int) -> np.ndarray:
     return np.frombuffer(data, dtype="<f4").reshape(n, dim)
-
-
-# Stable error codes: the one table that maps them to HTTP statuses lives in http_front/errors.py.
-class ErrorCode(str, enum.Enum):
-    BAD_REQUEST = "BAD_REQUEST"
-    NO_WORKERS = "NO_WORKERS"
-    OVERLOADED = "OVERLOADED"
-    TIMEOUT = "TIMEOUT"
-    WORKER_CRASHED = "WORKER_CRASHED"
-    ENCODE_FAILED = "ENCODE_FAILED"
-    INPUT_TOO_LONG = "INPUT_TOO_LONG"
-    MODEL_MISMATCH = "MODEL_MISMATCH"
-    SHUTTING_DOWN = "SHUTTING_DOWN"

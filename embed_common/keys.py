@@ -1,4 +1,4 @@
-"""Key management for LAN workers: ``embed-cluster keys init|add-worker|remove-worker`` (see broker.security
+"""Key management for LAN workers: ``embed-cluster keys init|add-worker|remove-worker`` (see embed_common.curve
 for what each file is for). Secret key files are written 0600 and appear whole or not at all."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import zmq.auth
 
-from broker.security import ALLOWED_DIR, BROKER_KEY, BROKER_SECRET, KeyFileError
+from embed_common.curve import ALLOWED_DIR, BROKER_KEY, BROKER_SECRET, KeyFileError
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 

@@ -1,0 +1,171 @@
+"""Head-node benchmark: how many requests and texts a second one front + one broker can route, and what CPU
+each costs them, with N zero-cost workers (``python -m worker.fake``) in their own processes over the real ipc
+sockets and a Python load generator (keep-alive connections, one thread each) on the same machine.
+
+    python -m bench.head [--workers 1 4 16] [--seconds 5] [--connections 16] [--tree DIR]
+
+For each N and request shape (1 text, 64 texts) it prints requests/s, texts/s, and the CPU milliseconds the
+front and the broker used per request and per text (from /proc/PID/stat). ``--tree DIR`` runs another checkout's
+front and broker (e.g. main's, for a before/after in one run); worker/fake.py is copied into it if it lacks one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+SHAPES = {"1-text": 1, "64-text": 64}
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Head:
+    """A broker, a front and N fake workers from ``tree``; stopped by :meth:`close`."""
+
+    def __init__(self, tree: Path, workers: int, logs: Path) -> None:
+        self.rundir = Path(tempfile.mkdtemp(prefix="head-"))
+        clients, worker_address = f"ipc://{self.rundir}/c.ipc", f"ipc://{self.rundir}/w.ipc"
+        self.port = free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("EMBED_")}
+        env.update(PYTHONPATH=str(tree), PYTHONUNBUFFERED="1")
+        self.procs: list[subprocess.Popen] = []
+
+        def start(name: str, *argv: str) -> subprocess.Popen:
+            log = open(logs / f"{name}.log", "w")  # noqa: SIM115 - the child holds it
+            proc = subprocess.Popen([sys.executable, *argv], cwd=tree, env=env, stdout=subprocess.DEVNULL,
+                                    stderr=log, stdin=subprocess.DEVNULL)
+            self.procs.append(proc)
+            return proc
+
+        cli = ("-m", "supervisor.cli")
+        self.broker = start("broker", *cli, "broker", "--clients", clients, "--workers-address", worker_address,
+                            "--log-level", "WARNING")
+        self.front = start("front", *cli, "front", "--broker", clients, "--port", str(self.port),
+                           "--log-level", "WARNING")
+        for i in range(workers):
+            start(f"worker-{i}", "-m", "worker.fake", "--broker", worker_address, "--worker-id", f"fake-{i}")
+        self.wait_workers(workers)
+
+    def wait_workers(self, count: int, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2) as r:
+                    if len(json.load(r).get("workers") or []) == count:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"{count} workers did not register within {timeout:.0f} s")
+
+    def close(self) -> None:
+        for proc in self.procs:
+            proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        shutil.rmtree(self.rundir, ignore_errors=True)
+
+
+def load(port: int, texts: int, seconds: float, connections: int) -> tuple[int, int]:
+    """(requests answered 200, errors) from ``connections`` keep-alive clients for ``seconds``."""
+    body = json.dumps({"texts": [f"text number {i} of a short request" for i in range(texts)]}).encode()
+    stop = time.monotonic() + seconds
+    done = [0] * connections
+    errors = [0] * connections
+
+    def client(k: int) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        while time.monotonic() < stop:
+            conn.request("POST", "/embed", body, {"Content-Type": "application/json"})
+            reply = conn.getresponse()
+            reply.read()
+            if reply.status == 200:
+                done[k] += 1
+            else:
+                errors[k] += 1
+        conn.close()
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(connections)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(done), sum(errors)
+
+
+def measure(head: Head, texts: int, seconds: float, connections: int) -> dict[str, Any]:
+    load(head.port, texts, min(1.0, seconds), connections)  # warm up
+    before = cpu_seconds(head.front.pid), cpu_seconds(head.broker.pid)
+    started = time.monotonic()
+    requests, errors = load(head.port, texts, seconds, connections)
+    wall = time.monotonic() - started
+    front, broker = (cpu_seconds(p.pid) - b for p, b in zip((head.front, head.broker), before, strict=True))
+    n = max(requests, 1)
+    return {"requests_per_s": round(requests / wall, 1), "texts_per_s": round(requests * texts / wall, 1),
+            "errors": errors,
+            "front_ms_per_request": round(front * 1000 / n, 3), "broker_ms_per_request": round(broker * 1000 / n, 3),
+            "front_ms_per_text": round(front * 1000 / (n * texts), 4),
+            "broker_ms_per_text": round(broker * 1000 / (n * texts), 4)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--tree", type=Path, default=ROOT, help="checkout whose front and broker to run")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args(argv)
+    tree = args.tree.resolve()
+    if not (tree / "worker" / "fake.py").exists():
+        shutil.copy(ROOT / "worker" / "fake.py", tree / "worker" / "fake.py")
+    logs = Path(tempfile.mkdtemp(prefix="head-logs-"))
+    results = []
+    print(f"tree {tree}; {os.cpu_count()} CPUs; {args.seconds:.0f} s a shape, {args.connections} connections")
+    print(f"{'workers':>7} {'shape':>8} {'req/s':>8} {'texts/s':>9} {'front ms/req':>12} {'broker ms/req':>13} "
+          f"{'front ms/text':>13} {'broker ms/text':>14} {'errors':>6}")
+    for workers in args.workers:
+        head = Head(tree, workers, logs)
+        try:
+            for shape, texts in SHAPES.items():
+                r = {"workers": workers, "shape": shape, **measure(head, texts, args.seconds, args.connections)}
+                results.append(r)
+                print(f"{workers:>7} {shape:>8} {r['requests_per_s']:>8} {r['texts_per_s']:>9} "
+                      f"{r['front_ms_per_request']:>12} {r['broker_ms_per_request']:>13} "
+                      f"{r['front_ms_per_text']:>13} {r['broker_ms_per_text']:>14} {r['errors']:>6}", flush=True)
+        finally:
+            head.close()
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

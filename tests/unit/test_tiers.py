@@ -1,0 +1,27 @@
+"""The two test tiers: every integration module is marked slow as a whole (so ``-m "not slow"`` is the fast
+tier), and no unit module is."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+TESTS = Path(__file__).resolve().parents[1]
+
+
+def module_marks(path: Path) -> str:
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "pytestmark" for t in node.targets):
+            return ast.unparse(node.value)
+    return ""
+
+
+@pytest.mark.parametrize("path", sorted((TESTS / "integration").glob("test_*.py")), ids=lambda p: p.name)
+def test_every_integration_module_is_slow(path: Path) -> None:
+    assert "pytest.mark.slow" in module_marks(path)
+
+
+def test_no_unit_module_is_slow() -> None:
+    assert [p.name for p in sorted((TESTS / "unit").glob("test_*.py")) if "slow" in module_marks(p)] == []
