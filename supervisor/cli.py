@@ -158,6 +158,7 @@ def run_embed(args: argparse.Namespace) -> int:
 
 
 def run_up(args: argparse.Namespace) -> int:
+    from embed_common import lifeline
     from supervisor.supervisor import ClusterSettings, Supervisor
 
     if args.lan and not args.keys:
@@ -173,7 +174,9 @@ def run_up(args: argparse.Namespace) -> int:
         extra_broker_args=tuple(table.child_argv(args, "broker")),
         extra_worker_args=tuple(table.child_argv(args, "worker")),
     )
-    return Supervisor(settings).run()
+    supervisor = Supervisor(settings)
+    lifeline.watch_parent(args.parent_pid)  # an app that spawned us and died (even by SIGKILL): stop in order
+    return supervisor.run()
 
 
 def run_broker(args: argparse.Namespace) -> int:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,7 @@ import pytest
 import requests
 
 from supervisor.supervisor import detect_devices
-from tests.conftest import Cluster, Process, cli, free_port
+from tests.conftest import Cluster, Process, cli, eventually, free_port
 from tests.integration.faults import Load, TextPool, alive, busy_worker, check_outcomes, children_of, short_texts
 
 pytestmark = pytest.mark.slow
@@ -151,3 +153,25 @@ def test_health_is_ok_at_model_loaded_and_every_part_exits_0_on_sigterm_under_lo
         print(f"start {start + 1}: SIGTERM under load: worker exit codes {[e['code'] for e in exits]}, "
               f"front, broker and supervisor 0; requests {dict(tally)}, "
               f"{len(load.outcomes) - len(answered)} refused connections")
+
+
+def test_a_cluster_whose_app_dies_by_sigkill_stops_itself(tmp_path: Path) -> None:
+    """The desktop app spawns ``up --parent-pid <its pid>``; if the app is killed (it never sends SIGTERM), the
+    cluster stops by itself: supervisor, front and broker all exit, nothing is left running."""
+    pidfile = tmp_path / "up.pid"
+    up_argv = cli("up", "--workers", "0", "--port", str(free_port()))
+    # the stand-in app: starts the cluster with its own pid, writes the cluster's pid, then waits to be killed
+    app = (f"import os, subprocess, time\n"
+           f"p = subprocess.Popen({up_argv!r} + ['--parent-pid', str(os.getpid())], stdout=subprocess.DEVNULL)\n"
+           f"open({str(pidfile)!r}, 'w').write(str(p.pid))\n"
+           f"time.sleep(600)\n")
+    parent = subprocess.Popen([sys.executable, "-c", app])
+    try:
+        up = int(eventually(lambda: pidfile.exists() and pidfile.read_text(), "the app started the cluster"))
+        parts = list(eventually(lambda: len(children_of(up)) >= 2 and children_of(up), "front and broker started"))
+        parent.kill()
+        parent.wait()
+        eventually(lambda: not any(alive(pid) for pid in [up, *parts]), "the cluster stopped after its app died",
+                   timeout=20)
+    finally:
+        parent.kill()

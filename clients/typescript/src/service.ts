@@ -330,8 +330,9 @@ export class EmbedClusterService {
 
   /** Runs `up` and resolves once it serves; on failure, rejects only after its process is gone. */
   private async launch(command: string, deadline: number, generation: number): Promise<void> {
+    // --parent-pid: should this app die without stopping the cluster (even by SIGKILL), the cluster stops itself
     const args = ["up", "--host", this.config.host ?? "127.0.0.1", "--port", String(this.config.port ?? 8421),
-      ...this.modelArgs(), ...(this.config.args ?? [])];
+      "--parent-pid", String(process.pid), ...this.modelArgs(), ...(this.config.args ?? [])];
     const proc = spawn(command, args, {
       cwd: this.config.cwd, env: this.childEnv(), stdio: ["ignore", "pipe", "pipe"], windowsHide: true,
     });
