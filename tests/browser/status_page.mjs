@@ -1,5 +1,5 @@
 // Drives Debian's chromium (playwright-core, no bundled browser) through the live /status page of a real
-// cluster with two workers; run by tests/integration/test_status_page.py, which checks what it reports.
+// cluster with two workers; run by tests/integration/test_status_page_browser.py, which checks what it reports.
 //
 //   node status_page.mjs   with STATUS_URL, EMBED_API_KEY (optional), SCREENSHOT, PHONE_SCREENSHOT set
 //

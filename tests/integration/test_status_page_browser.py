@@ -7,7 +7,7 @@ screenshots at 1280x800 and at phone width (390 pixels).
 
 Skipped, saying why, only when chromium, node or tests/browser/node_modules is missing; `.ci/run` installs them
 and sets EMBED_REQUIRE_BROWSER=1, under which a missing one fails the test instead. To refresh the README's
-screenshot: ``EMBED_STATUS_SCREENSHOT=docs/status-page.png python -m pytest tests/integration/test_status_page.py``.
+screenshot: ``EMBED_STATUS_SCREENSHOT=docs/status-page.png python -m pytest tests/integration/test_status_page_browser.py``.
 """
 
 from __future__ import annotations
