@@ -25,3 +25,10 @@ def test_every_integration_module_is_slow(path: Path) -> None:
 
 def test_no_unit_module_is_slow() -> None:
     assert [p.name for p in sorted((TESTS / "unit").glob("test_*.py")) if "slow" in module_marks(p)] == []
+
+
+def test_test_modules_have_unique_basenames() -> None:
+    """pytest imports test modules by basename (rootdir-relative, no packages): two of one name fail the
+    whole collection."""
+    names = [p.name for p in TESTS.rglob("test_*.py") if "node_modules" not in p.parts]
+    assert sorted(n for n in set(names) if names.count(n) > 1) == []
