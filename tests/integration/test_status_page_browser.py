@@ -6,7 +6,7 @@ SIGKILLed shows restarting and then ready again; the worker table keeps its layo
 screenshots at 1280x800 and at phone width (390 pixels).
 
 Skipped, saying why, only when chromium, node or tests/browser/node_modules is missing; `.ci/run` installs them
-and sets EMBED_REQUIRE_BROWSER=1, under which a missing one fails the test instead. To refresh the README's
+and sets REQUIRE_BROWSER_TEST=1, under which a missing one fails the test instead. To refresh the README's
 screenshot: ``EMBED_STATUS_SCREENSHOT=docs/status-page.png python -m pytest tests/integration/test_status_page_browser.py``.
 """
 
@@ -51,8 +51,8 @@ def png_size(path: Path) -> tuple[int, int]:
 def test_status_page_in_a_real_browser(tmp_path: Path) -> None:
     why = missing_tools()
     if why:
-        if os.environ.get("EMBED_REQUIRE_BROWSER"):
-            pytest.fail(f"the browser test must run here (EMBED_REQUIRE_BROWSER is set): {why}")
+        if os.environ.get("REQUIRE_BROWSER_TEST"):
+            pytest.fail(f"the browser test must run here (REQUIRE_BROWSER_TEST is set): {why}")
         pytest.skip(why)
     cluster = Cluster("--workers", "2", env={"EMBED_API_KEY": KEY})
     try:
