@@ -37,9 +37,8 @@ class CostModel:
 
 
 # Fitted by bench/calibrate.py (least squares over 1-64 texts x 8-256 tokens) for all-MiniLM-L6-v2 with one
-# torch thread on the project's 2-core AMD EPYC. fp32: 10.4 ms a pass + 0.34 ms a token, 0.1% dearer per token
-# of width (`--precision fp32`); fp16w: 5.0 ms a pass + 0.31 ms a token (`--precision fp16w`, what `auto` picks
-# there): its packed weights make a pass's fixed cost half of fp32's.
+# torch thread on the project's 2-core machine: `python bench/calibrate.py --precision fp32` and
+# `--precision fp16w` print the fits (fp16w's packed weights make a pass's fixed cost a smaller share).
 CPU_COST = CostModel(overhead=31.0, attention_width=1040.0)
 CPU_FP16W_COST = CostModel(overhead=16.1, attention_width=1382.0)
 # ONNX Runtime fp32 (worker/onnx_backend.py, one intra-op thread), the same model and machine (busy that day):

@@ -1,10 +1,10 @@
 """Give the heap memory a forward pass frees back to the operating system.
 
 glibc keeps freed memory for reuse, and batches of ever-different shapes (the planner cuts texts by length)
-fragment it: a MiniLM worker's resident memory grew from 494 MB to 777 MB over 5,700 texts of
-bench/corpus.jsonl, still rising. ``malloc_trim`` after a batch kept it flat at ~550 MB for about 1-3% more CPU
-a text (measured on the project's 2-core machine); the compute thread calls it when it runs out of work and at
-most once a second under load. Elsewhere (macOS, Windows, musl) it does nothing.
+fragment it: a worker's resident memory kept rising under load over bench/corpus.jsonl. ``malloc_trim`` after
+a batch keeps it flat for a little more CPU a text (`python bench/run.py` prints each worker's memory after
+every shape); the compute thread calls it when it runs out of work and at most once a second under load.
+Elsewhere (macOS, Windows, musl) it does nothing.
 """
 
 from __future__ import annotations

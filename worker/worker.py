@@ -435,7 +435,7 @@ def default_capacity(device: str) -> int:
 
 
 def default_token_budget(device: str) -> int:
-    """Padded tokens per batch: a bound on a batch's activation memory. On CPU, 1536 kept a MiniLM fp16w
-    worker's peak at 577-601 MB in `bench/run.py` (2048: 586-601; 8192: ~760) at the same speed: a pass's fixed
-    cost is 16 tokens' worth (`bench/calibrate.py`), 1% of such a batch."""
+    """Padded tokens per batch: a bound on a batch's activation memory. On CPU, a budget of this size keeps a
+    worker's peak memory down at the same speed, since a pass's fixed cost is a small share of such a batch
+    (compare budgets with `python bench/run.py` and the cost model with `python bench/calibrate.py`)."""
     return 65536 if device.startswith("cuda") else 1536

@@ -7,7 +7,8 @@ screenshots at 1280x800 and at phone width (390 pixels).
 
 Skipped, saying why, only when chromium, node or tests/browser/node_modules is missing; `.ci/run` installs them
 and sets REQUIRE_BROWSER_TEST=1, under which a missing one fails the test instead. To refresh the README's
-screenshot: ``EMBED_STATUS_SCREENSHOT=docs/status-page.png python -m pytest tests/integration/test_status_page_browser.py``.
+screenshot:
+``STATUS_SCREENSHOT=docs/status-page.png python -m pytest tests/integration/test_status_page_browser.py``.
 """
 
 from __future__ import annotations
@@ -89,7 +90,7 @@ def test_status_page_in_a_real_browser(tmp_path: Path) -> None:
         # what the page showed is what the cluster did: the killed worker serves again from a new process
         health = requests.get(cluster.url + "/health", headers={"Authorization": f"Bearer {KEY}"}, timeout=30)
         assert killed["newPid"] in [w["pid"] for w in health.json()["workers"]]
-        target = os.environ.get("EMBED_STATUS_SCREENSHOT")
+        target = os.environ.get("STATUS_SCREENSHOT")
         if target:
             shutil.copyfile(screenshot, ROOT / target)
     finally:
