@@ -126,15 +126,17 @@ class Cluster(Process):
         return [w["pid"] for w in self.get("/health").json().get("workers", [])]
 
 
-def eventually(check: Callable[[], Any], what: str, timeout: float = 60.0, interval: float = 0.05) -> Any:
-    """Poll ``check`` until it returns something truthy; fail loudly with ``what`` when the deadline passes."""
+def eventually(check: Callable[[], Any], what: str | Callable[[], str], timeout: float = 60.0,
+               interval: float = 0.05) -> Any:
+    """Poll ``check`` until it returns something truthy; fail loudly with ``what`` (or what ``what()`` says
+    then, e.g. a process's log) when the deadline passes."""
     deadline = time.monotonic() + timeout
     while True:
         result = check()
         if result:
             return result
         if time.monotonic() > deadline:
-            pytest.fail(f"not within {timeout}s: {what}")
+            pytest.fail(f"not within {timeout}s: {what() if callable(what) else what}")
         time.sleep(interval)
 
 

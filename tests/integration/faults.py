@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import requests
 
-from tests.conftest import Cluster, cosine_rows
+from tests.conftest import Cluster, cosine_rows, eventually
 
 CLIENT_TIMEOUT = 90.0  # well past the cluster's 30 s request deadline: a client that waits this long was hung
 
@@ -170,28 +170,23 @@ def health(cluster: Cluster) -> dict[str, Any]:
 
 def wait_workers(cluster: Cluster, n: int, timeout: float = 180.0) -> list[dict[str, Any]]:
     """Wait until ``n`` workers serve (registered with the broker); fail loudly when they do not."""
-    deadline = time.monotonic() + timeout
-    workers: list[dict[str, Any]] = []
-    while time.monotonic() < deadline:
+    def serving() -> list[dict[str, Any]] | None:
         try:
             workers = health(cluster).get("workers") or []
         except requests.RequestException:
-            workers = []
-        if len(workers) >= n:
-            return workers
-        time.sleep(0.2)
-    pytest.fail(f"{n} workers not serving within {timeout}s: {workers}\n{cluster.log()}")
+            return None
+        return workers if len(workers) >= n else None
+
+    return eventually(serving, lambda: f"{n} workers serving\n{cluster.log()}", timeout, interval=0.2)
 
 
 def busy_worker(cluster: Cluster, timeout: float = 60.0) -> dict[str, Any]:
     """A worker that holds jobs right now (it is in the middle of a batch)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def busiest() -> dict[str, Any] | None:
         busy = [w for w in health(cluster).get("workers") or [] if w.get("inflight_texts", 0) > 0]
-        if busy:
-            return max(busy, key=lambda w: w["inflight_texts"])
-        time.sleep(0.02)
-    pytest.fail(f"no worker got busy within {timeout}s")
+        return max(busy, key=lambda w: w["inflight_texts"]) if busy else None
+
+    return eventually(busiest, "a worker got busy", timeout, interval=0.02)
 
 
 def children_of(pid: int) -> dict[int, str]:

@@ -26,7 +26,7 @@ import pytest
 import requests
 import yaml
 
-from tests.conftest import ROOT, Process, cosine_rows, free_port, sample_texts, wait_http
+from tests.conftest import ROOT, Process, cosine_rows, eventually, free_port, sample_texts, wait_http
 
 pytestmark = pytest.mark.slow  # starts real processes, like every integration module
 COMPOSE_FILES = ("docker-compose.yml", "docker-compose.gpu.yml")
@@ -194,13 +194,12 @@ def test_compose_services_run_as_native_processes_and_embed(native_compose, refe
     auth = {"Authorization": f"Bearer {API_KEY}"}
     health = wait_http(native.url + "/health", lambda r: r.status_code == 401, timeout=10)
     assert health.json()["error"]["code"] == "UNAUTHORIZED"  # EMBED_API_KEY reached the front
-    deadline = time.monotonic() + 300
-    while True:  # the cluster's own worker and the two `worker` replicas
+    def joined() -> list[dict] | None:  # the cluster's own worker and the two `worker` replicas
         workers = requests.get(native.url + "/health", headers=auth, timeout=30).json()["workers"]
         remote = sum(1 for w in workers if w["remote"])
-        if (remote == SCALE["worker"] and remote < len(workers)) or time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
+        return workers if remote == SCALE["worker"] and remote < len(workers) else None
+
+    workers = eventually(joined, "the local worker and both replicas serve", timeout=300, interval=0.5)
     # `up` plans its local workers by the cores it sees (auto); the replicas come over CurveZMQ
     assert sum(w["remote"] for w in workers) == SCALE["worker"] and not all(w["remote"] for w in workers), workers
     texts = [text[:150] for text in sample_texts(64 * len(workers), seed=11)]  # a job per idle worker

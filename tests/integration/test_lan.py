@@ -24,7 +24,7 @@ import pytest
 import requests
 import zmq.auth
 
-from tests.conftest import Cluster, Process, cli, cosine_rows, free_port, sample_texts, wait_http
+from tests.conftest import Cluster, Process, cli, cosine_rows, eventually, free_port, sample_texts, wait_http
 
 pytestmark = pytest.mark.slow
 
@@ -213,9 +213,8 @@ def test_a_worker_with_an_unknown_key_is_refused_and_never_gets_a_job(lan: Lan) 
 
 
 def test_a_worker_with_another_model_is_refused_on_both_sides(lan: Lan) -> None:
-    deadline = time.monotonic() + 240
-    while lan.other.proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.5)
+    eventually(lambda: lan.other.proc.poll() is not None, lambda: f"the refused worker exited\n{lan.other.log()}",
+               timeout=240, interval=0.5)
     assert lan.other.proc.poll() == 3, lan.other.log()  # worker/main.py EXIT_REFUSED
     [refused] = [e["data"] for e in lan.other.events if e["type"] == "worker_refused"]
     assert refused["code"] == "MODEL_MISMATCH" and "vectors differ" in refused["message"]
@@ -289,11 +288,7 @@ def test_after_a_broker_restart_the_remote_worker_comes_back_by_itself(lan: Lan,
 
 def wait_for(check: Callable[[], bool], describe: Callable[[], str], timeout: float) -> str:
     """Poll until ``check()`` is true; fail loudly with ``describe()`` on timeout."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"not within {timeout}s: {describe()[-3000:]}")
-        time.sleep(0.2)
+    eventually(check, lambda: describe()[-3000:], timeout, interval=0.2)
     return describe()
 
 

@@ -18,6 +18,7 @@ from embed_common import curve
 from embed_common import keys as key_files
 from embed_common.curve import KeyFileError
 from supervisor.cli import main as cli_main
+from tests.conftest import eventually
 
 DEADLINE = 15.0  # generous: the machine may be busy
 
@@ -37,10 +38,7 @@ def context() -> Iterator[zmq.Context]:
     """A context terminated once every socket is closed (each thread closes its own: destroy() would abort)."""
     ctx = zmq.Context()
     yield ctx
-    deadline = time.monotonic() + DEADLINE
-    while monitors():
-        assert time.monotonic() < deadline, "a handshake monitor outlived its socket"
-        time.sleep(0.05)
+    eventually(lambda: not monitors(), "every handshake monitor ended with its socket", DEADLINE)
     ctx.term()
 
 
@@ -193,10 +191,7 @@ def test_handshake_monitors_end_with_their_sockets(key_dir: Path, context: zmq.C
             peer.sock.send(b"%d" % i)
             assert received(router, b"%d" % i)
             peer.close()
-        deadline = time.monotonic() + DEADLINE
-        while monitors():
-            assert time.monotonic() < deadline, "a handshake monitor outlived its socket"
-            time.sleep(0.05)
+        eventually(lambda: not monitors(), "every handshake monitor ended with its socket", DEADLINE)
     finally:
         router.close()
 
