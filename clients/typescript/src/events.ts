@@ -28,7 +28,8 @@ export type ModelLoadedEvent = Event<"model_loaded", { model: string; dimensions
 
 // The parts' own events.
 export type BrokerListeningEvent = Event<"broker_listening", { clients?: string; workers?: string; lan?: string }>;
-export type FrontListeningEvent = Event<"front_listening", { host: string; port: number; url: string }>;
+export type FrontListeningEvent = Event<"front_listening", { host: string; port: number; url: string;
+  status_url?: string }>;
 export type WorkerStartedEvent = Event<"worker_started", { worker: string; pid: number; device: string }>;
 export type WorkerLoadedEvent = Event<"worker_loaded", {
   worker: string;
@@ -36,6 +37,9 @@ export type WorkerLoadedEvent = Event<"worker_loaded", {
   dimensions: number;
   device: string;
   precision: string;
+  /** "onnx" (ONNX Runtime, the CPU default) or "torch" */
+  backend?: string;
+  compute_threads?: number;
   seconds: number;
 }>;
 export type WorkerReadyEvent = Event<"worker_ready", { worker: string; pid: number; device: string; precision: string }>;
@@ -59,6 +63,20 @@ export type WorkerReconnectedEvent = Event<"worker_reconnected", { worker: strin
 export type WorkerDisconnectedEvent = Event<"worker_disconnected", { worker: string }>;
 /** A first start that prepares the model (e.g. exports it for another runtime) before loading it. */
 export type ModelPreparingEvent = Event<"model_preparing", { model: string; step: string; [key: string]: unknown }>;
+/** That preparation is done (once: later starts reuse it); `cosine` is its check against the reference. */
+export type ModelPreparedEvent = Event<"model_prepared", {
+  model: string;
+  step: string;
+  seconds: number;
+  cosine?: number;
+  [key: string]: unknown;
+}>;
+/** The front to the supervisor: it sees a ready worker (`up` waits for it before `model_loaded`, and does not
+ * relay it; a `front` started alone prints it). */
+export type FrontReadyEvent = Event<"front_ready", Record<string, never>>;
+/** A model the default backend cannot take serves on torch instead; `reason` says why. */
+export type BackendFallbackEvent = Event<"backend_fallback", { model: string; backend: string; reason: string;
+  [key: string]: unknown }>;
 export type ShutdownStartedEvent = Event<"shutdown_started", Record<string, never>>;
 export type ShutdownCompleteEvent = Event<"shutdown_complete", Record<string, never>>;
 /**
@@ -85,6 +103,9 @@ export type ClusterEvent =
   | WorkerReconnectedEvent
   | WorkerDisconnectedEvent
   | ModelPreparingEvent
+  | ModelPreparedEvent
+  | BackendFallbackEvent
+  | FrontReadyEvent
   | ShutdownStartedEvent
   | ShutdownCompleteEvent
   | StartupFailedEvent;
@@ -126,7 +147,8 @@ export const PROGRESS_PREFIX = "PROGRESS:";
 const CLUSTER_EVENT_TYPES: ReadonlySet<string> = new Set<ClusterEvent["type"]>([
   "model_cached", "download_started", "download_progress", "model_loaded", "broker_listening", "front_listening",
   "worker_started", "worker_loaded", "worker_ready", "worker_exited", "worker_restarted", "worker_failed",
-  "worker_refused", "worker_reconnected", "worker_disconnected", "model_preparing", "shutdown_started",
+  "worker_refused", "worker_reconnected", "worker_disconnected", "model_preparing", "model_prepared",
+  "backend_fallback", "front_ready", "shutdown_started",
   "shutdown_complete", "startup_failed",
 ]);
 
