@@ -25,22 +25,10 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from bench import procs
+
 ROOT = Path(__file__).resolve().parent.parent
 SHAPES = {"1-text": 1, "64-text": 64}
-
-
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Head:
@@ -49,7 +37,7 @@ class Head:
     def __init__(self, tree: Path, workers: int, logs: Path) -> None:
         self.rundir = Path(tempfile.mkdtemp(prefix="head-"))
         clients, worker_address = f"ipc://{self.rundir}/c.ipc", f"ipc://{self.rundir}/w.ipc"
-        self.port = free_port()
+        self.port = procs.free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("EMBED_")}
         env.update(PYTHONPATH=str(tree), PYTHONUNBUFFERED="1")
         self.procs: list[subprocess.Popen] = []
@@ -122,11 +110,11 @@ def load(port: int, texts: int, seconds: float, connections: int) -> tuple[int, 
 
 def measure(head: Head, texts: int, seconds: float, connections: int) -> dict[str, Any]:
     load(head.port, texts, min(1.0, seconds), connections)  # warm up
-    before = cpu_seconds(head.front.pid), cpu_seconds(head.broker.pid)
+    before = procs.cpu_seconds(head.front.pid), procs.cpu_seconds(head.broker.pid)
     started = time.monotonic()
     requests, errors = load(head.port, texts, seconds, connections)
     wall = time.monotonic() - started
-    front, broker = (cpu_seconds(p.pid) - b for p, b in zip((head.front, head.broker), before, strict=True))
+    front, broker = (procs.cpu_seconds(p.pid) - b for p, b in zip((head.front, head.broker), before, strict=True))
     n = max(requests, 1)
     return {"requests_per_s": round(requests / wall, 1), "texts_per_s": round(requests * texts / wall, 1),
             "errors": errors,

@@ -168,7 +168,8 @@ def _pss_kb(pid: int) -> int:
         return 0
 
 
-def _cpu_seconds(pid: int) -> float:
+def cpu_seconds(pid: int) -> float:
+    """CPU seconds ``pid`` has used (user + system, from /proc/PID/stat)."""
     with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
@@ -188,7 +189,7 @@ def usage(root_pid: int) -> dict[str, dict[str, float]]:
     for pid in [root_pid, *_children(root_pid)]:
         try:
             out[_role(pid)] = {"rss_mb": _status_kb(pid, "VmRSS") / 1024, "peak_mb": _status_kb(pid, "VmHWM") / 1024,
-                               "pss_mb": _pss_kb(pid) / 1024, "cpu_s": _cpu_seconds(pid)}
+                               "pss_mb": _pss_kb(pid) / 1024, "cpu_s": cpu_seconds(pid)}
         except OSError:
             continue
     return out

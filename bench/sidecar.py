@@ -44,8 +44,6 @@ from bench import corpus, procs
 from bench.load import SHAPES, Client, cosine_rows, run_shape
 from bench.run import DEFAULT_MODEL, RESULTS, machine, reference_path
 
-TARGETS = {"pss": 1.0, "startup": 0.75, "lone_p50": 0.7, "vs_seed": 3.0, "of_limit": 0.65, "cosine": 0.999}
-
 
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)

@@ -16,10 +16,11 @@ import ipaddress
 import falcon
 
 from http_front.errors import ApiError
+from http_front.status_page import ASSETS_PREFIX, STATUS_PATH
 
 API_KEY_ENV = "EMBED_API_KEY"
-OPEN_PATHS = frozenset({"/livez", "/readyz", "/openapi.json", "/status"})  # /status: the page's empty shell
-OPEN_PREFIXES = ("/status/assets/",)  # its script and style sheet; its data, /status.json, needs the key
+OPEN_PATHS = frozenset({"/livez", "/readyz", "/openapi.json", STATUS_PATH})  # the status page's empty shell
+OPEN_PREFIXES = (ASSETS_PREFIX,)  # its script and style sheet; its data (DATA_PATH) needs the key
 
 
 def is_loopback(host: str) -> bool:

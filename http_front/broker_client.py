@@ -52,7 +52,6 @@ class EmbedResult:
 class _Pending:
     frames: list[bytes]  # the SUBMIT, kept to send again if the broker restarts
     future: Future
-    sent_to: str | None = None  # broker_id it was last sent to
 
 
 class BrokerClient:

@@ -13,6 +13,7 @@ from embed_common.settings import Limits, default
 from http_front.app import AppState, create_app
 from http_front.broker_client import BrokerClient
 from http_front.server import make_server, serve
+from http_front.status_page import STATUS_PATH
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +83,8 @@ def run(settings: FrontSettings) -> int:
     signal.signal(signal.SIGINT, stop)
     url = f"http://{settings.host}:{port}"
     progress.emit("front_listening", {"host": settings.host, "port": port, "url": url,
-                                      "status_url": url + "/status"})
-    log.info("front listening on %s (status page %s/status), broker at %s, %s", url, url, settings.broker,
+                                      "status_url": url + STATUS_PATH})
+    log.info("front listening on %s (status page %s%s), broker at %s, %s", url, url, STATUS_PATH, settings.broker,
              "API key required" if settings.api_key else "no API key")
     try:
         serve(server, closing)

@@ -11,9 +11,10 @@ from typing import Any
 
 import falcon
 
+from embed_common import VERSION
 from embed_common.errors import TABLE
 from embed_common.status import BrokerStatus
-from http_front.app import VERSION, AppState
+from http_front.app import AppState
 from http_front.status_page import ASSETS, SERIES
 
 
@@ -241,6 +242,7 @@ def _status_schema(free_object: dict[str, Any]) -> dict[str, Any]:
                                               "shutting_down"]},
         "model_id": text, "model": text, "dim": integer,
         "precision": {"type": "array", "items": {"type": "string"}, "nullable": True},
+        "backend": {"type": "array", "items": {"type": "string"}, "nullable": True},
         "max_tokens": integer, "version": {"type": "string"}, "now": {"type": "number"},
         "uptime_s": {"type": "number"}, "limits": free_object, "queue_texts": integer, "queue_jobs": integer,
         "interval": {"type": "number", "description": "seconds between samples"},

@@ -38,10 +38,11 @@ from waitress.task import ErrorTask, ThreadedTaskDispatcher
 from waitress.utilities import Error
 
 from embed_common.errors import code_for_status, spec
+from http_front.status_page import DATA_PATH
 
 log = logging.getLogger(__name__)
 
-PROBE_PATHS = frozenset({"/livez", "/readyz", "/health", "/metrics", "/status.json"})  # cached state, cheap
+PROBE_PATHS = frozenset({"/livez", "/readyz", "/health", "/metrics", DATA_PATH})  # cached state, cheap
 PROBE_THREADS = 2  # probes are answered from cached state: a couple of threads keep up with any prober
 LINGER_SECONDS = 5.0  # how long a refused client may go on sending before its connection is closed
 LINGER_BYTES = 64 * 1024 * 1024  # and how much of it is read (and dropped) at most

@@ -17,6 +17,7 @@ page asks for the key once, keeps it in sessionStorage and sends it to ``/status
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import random
@@ -30,6 +31,7 @@ from typing import Any
 
 import falcon
 
+from embed_common import VERSION
 from http_front.broker_client import BrokerClient
 
 log = logging.getLogger(__name__)
@@ -314,7 +316,9 @@ class StatusRecorder:
                                          time.perf_counter() - started)
 
 
+@functools.cache
 def _asset(name: str) -> bytes:
+    """A file of the page, read from the package once."""
     return resources.files("http_front").joinpath("static", name).read_bytes()
 
 
@@ -346,7 +350,7 @@ class StatusData:
         self.state = state  # http_front.app.AppState (not imported: app imports this module)
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        from http_front.app import VERSION, cluster_summary, readiness
+        from http_front.app import cluster_summary, readiness
 
         state = self.state
         status = state.client.broker_status()

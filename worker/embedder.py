@@ -8,6 +8,7 @@ import torch or sentence-transformers.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -262,7 +263,14 @@ class SentenceTransformerEmbedder:
 
 def precision_cache_file(path: str, device: str) -> Path:
     """Where ``--precision auto``'s timed choice is kept: one file per model files, CPU flags, torch version."""
-    from worker.onnx_backend import cache_root, model_fingerprint, package_version
+    from worker.onnx_backend import cache_root
+
+    return cache_root().parent / "precision" / f"{precision_key(path, device)}.json"
+
+
+@functools.cache  # it reads the model's files: once a process (a start reads the choice, then may write it)
+def precision_key(path: str, device: str) -> str:
+    from worker.onnx_backend import model_fingerprint, package_version
 
     flags = ""
     with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8") as f:
@@ -270,7 +278,7 @@ def precision_cache_file(path: str, device: str) -> Path:
     key = hashlib.blake2b(digest_size=12)
     for part in (model_fingerprint(Path(path)), device, flags, package_version("torch")):
         key.update(part.encode() + b"\0")
-    return cache_root().parent / "precision" / f"{key.hexdigest()}.json"
+    return key.hexdigest()
 
 
 def precision_choice(path: str, device: str) -> str | None:

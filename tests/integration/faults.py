@@ -98,12 +98,8 @@ class Load:
 
     def wait_answers(self, n: int, timeout: float = 120.0) -> None:
         """Block until ``n`` requests have been answered (any status); fail loudly on timeout."""
-        deadline = time.monotonic() + timeout
-        while len(self.outcomes) < n:
-            if time.monotonic() > deadline:
-                pytest.fail(f"only {len(self.outcomes)} of {n} requests answered within {timeout}s: "
-                            f"{summary(self.outcomes)}")
-            time.sleep(0.05)
+        eventually(lambda: len(self.outcomes) >= n,
+                   lambda: f"{n} requests answered (only {len(self.outcomes)}: {summary(self.outcomes)})", timeout)
 
     def _client(self, index: int) -> None:
         rng = random.Random(index * 7919 + os.getpid())

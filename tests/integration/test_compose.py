@@ -200,7 +200,7 @@ def test_compose_services_run_as_native_processes_and_embed(native_compose, refe
         return workers if remote == SCALE["worker"] and remote < len(workers) else None
 
     workers = eventually(joined, "the local worker and both replicas serve", timeout=300, interval=0.5)
-    # `up` plans its local workers by the cores it sees (auto); the replicas come over CurveZMQ
+    # `up` runs one local CPU worker (auto); the replicas come over CurveZMQ
     assert sum(w["remote"] for w in workers) == SCALE["worker"] and not all(w["remote"] for w in workers), workers
     texts = [text[:150] for text in sample_texts(64 * len(workers), seed=11)]  # a job per idle worker
     r = requests.post(native.url + "/embed", json={"texts": texts}, headers=auth, timeout=300)

@@ -137,10 +137,8 @@ def test_health_is_ok_at_model_loaded_and_every_part_exits_0_on_sigterm_under_lo
             exits = [e["data"] for e in cluster.events if e["type"] == "worker_exited"]
             assert exits and all(e["code"] == 0 for e in exits), (exits, cluster.log())
             assert {e["worker"] for e in exits} == {"worker-0", "worker-1"}, exits
-            deadline = time.monotonic() + 10
-            while any(alive(pid) for pid in parts) and time.monotonic() < deadline:
-                time.sleep(0.05)
-            assert not any(alive(pid) for pid in parts)
+            eventually(lambda parts=parts: not any(alive(pid) for pid in parts), "every part gone after SIGTERM",
+                       timeout=10)
             log = cluster.log(tail=10**7)
             assert "terminate called" not in log
             for part in ("front", "broker"):  # the workers' codes are in their worker_exited events

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from http_front.server import FrontServer, make_server, serve
+from tests.conftest import eventually
 
 RELEASE_TIMEOUT = 20.0
 
@@ -75,9 +76,7 @@ def test_probes_answer_and_a_request_past_the_queue_is_refused_while_every_threa
     for _ in held:
         assert app.entered.acquire(timeout=10)
     queued = in_background(server, "POST", "/embed")  # waits for a thread: the queue holds one
-    deadline = time.monotonic() + 10
-    while server.waiting() < 1 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    eventually(lambda: server.waiting() >= 1, "the third request queued", timeout=10, interval=0.01)
     assert server.waiting() == 1
     for path in ("/livez", "/readyz", "/health", "/metrics"):
         started = time.monotonic()
