@@ -2,11 +2,13 @@
 each costs them, with N zero-cost workers (``python -m worker.fake``) in their own processes over the real ipc
 sockets and a Python load generator (keep-alive connections, one thread each) on the same machine.
 
-    python -m bench.head [--workers 1 4 16] [--seconds 5] [--connections 16] [--tree DIR]
+    python -m bench.head [--workers 1 4 16] [--seconds 5] [--connections 16] [--tree DIR ...] [--rounds R]
 
 For each N and request shape (1 text, 64 texts) it prints requests/s, texts/s, and the CPU milliseconds the
-front and the broker used per request and per text (from /proc/PID/stat). ``--tree DIR`` runs another checkout's
-front and broker (e.g. main's, for a before/after in one run); worker/fake.py is copied into it if it lacks one.
+front and the broker used per request and per text (from /proc/PID/stat). ``--tree DIR ...`` runs these
+checkouts' fronts and brokers (e.g. an older commit's beside this one, for a before/after in one run) in turn,
+``--rounds`` times each, so that the machine's drift is shared; worker/fake.py is copied into a tree that lacks
+one. ``--floor`` adds waitress itself answering a fixed body with no app: the least CPU a request costs it.
 """
 
 from __future__ import annotations
@@ -123,33 +125,83 @@ def measure(head: Head, texts: int, seconds: float, connections: int) -> dict[st
             "broker_ms_per_text": round(broker * 1000 / (n * texts), 4)}
 
 
+FLOOR_APP = """
+import sys, waitress
+def app(environ, start_response):
+    environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+    start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", "2")])
+    return [b"{}"]
+waitress.serve(app, host="127.0.0.1", port=int(sys.argv[1]), threads=8, _quiet=True)
+"""
+
+
+def floor(seconds: float, connections: int) -> dict[str, Any]:
+    """waitress alone (no Falcon, no broker) answering 1-text requests: the least CPU a request costs the front."""
+    port = procs.free_port()
+    server = subprocess.Popen([sys.executable, "-c", FLOOR_APP, str(port)], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                http.client.HTTPConnection("127.0.0.1", port, timeout=1).connect()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        load(port, 1, min(1.0, seconds), connections)
+        before = procs.cpu_seconds(server.pid)
+        started = time.monotonic()
+        requests, errors = load(port, 1, seconds, connections)
+        wall, cpu = time.monotonic() - started, procs.cpu_seconds(server.pid) - before
+        return {"requests_per_s": round(requests / wall, 1), "server_ms_per_request": round(cpu * 1000 / requests, 3),
+                "errors": errors}
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--connections", type=int, default=16)
-    parser.add_argument("--tree", type=Path, default=ROOT, help="checkout whose front and broker to run")
+    parser.add_argument("--tree", type=Path, nargs="+", default=[ROOT], help="checkouts whose front and broker to run")
+    parser.add_argument("--rounds", type=int, default=1, help="times each tree is measured, in turn")
+    parser.add_argument("--floor", action="store_true", help="also measure waitress alone")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
-    tree = args.tree.resolve()
-    if not (tree / "worker" / "fake.py").exists():
-        shutil.copy(ROOT / "worker" / "fake.py", tree / "worker" / "fake.py")
+    trees = [tree.resolve() for tree in args.tree]
+    for tree in trees:
+        if not (tree / "worker" / "fake.py").exists():
+            shutil.copy(ROOT / "worker" / "fake.py", tree / "worker" / "fake.py")
     logs = Path(tempfile.mkdtemp(prefix="head-logs-"))
     results = []
-    print(f"tree {tree}; {os.cpu_count()} CPUs; {args.seconds:.0f} s a shape, {args.connections} connections")
-    print(f"{'workers':>7} {'shape':>8} {'req/s':>8} {'texts/s':>9} {'front ms/req':>12} {'broker ms/req':>13} "
-          f"{'front ms/text':>13} {'broker ms/text':>14} {'errors':>6}")
+    print(f"{os.cpu_count()} CPUs; {args.seconds:.0f} s a shape, {args.connections} connections; trees:")
+    for i, tree in enumerate(trees):
+        print(f"  [{i}] {tree}")
+    print(f"{'tree':>4} {'workers':>7} {'shape':>8} {'req/s':>8} {'texts/s':>9} {'front ms/req':>12} "
+          f"{'broker ms/req':>13} {'front ms/text':>13} {'broker ms/text':>14} {'errors':>6}")
     for workers in args.workers:
-        head = Head(tree, workers, logs)
-        try:
-            for shape, texts in SHAPES.items():
-                r = {"workers": workers, "shape": shape, **measure(head, texts, args.seconds, args.connections)}
-                results.append(r)
-                print(f"{workers:>7} {shape:>8} {r['requests_per_s']:>8} {r['texts_per_s']:>9} "
-                      f"{r['front_ms_per_request']:>12} {r['broker_ms_per_request']:>13} "
-                      f"{r['front_ms_per_text']:>13} {r['broker_ms_per_text']:>14} {r['errors']:>6}", flush=True)
-        finally:
-            head.close()
+        for _ in range(args.rounds):
+            for i, tree in enumerate(trees):
+                head = Head(tree, workers, logs)
+                try:
+                    for shape, texts in SHAPES.items():
+                        r = {"tree": str(tree), "workers": workers, "shape": shape,
+                             **measure(head, texts, args.seconds, args.connections)}
+                        results.append(r)
+                        print(f"{i:>4} {workers:>7} {shape:>8} {r['requests_per_s']:>8} {r['texts_per_s']:>9} "
+                              f"{r['front_ms_per_request']:>12} {r['broker_ms_per_request']:>13} "
+                              f"{r['front_ms_per_text']:>13} {r['broker_ms_per_text']:>14} {r['errors']:>6}",
+                              flush=True)
+                finally:
+                    head.close()
+    if args.floor:
+        r = {"tree": "waitress alone", "shape": "1-text", **floor(args.seconds, args.connections)}
+        results.append(r)
+        print(f"waitress alone, 1-text: {r['requests_per_s']} req/s, {r['server_ms_per_request']} ms CPU a request")
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
     return 0

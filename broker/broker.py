@@ -60,7 +60,7 @@ class Job:
     options: dict[str, Any]
     deadline: float
     count: int = 0  # texts in the job
-    payload: list[bytes] = field(default_factory=list)  # the texts frame, passed on to the worker unread
+    payload: list[Any] = field(default_factory=list)  # the texts frame, passed on to the worker unread (a view)
     attempt: int = 0
     crashes: int = 0
     worker: WorkerKey | None = None
@@ -165,10 +165,10 @@ class Broker:
             for sock, _ in poller.poll(min(timeout_ms, 250)):
                 for _ in range(1000):  # drain, bounded so that heartbeats keep their time
                     try:
-                        frames = sock.recv_multipart(zmq.NOBLOCK, copy=True)
+                        frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
                     except zmq.Again:
                         break
-                    self.handle(names[sock], frames)
+                    self.handle(names[sock], received(frames))
             now = time.monotonic()
             if now >= next_heartbeat:
                 self.send_heartbeats()
@@ -441,7 +441,7 @@ class Broker:
                 "queue_ms": round((job.dispatched_at - job.enqueued_at) * 1000, 3),
                 "worker_ms": round((now - job.dispatched_at) * 1000, 3),
             }
-            for extra in ("encode_ms", "truncated", "tokens", "chunks"):
+            for extra in ("encoding", "encode_ms", "truncated", "tokens", "chunks"):
                 if extra in header:
                     reply[extra] = header[extra]
             self.send("client", job.client, Command.RESULT, reply, *message.payload)
@@ -518,6 +518,15 @@ class Broker:
         if sock is None:
             return
         try:
-            sock.send_multipart([identity, *protocol.encode(command, header, *payload)], zmq.NOBLOCK)
+            sock.send_multipart([identity, *protocol.encode(command, header, *payload)], zmq.NOBLOCK, copy=False)
         except zmq.ZMQError as exc:  # peer gone or its queue full: it will be purged by heartbeats
             log.debug("send %s to %s failed: %s", command.name, identity.hex()[:16], exc)
+
+
+ENVELOPE_FRAMES = 4  # identity, protocol tag, command, header: what the broker reads of a message
+
+
+def received(frames: list[zmq.Frame]) -> list[Any]:
+    """A message as the broker handles it: its envelope as bytes, its payload (texts or vectors, which it passes
+    on unread) as views of the received frames, so that they are not copied on their way through."""
+    return [f.bytes if i < ENVELOPE_FRAMES else f.buffer for i, f in enumerate(frames)]

@@ -1,9 +1,9 @@
 """How a request becomes jobs: the one place for the job-size and split rules, read by the front (which cuts
 requests into jobs) and the broker (whose smallest credit is one full job, broker/balancing.py).
 
-A request is cut into runs of about equal estimated work, one per worker (:func:`spread_bounds`), and each
-run into jobs of at most :data:`JOB_TEXTS` texts, or fewer holding about ``job_chars`` characters when the
-work grows with the characters (chunked jobs) (:func:`job_starts`).
+A request is cut into runs of about equal estimated work, one per idle worker (:func:`spread_parts`,
+:func:`spread_bounds`), and each run into jobs of at most :data:`JOB_TEXTS` texts, or fewer holding about
+``job_chars`` characters when the work grows with the characters (chunked jobs) (:func:`job_starts`).
 """
 
 from __future__ import annotations
@@ -57,3 +57,13 @@ def spread_bounds(work: list[float], parts: int) -> list[int]:
             i -= 1
         bounds.append(i)
     return [*bounds, n]
+
+
+def spread_parts(workers: int, jobs_in_flight: int) -> int:
+    """Over how many workers a new request is cut: those the front is not keeping busy already (at least one).
+
+    A lone request is shared by every worker, since its answer comes when its last share is done; under load
+    the workers are busy anyway, and cutting a request further would only multiply the head's work per job
+    (``python -m bench.head`` measures that work).
+    """
+    return max(1, workers - jobs_in_flight)

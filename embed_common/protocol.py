@@ -7,15 +7,18 @@ A message is a list of ZeroMQ frames (a ROUTER socket adds the peer's identity i
 - ``PROTOCOL`` is the version tag ``b"EC1"``;
 - ``command`` is one byte from :class:`Command`;
 - ``header`` is a msgpack map whose fields are checked against :data:`FIELDS`;
-- ``payload``: vectors travel as one raw little-endian float32 frame of ``n * dim`` values; texts (SUBMIT,
-  JOB) as one msgpack frame that the broker passes on unread (it needs only the count ``n`` in the header).
-  A SUBMIT or JOB may instead carry its ``texts`` list in the header (the older form), then without a frame.
+- ``payload``: vectors travel as one frame in the :class:`Encoding` the RESULT's ``encoding`` names: raw
+  little-endian float32, ``n * dim`` values (the default), or the rows as JSON text ``[[...],...]``, which a job
+  asks for with the option ``{"encoding": "json"}`` (the front answers with it as it is, so that the head does
+  no work per number; a worker that cannot, answers float32). Texts (SUBMIT, JOB) travel as one msgpack frame
+  that the broker passes on unread (it needs only the count ``n`` in the header). A SUBMIT or JOB may instead
+  carry its ``texts`` list in the header (the older form), then without a frame.
 
 Two conversations share the layout:
 
 front <-> broker (the broker's *client* socket)
     SUBMIT  front -> broker   {job, n, normalize, timeout_ms, [options]} + texts
-    RESULT  broker -> front   {job, n, dim, worker, [...]} + vectors
+    RESULT  broker -> front   {job, n, dim, worker, [encoding, ...]} + vectors
     ERROR   broker -> front   {job, code, message, [indices, max_tokens]}  (INPUT_TOO_LONG: the job's indices)
     CANCEL  front -> broker   {job}
     STATUS  front -> broker   {req}  and broker -> front {req, broker_id, ...} (also the front's heartbeat)
@@ -26,7 +29,7 @@ front <-> broker (the broker's *client* socket)
 worker <-> broker (the broker's *worker* sockets)
     READY     worker -> broker {model, dim, device, capacity, ...}; broker answers WELCOME or REFUSED
     JOB       broker -> worker {job, attempt, n, normalize, [options]} + texts
-    RESULT    worker -> broker {job, attempt, n, dim, [...]} + vectors
+    RESULT    worker -> broker {job, attempt, n, dim, [encoding, ...]} + vectors
     ERROR     worker -> broker {job, attempt, code, message, [indices, max_tokens]}
     HEARTBEAT both ways {}, worker's carries its stats {texts_done, texts_per_s, batch_sizes}
     DISCONNECT worker -> broker {}: leaving cleanly
@@ -40,6 +43,7 @@ from typing import Any
 
 import msgpack
 import numpy as np
+import orjson
 
 from embed_common.errors import ErrorCode  # noqa: F401  (re-exported: the codes an ERROR header carries)
 
@@ -64,6 +68,13 @@ class Command(bytes, enum.Enum):
     STATUS = b"\x12"
     WORKER_GONE = b"\x13"
     WORKERS_DOWN = b"\x14"
+
+
+class Encoding(str, enum.Enum):
+    """How a RESULT's vectors frame is written."""
+
+    F32 = "f32"  # raw little-endian float32, row after row
+    JSON = "json"  # a JSON array of rows, each number the shortest text that reads back to its float32
 
 
 _COMMANDS = {command.value: command for command in Command}  # a dict lookup: Command(b) costs far more
@@ -103,8 +114,9 @@ class Message:
     payload: list[bytes] = field(default_factory=list)
 
     def vectors(self) -> np.ndarray:
-        """The (n, dim) float32 matrix carried by a RESULT."""
-        return decode_vectors(self.payload[0] if self.payload else b"", self.header["n"], self.header["dim"])
+        """The (n, dim) float32 matrix carried by a RESULT, whatever its encoding."""
+        return decode_vectors(self.payload[0] if self.payload else b"", self.header["n"], self.header["dim"],
+                              Encoding(self.header.get("encoding", Encoding.F32.value)))
 
     def text_count(self) -> int:
         """How many texts a SUBMIT or JOB carries, without reading them."""
@@ -164,10 +176,23 @@ def decode(frames: list[bytes]) -> Message:
             if not isinstance(n, int) or isinstance(n, bool) or n < 0 or len(message.payload) != 1:
                 raise ProtocolError(f"{command.name}: needs 'n' and one texts frame (or a 'texts' list)")
     if command in WITH_VECTORS:
-        n, dim = header["n"], header["dim"]
-        if n < 0 or dim < 0 or len(message.payload) != 1 or len(message.payload[0]) != n * dim * 4:
-            raise ProtocolError(f"{command.name}: vectors frame does not hold {n}x{dim} float32")
+        _check_vectors(command, header, message.payload)
     return message
+
+
+def _check_vectors(command: Command, header: dict[str, Any], payload: list[bytes]) -> None:
+    n, dim, encoding = header["n"], header["dim"], header.get("encoding", Encoding.F32.value)
+    if n < 0 or dim < 0 or len(payload) != 1:
+        raise ProtocolError(f"{command.name}: needs n, dim >= 0 and one vectors frame")
+    if encoding == Encoding.F32.value:
+        if len(payload[0]) != n * dim * 4:
+            raise ProtocolError(f"{command.name}: vectors frame does not hold {n}x{dim} float32")
+    elif encoding == Encoding.JSON.value:  # its outline only: the head reads no number of it
+        rows = payload[0]
+        if (rows[:2], rows[-2:]) != ((b"[[", b"]]") if n else (b"[]", b"[]")):
+            raise ProtocolError(f"{command.name}: JSON vectors frame is not an array of {n} rows")
+    else:
+        raise ProtocolError(f"{command.name}: unknown vectors encoding {str(encoding)[:16]!r}")
 
 
 def encode_texts(texts: list[str]) -> bytes:
@@ -175,9 +200,14 @@ def encode_texts(texts: list[str]) -> bytes:
     return msgpack.packb(texts, use_bin_type=True)
 
 
-def encode_vectors(vectors: np.ndarray) -> bytes:
-    return np.ascontiguousarray(vectors, dtype="<f4").tobytes()
+def encode_vectors(vectors: np.ndarray, encoding: Encoding = Encoding.F32) -> bytes:
+    rows = np.ascontiguousarray(vectors, dtype="<f4")
+    if encoding is Encoding.JSON:  # orjson writes a float32 array from its buffer, each number as float32's
+        return orjson.dumps(rows, option=orjson.OPT_SERIALIZE_NUMPY)  # shortest text: it reads back the same
+    return rows.tobytes()
 
 
-def decode_vectors(data: bytes, n: int, dim: int) -> np.ndarray:
+def decode_vectors(data: bytes, n: int, dim: int, encoding: Encoding = Encoding.F32) -> np.ndarray:
+    if encoding is Encoding.JSON:
+        return np.asarray(orjson.loads(data), dtype=np.float32).reshape(n, dim)
     return np.frombuffer(data, dtype="<f4").reshape(n, dim)

@@ -76,13 +76,14 @@ class AppState:
                 self.idle.notify_all()
 
     def embed(self, route: str, texts: list[str], normalize: bool, options: dict[str, Any] | None = None,
-              timeout: float | None = None, job_chars: int | None = None) -> EmbedResult:
-        """Every embedding route's way to the broker: counted in flight (for draining) and in the metrics."""
+              timeout: float | None = None, job_chars: int | None = None, as_json: bool = False) -> EmbedResult:
+        """Every embedding route's way to the broker: counted in flight (for draining) and in the metrics.
+        ``as_json``: the answer carries the rows as the workers wrote them (EmbedResult.vectors_json)."""
         self.enter()
         started = time.perf_counter()
         try:
             result = self.client.embed(texts, normalize, timeout or self.limits.request_timeout, options,
-                                       job_chars=job_chars, gone=CLIENT_GONE.get())
+                                       job_chars=job_chars, gone=CLIENT_GONE.get(), as_json=as_json)
         except ApiError as exc:
             self.metrics.observe_embed_error(route, len(texts), exc.code)
             raise
@@ -255,8 +256,9 @@ class Embed:
         if not texts:
             resp.media = {"vectors": []}
             return
-        result = self.state.embed("/embed", texts, normalize, None if truncate else {"truncate": False})
-        resp.media = {"vectors": result.vectors}  # written from the float32 buffer: http_front/json_media.py
+        result = self.state.embed("/embed", texts, normalize, None if truncate else {"truncate": False},
+                                  as_json=True)
+        resp.media = {"vectors": result.vectors_json()}  # the rows as the workers wrote them
         if result.truncated:  # only when any: the seed's response is unchanged otherwise
             resp.media["truncated"] = result.truncated
 

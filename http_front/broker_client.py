@@ -1,10 +1,12 @@
-"""The front's link to the broker: one I/O thread owns the DEALER socket; request threads wait on futures.
+"""The front's link to the broker.
 
-Request threads call :meth:`BrokerClient.embed`; it splits the texts into jobs, queues them for the I/O
-thread and waits for every job's future until the request's deadline. The I/O thread also asks the broker
-for its status every ``status_interval``; that doubles as a heartbeat: when the broker answers with a new
-``broker_id`` (it restarted) every job still in flight is sent again with the same id, so that nothing is
-lost, and the broker's job table keeps it from being done twice.
+A request's thread talks to the broker itself, over a DEALER socket of its own for the time of the request
+(a :class:`_Link`, taken from a pool and put back), so that nothing is handed between threads on the way:
+:meth:`BrokerClient.embed` splits the texts into jobs, sends them, and polls that socket for their replies
+until the request's deadline. One more thread, with a socket of its own, asks the broker for its status every
+``status_interval``; that doubles as a heartbeat: when the broker answers with a new ``broker_id`` (it
+restarted) every request still waiting sends its unanswered jobs again with the same ids, so that nothing is
+lost, and the broker's job table keeps a job from being done twice.
 """
 
 from __future__ import annotations
@@ -12,26 +14,26 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import os
 import socket
 import threading
 import time
-import uuid
-from collections import deque
 from collections.abc import Callable
-from concurrent.futures import FIRST_EXCEPTION, Future, InvalidStateError, wait
-from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import orjson
 import zmq
 
 from embed_common import protocol, sockets
 from embed_common.errors import ErrorCode
-from embed_common.jobs import JOB_TEXTS, estimated_tokens, job_starts, spread_bounds
-from embed_common.protocol import Command, ProtocolError
+from embed_common.jobs import JOB_TEXTS, estimated_tokens, job_starts, spread_bounds, spread_parts
+from embed_common.protocol import Command, Encoding, ProtocolError
 from embed_common.status import BrokerStatus
 from http_front.errors import ApiError
+
+__all__ = ["BrokerClient", "EmbedResult", "estimated_tokens", "spread_bounds"]
 
 log = logging.getLogger(__name__)
 
@@ -41,41 +43,133 @@ GONE_CHECK = 0.25  # seconds between checks that a waiting request's client is s
 
 @dataclass
 class EmbedResult:
-    vectors: np.ndarray
+    """A request's vectors as its jobs sent them, in input order: each a float32 matrix, or the rows already
+    written as JSON (``[[...],...]``) when the request asked for JSON (``as_json``) and the worker could."""
+
+    parts: list[np.ndarray | bytes] = field(default_factory=list)
+    dims: list[int] = field(default_factory=list)
     truncated: list[int] = field(default_factory=list)
     tokens: int = 0
     chunks: list[Any] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
 
+    @property
+    def vectors(self) -> np.ndarray:
+        """The (rows, dim) float32 matrix (JSON parts read back: each number is the shortest text of its float32,
+        so it reads back to the same value)."""
+        arrays = [p if isinstance(p, np.ndarray) else
+                  np.asarray(orjson.loads(p), dtype=np.float32).reshape(-1, dim)
+                  for p, dim in zip(self.parts, self.dims, strict=True)]
+        return np.concatenate(arrays) if arrays else np.zeros((0, 0), np.float32)
+
+    def vectors_json(self) -> orjson.Fragment:
+        """The rows as one JSON array of arrays, for an answer (http_front/json_media.py writes it as it is)."""
+        parts = [p if isinstance(p, bytes) else protocol.encode_vectors(p, Encoding.JSON) for p in self.parts]
+        parts = [p for p in parts if len(p) > 2] or [b"[]"]  # a job of no rows adds none
+        if len(parts) == 1:  # the usual case (one job, or one a worker): as it came, not copied
+            return orjson.Fragment(parts[0])
+        inner = [memoryview(p)[1:-1] for p in parts]
+        return orjson.Fragment(b"".join([b"[", *_joined(inner, b","), b"]"]))
+
+    def rows_json(self) -> list[orjson.Fragment]:
+        """Each row as a JSON array of its own (the OpenAI answer's ``embedding``s)."""
+        rows: list[orjson.Fragment] = []
+        for part in self.parts:
+            inner = _inner_json(part)
+            if inner:
+                rows.extend(orjson.Fragment(b"[" + row + b"]") for row in inner[1:-1].split(b"],["))
+        return rows
+
+
+def _inner_json(part: np.ndarray | bytes) -> bytes:
+    """A part's rows as JSON without the outer brackets: ``[..],[..]`` (empty for no rows)."""
+    data = part if isinstance(part, bytes) else protocol.encode_vectors(part, Encoding.JSON)
+    return data[1:-1]
+
+
+def _joined(items: list[memoryview], separator: bytes) -> list[memoryview | bytes]:
+    out: list[memoryview | bytes] = []
+    for item in items:
+        if out:
+            out.append(separator)
+        out.append(item)
+    return out
+
 
 @dataclass
-class _Pending:
+class _Job:
+    job_id: str
+    start: int  # the index of its first text in the request
     frames: list[bytes]  # the SUBMIT, kept to send again if the broker restarts
-    future: Future
+    reply: tuple[np.ndarray | bytes, dict[str, Any]] | None = None
+    error: ApiError | None = None
+
+    @property
+    def answered(self) -> bool:
+        return self.reply is not None or self.error is not None
+
+
+class _Link:
+    """A DEALER socket to the broker and a wake-up socket pair, used by one request at a time."""
+
+    def __init__(self, context: zmq.Context, address: str) -> None:
+        self.sock = sockets.configure(context.socket(zmq.DEALER))
+        self.sock.connect(address)
+        self.wake_r, self.wake_w = socket.socketpair()
+        self.wake_r.setblocking(False)
+        self.poller = zmq.Poller()
+        self.poller.register(self.sock, zmq.POLLIN)
+        self.poller.register(self.wake_r, zmq.POLLIN)
+        self.jobs: dict[str, _Job] = {}  # the jobs of the request using it (none while it is in the pool)
+
+    def waiting(self) -> int:
+        return sum(not job.answered for job in list(self.jobs.values()))
+
+    def send(self, frames: list[bytes]) -> None:
+        try:
+            self.sock.send_multipart(frames, zmq.NOBLOCK)
+        except zmq.Again:
+            log.warning("broker queue full: message dropped (the request will time out or be resent)")
+
+    def wake(self) -> None:
+        with contextlib.suppress(OSError):
+            self.wake_w.send(b"\0")
+
+    def drain_wakes(self) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):
+            while self.wake_r.recv(4096):
+                pass
+
+    def close(self) -> None:
+        self.sock.close(linger=0)
+        self.wake_r.close()
+        self.wake_w.close()
 
 
 class BrokerClient:
     def __init__(self, address: str, context: zmq.Context | None = None, job_texts: int = JOB_TEXTS,
                  status_interval: float = 0.5, on_first_worker: Callable[[], None] | None = None) -> None:
         self.address = address
-        self.on_first_worker = on_first_worker  # called once, on the I/O thread, after the status is stored
+        self.on_first_worker = on_first_worker  # called once, on the status thread, after the status is stored
         self.context = context or zmq.Context.instance()
         self.job_texts = job_texts
         self.status_interval = status_interval
-        self._outbox: deque[list[bytes]] = deque()
-        self._pending: dict[str, _Pending] = {}
         self._lock = threading.Lock()
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
+        self._links: list[_Link] = []  # every link made (a request's, or free in the pool)
+        self._free: list[_Link] = []
+        self._busy: set[_Link] = set()
+        self._epoch = 0  # +1 each time the broker is seen to restart: waiting requests send their jobs again
+        self._abort_epoch = 0  # +1 on each abort(): requests waiting since before it are answered its error
+        self._abort_error: ApiError | None = None
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="broker-io", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="broker-status", daemon=True)
         self._req = itertools.count(1)
         self.status: dict[str, Any] | None = None  # the broker's latest STATUS header, as it came
         self._typed_status = BrokerStatus()  # the same, parsed once (embed_common/status.py)
         self.status_at = 0.0  # monotonic time it arrived
         self.broker_id: str | None = None
         self.worker_seen = False  # until a status lists a worker, the status is asked for often (START_INTERVAL)
-        self._job_prefix = uuid.uuid4().hex[:16]  # job ids: unique across fronts, cheap within one
+        self._job_prefix = os.urandom(8).hex()  # job ids: unique across fronts, cheap within one
         self._job_numbers = itertools.count()
 
     # -- request threads ----------------------------------------------------------------------------------
@@ -84,11 +178,11 @@ class BrokerClient:
 
     def close(self) -> None:
         self._stop.set()
-        self._wake()
         self._thread.join(timeout=5)
-        if not self._thread.is_alive():
-            self._wake_r.close()
-            self._wake_w.close()
+        with self._lock:
+            links, self._links, self._free = self._links, [], []
+        for link in links:
+            link.close()
 
     def latest_status(self, max_age: float = 3.0) -> dict[str, Any] | None:
         """The raw STATUS header, or None when there is none younger than ``max_age`` seconds."""
@@ -102,68 +196,50 @@ class BrokerClient:
             return None
         return self._typed_status
 
+    def pending_jobs(self) -> int:
+        """Jobs sent and not answered yet, over every request waiting now."""
+        with self._lock:
+            busy = list(self._busy)
+        return sum(link.waiting() for link in busy)
+
     def embed(self, texts: list[str], normalize: bool, timeout: float,
               options: dict[str, Any] | None = None, job_chars: int | None = None,
-              gone: Callable[[], bool] | None = None) -> EmbedResult:
+              gone: Callable[[], bool] | None = None, as_json: bool = False) -> EmbedResult:
         """Embed ``texts`` in jobs of ``job_texts`` texts, or fewer that hold about ``job_chars`` characters (a
-        chunked job's work grows with its text, not with its count), and in at least one job per worker (runs
-        of about equal estimated work: :func:`spread_bounds`) when there are several. With a ``chunk`` option
+        chunked job's work grows with its text, not with its count), spread over the workers this front does not
+        keep busy already (runs of about equal estimated work: embed_common/jobs.py). With a ``chunk`` option
         each job's rows are its texts' chunks, and ``chunks`` holds ``[text index, start, end]`` for every row.
-        ``gone`` says whether the client has gone away: then the jobs still queued are cancelled (CLIENT_GONE)."""
+        ``gone`` says whether the client has gone away: then the jobs still queued are cancelled (CLIENT_GONE).
+        ``as_json``: the workers write the rows as JSON, which the answer then carries as it is (the head does
+        no work per number)."""
         deadline = time.monotonic() + timeout
+        if as_json:
+            options = {**(options or {}), "encoding": Encoding.JSON.value}
         chunked = bool(options and "chunk" in options)  # every chunk is encoded: work grows with the characters
         max_tokens = self._max_tokens()
         work = [len(t) if chunked else estimated_tokens(t, max_tokens) for t in texts]
-        bounds = spread_bounds(work, self._workers())
+        bounds = spread_bounds(work, spread_parts(self._workers(), self.pending_jobs()))
         starts = [a + s for a, b in itertools.pairwise(bounds) for s in self._job_starts(texts[a:b], job_chars)]
-        parts = [texts[a:b] for a, b in itertools.pairwise([*starts, len(texts)])]
-        futures = [self._submit(part, normalize, timeout, options) for part in parts]
-        replies = []
-        too_long: list[int] = []  # request-level indices of inputs over the token limit (with truncate: false)
-        max_tokens = None
+        link = self._take_link()
         try:
-            if len(futures) > 1 or gone is not None:  # one job, unwatched: waiting for it is waiting for its error
-                self._raise_first_error([future for _, future in futures], deadline, gone)
-            for start, (job_id, future) in zip(starts, futures, strict=True):
-                try:
-                    replies.append(self._wait(job_id, future, deadline))
-                except ApiError as exc:  # INPUT_TOO_LONG: wait for every job, to name every such input
-                    if exc.code != ErrorCode.INPUT_TOO_LONG:
-                        raise
-                    too_long.extend(start + int(i) for i in exc.details.get("indices", []))
-                    max_tokens = exc.details.get("max_tokens", max_tokens)
-        except ApiError:
-            self._cancel([job_id for job_id, future in futures if not future.done()])
-            with self._lock:  # and forget the answered ones
-                for job_id, _ in futures:
-                    self._pending.pop(job_id, None)
-            raise
-        if too_long:
-            raise ApiError(ErrorCode.INPUT_TOO_LONG, f"{len(too_long)} input(s) longer than the model's limit of "
-                           f"{max_tokens} tokens, at indices {too_long}; shorten them or allow truncation",
-                           indices=too_long, max_tokens=max_tokens)
-        vectors = np.concatenate([v for v, _ in replies]) if replies else np.zeros((0, 0), np.float32)
-        result = EmbedResult(vectors)
-        offset = rows = 0  # texts and vector rows of the jobs before this one (rows are chunks, when chunked)
-        for (part_vectors, header), part in zip(replies, parts, strict=True):
-            result.truncated.extend(rows + i for i in header.get("truncated", []))
-            result.tokens += int(header.get("tokens", 0))
-            for name in ("queue_ms", "worker_ms", "encode_ms"):
-                result.timings[name] = max(result.timings.get(name, 0.0), float(header.get(name, 0.0)))
-            result.chunks.extend([offset + index, start, end] for index, start, end in header.get("chunks", []))
-            offset += len(part)
-            rows += len(part_vectors)
-        return result
+            jobs = [self._submit(texts[a:b], normalize, timeout, options, link, a)
+                    for a, b in itertools.pairwise([*starts, len(texts)])]
+            self._collect(link, jobs, deadline, gone)
+        finally:
+            self._give_back(link)
+        return self._result(jobs)
 
     def abort(self, code: str, message: str) -> int:
         """Fail every job still waiting with ``code`` (at shutdown: a request is answered now rather than
         cut off later); returns how many were waiting."""
         with self._lock:
-            waiting = [p.future for p in self._pending.values() if not p.future.done()]
-        for future in waiting:
-            with contextlib.suppress(InvalidStateError):  # its reply came in the meantime
-                future.set_exception(ApiError(code, message))
-        return len(waiting)
+            self._abort_error = ApiError(code, message)
+            self._abort_epoch += 1
+            busy = list(self._busy)
+            waiting = sum(link.waiting() for link in busy)  # before they wake and give their links back
+        for link in busy:
+            link.wake()
+        return waiting
 
     def _max_tokens(self) -> int:
         status = self.broker_status()
@@ -177,128 +253,161 @@ class BrokerClient:
     def _job_starts(self, texts: list[str], job_chars: int | None) -> list[int]:
         return job_starts(texts, job_chars, self.job_texts)
 
-    def _submit(self, texts: list[str], normalize: bool, timeout: float,
-                options: dict[str, Any] | None) -> tuple[str, Future]:
+    def _take_link(self) -> _Link:
+        with self._lock:
+            link = self._free.pop() if self._free else None
+            if link is None:
+                link = _Link(self.context, self.address)
+                self._links.append(link)
+            self._busy.add(link)
+        return link
+
+    def _give_back(self, link: _Link) -> None:
+        """Cancel what the request leaves unanswered (its client timed out or went away, or a job failed) and
+        put the link back; a late reply it gets later is dropped by its job id."""
+        for job in link.jobs.values():
+            if not job.answered:
+                link.send(protocol.encode(Command.CANCEL, {"job": job.job_id}))
+        with self._lock:
+            link.jobs = {}
+            self._busy.discard(link)
+            if link in self._links:  # not closed meanwhile
+                self._free.append(link)
+
+    def _submit(self, texts: list[str], normalize: bool, timeout: float, options: dict[str, Any] | None,
+                link: _Link, start: int = 0) -> _Job:
         job_id = f"{self._job_prefix}{next(self._job_numbers):x}"
         header: dict[str, Any] = {"job": job_id, "n": len(texts), "normalize": normalize,
                                   "timeout_ms": int(timeout * 1000)}
         if options:
             header["options"] = options
         # first: what cannot be encoded is never pending
-        frames = protocol.encode(Command.SUBMIT, header, protocol.encode_texts(texts))
-        future: Future = Future()
-        with self._lock:
-            self._pending[job_id] = _Pending(frames, future)
-        self._enqueue(frames)
-        return job_id, future
+        job = _Job(job_id, start, protocol.encode(Command.SUBMIT, header, protocol.encode_texts(texts)))
+        link.jobs[job_id] = job
+        link.send(job.frames)
+        return job
 
-    @staticmethod
-    def _raise_first_error(futures: list[Future], deadline: float, gone: Callable[[], bool] | None = None) -> None:
-        """Raise the first error of any job as soon as it comes (an OVERLOADED third job fails the request
-        now, not after the first two are done), except INPUT_TOO_LONG, which the caller gathers from all; and
-        CLIENT_GONE within GONE_CHECK seconds of ``gone()`` turning true."""
-        waiting = set(futures)
-        while waiting:
-            left = max(0.0, deadline - time.monotonic())
-            done, waiting = wait(waiting, min(left, GONE_CHECK) if gone else left, FIRST_EXCEPTION)
+    def _collect(self, link: _Link, jobs: list[_Job], deadline: float, gone: Callable[[], bool] | None) -> None:
+        """Wait for every job's reply. Raise the first error of any job as soon as it comes (an OVERLOADED third
+        job fails the request now, not after the first two are done), except INPUT_TOO_LONG, gathered from all
+        by :meth:`_result`; CLIENT_GONE within GONE_CHECK seconds of ``gone()`` turning true; TIMEOUT at the
+        deadline; the abort's error when :meth:`abort` is called."""
+        epoch, abort_epoch = self._epoch, self._abort_epoch
+        left = len(jobs)
+        while left:
+            for frames in self._received(link):
+                job = self._answer(link, frames)
+                if job is not None:
+                    left -= 1
+                    if job.error is not None and job.error.code != ErrorCode.INPUT_TOO_LONG:
+                        raise job.error
+            if not left:
+                return
+            if self._abort_epoch != abort_epoch and self._abort_error is not None:
+                raise self._abort_error
             if gone is not None and gone():
                 raise ApiError("CLIENT_GONE", "the client closed its connection before the answer")
-            if not done:
-                if gone is not None and time.monotonic() < deadline:
-                    continue
-                return  # the deadline passed: the caller reports TIMEOUT
-            for future in done:
-                error = future.exception()
-                if isinstance(error, ApiError) and error.code != ErrorCode.INPUT_TOO_LONG:
-                    raise error
+            if self._epoch != epoch:  # the broker restarted: it may have lost what it held
+                epoch = self._epoch
+                for job in jobs:
+                    if not job.answered:
+                        link.send(job.frames)
+            wait = deadline - time.monotonic()
+            if wait <= 0:
+                raise ApiError(ErrorCode.TIMEOUT, "the request did not finish before its deadline")
+            link.poller.poll(max(1, int(min(wait, GONE_CHECK) * 1000)) if gone else max(1, int(wait * 1000)))
+            link.drain_wakes()
 
-    def _wait(self, job_id: str, future: Future, deadline: float) -> tuple[np.ndarray, dict[str, Any]]:
+    @staticmethod
+    def _received(link: _Link) -> list[list[bytes]]:
+        received = []
+        for _ in range(10_000):
+            try:
+                received.append(link.sock.recv_multipart(zmq.NOBLOCK))
+            except zmq.Again:
+                break
+        return received
+
+    @staticmethod
+    def _answer(link: _Link, frames: list[bytes]) -> _Job | None:
+        """Store a reply in its job; the job, or None when it is not one of this request's (a late reply to
+        an earlier request on this link, or a second reply: a reply is used at most once)."""
         try:
-            return future.result(timeout=max(0.0, deadline - time.monotonic()))
-        except FutureTimeout:
-            raise ApiError(ErrorCode.TIMEOUT, "the request did not finish before its deadline") from None
-        finally:
-            with self._lock:
-                self._pending.pop(job_id, None)
+            message = protocol.decode(frames)
+        except ProtocolError as exc:
+            log.warning("dropped a bad message from the broker: %s", exc)
+            return None
+        header = message.header
+        job = link.jobs.get(header.get("job"))  # type: ignore[arg-type]
+        if job is None or job.answered:
+            return None
+        if message.command is Command.RESULT:
+            json_rows = header.get("encoding") == Encoding.JSON.value
+            job.reply = (message.payload[0] if json_rows else message.vectors(), header)
+        elif message.command is Command.ERROR:
+            details = {k: header[k] for k in ("indices", "max_tokens") if k in header}
+            job.error = ApiError.from_peer(header["code"], header["message"], **details)
+        else:
+            return None
+        return job
 
-    def _cancel(self, job_ids: list[str]) -> None:
-        with self._lock:
-            for job_id in job_ids:
-                self._pending.pop(job_id, None)
-        for job_id in job_ids:
-            self._enqueue(protocol.encode(Command.CANCEL, {"job": job_id}))
+    @staticmethod
+    def _result(jobs: list[_Job]) -> EmbedResult:
+        too_long: list[int] = []  # request-level indices of inputs over the token limit (with truncate: false)
+        max_tokens = None
+        for job in jobs:
+            if job.error is not None:  # only INPUT_TOO_LONG gets here: name every such input of every job
+                too_long.extend(job.start + int(i) for i in job.error.details.get("indices", []))
+                max_tokens = job.error.details.get("max_tokens", max_tokens)
+        if too_long:
+            raise ApiError(ErrorCode.INPUT_TOO_LONG, f"{len(too_long)} input(s) longer than the model's limit of "
+                           f"{max_tokens} tokens, at indices {too_long}; shorten them or allow truncation",
+                           indices=too_long, max_tokens=max_tokens)
+        result = EmbedResult()
+        rows = 0  # vector rows of the jobs before this one (rows are chunks, when chunked)
+        for job in jobs:
+            assert job.reply is not None
+            vectors, header = job.reply
+            result.parts.append(vectors)
+            result.dims.append(int(header["dim"]))
+            result.truncated.extend(rows + i for i in header.get("truncated", []))
+            result.tokens += int(header.get("tokens", 0))
+            for name in ("queue_ms", "worker_ms", "encode_ms"):
+                result.timings[name] = max(result.timings.get(name, 0.0), float(header.get(name, 0.0)))
+            result.chunks.extend([job.start + index, start, end] for index, start, end in header.get("chunks", []))
+            rows += int(header["n"])
+        return result
 
-    def _enqueue(self, frames: list[bytes]) -> None:
-        self._outbox.append(frames)
-        self._wake()
-
-    def _wake(self) -> None:
-        with contextlib.suppress(OSError):
-            self._wake_w.send(b"\0")
-
-    # -- the I/O thread ----------------------------------------------------------------------------------
+    # -- the status thread -------------------------------------------------------------------------------
     def _run(self) -> None:
         sock = sockets.configure(self.context.socket(zmq.DEALER))
         sock.connect(self.address)
-        poller = zmq.Poller()
-        poller.register(sock, zmq.POLLIN)
-        poller.register(self._wake_r, zmq.POLLIN)
         next_status = 0.0
         try:
             while not self._stop.is_set():
                 now = time.monotonic()
                 if now >= next_status:
-                    self._send(sock, protocol.encode(Command.STATUS, {"req": next(self._req)}), quiet=True)
+                    with contextlib.suppress(zmq.Again):  # asked again soon
+                        sock.send_multipart(protocol.encode(Command.STATUS, {"req": next(self._req)}), zmq.NOBLOCK)
                     next_status = now + (self.status_interval if self.worker_seen else START_INTERVAL)
-                events = dict(poller.poll(max(1, int((next_status - now) * 1000))))
-                if self._wake_r.fileno() in events:
+                if not sock.poll(max(1, int(min(next_status - now, 0.25) * 1000))):
+                    continue
+                for _ in range(10_000):
                     try:
-                        while self._wake_r.recv(4096):
-                            pass
-                    except (BlockingIOError, OSError):
-                        pass
-                while self._outbox:
-                    self._send(sock, self._outbox.popleft())
-                if sock in events:
-                    for _ in range(10_000):
-                        try:
-                            frames = sock.recv_multipart(zmq.NOBLOCK, copy=True)
-                        except zmq.Again:
-                            break
-                        self._handle(sock, frames)
+                        frames = sock.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    try:
+                        message = protocol.decode(frames)
+                    except ProtocolError as exc:
+                        log.warning("dropped a bad message from the broker: %s", exc)
+                        continue
+                    if message.command is Command.STATUS:
+                        self._on_status(message.header)
         finally:
             sock.close(linger=0)
 
-    def _send(self, sock: zmq.Socket, frames: list[bytes], quiet: bool = False) -> None:
-        try:
-            sock.send_multipart(frames, zmq.NOBLOCK)
-        except zmq.Again:  # a status request is asked again soon: no warning for it
-            (log.debug if quiet else log.warning)(
-                "broker queue full: message dropped (the request will time out or be resent)")
-
-    def _handle(self, sock: zmq.Socket, frames: list[bytes]) -> None:
-        try:
-            message = protocol.decode(frames)
-        except ProtocolError as exc:
-            log.warning("dropped a bad message from the broker: %s", exc)
-            return
-        header = message.header
-        if message.command is Command.STATUS:
-            self._on_status(sock, header)
-            return
-        job_id = header.get("job")
-        with self._lock:
-            pending = self._pending.get(job_id) if isinstance(job_id, str) else None
-        if pending is None or pending.future.done():
-            return  # answered already, cancelled or timed out: a reply is used at most once
-        with contextlib.suppress(InvalidStateError):  # abort() may have failed it a moment ago
-            if message.command is Command.RESULT:
-                pending.future.set_result((message.vectors(), header))
-            elif message.command is Command.ERROR:
-                details = {k: header[k] for k in ("indices", "max_tokens") if k in header}
-                pending.future.set_exception(ApiError.from_peer(header["code"], header["message"], **details))
-
-    def _on_status(self, sock: zmq.Socket, header: dict[str, Any]) -> None:
+    def _on_status(self, header: dict[str, Any]) -> None:
         self._typed_status = BrokerStatus.parse(header)
         self.status = header
         self.status_at = time.monotonic()
@@ -311,9 +420,10 @@ class BrokerClient:
             return
         if self.broker_id is not None:
             with self._lock:
-                pending = [p for p in self._pending.values() if not p.future.done()]
-            log.warning("broker restarted (%s -> %s): re-sending %d jobs in flight",
-                        self.broker_id[:8], str(broker_id)[:8], len(pending))
-            for p in pending:
-                self._send(sock, p.frames)
+                self._epoch += 1
+                busy = list(self._busy)
+            log.warning("broker restarted (%s -> %s): re-sending the jobs of %d requests in flight",
+                        self.broker_id[:8], str(broker_id)[:8], len(busy))
+            for link in busy:
+                link.wake()
         self.broker_id = broker_id

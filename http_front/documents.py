@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 import falcon
-import numpy as np
+import orjson
 
 from http_front.app import AppState, flag, read_texts_request
 from http_front.errors import ApiError
@@ -70,14 +70,14 @@ def read_pdf(req: falcon.Request, max_bytes: int) -> bytes:
 
 
 def embed_chunked(state: AppState, route: str, texts: list[str], normalize: bool, option: dict[str, Any],
-                  deadline: float) -> tuple[list[list[int]], np.ndarray | list[Any]]:
-    """The ``[text index, start, end]`` rows and the vectors of every chunk of ``texts`` (a float32 matrix,
-    written from its buffer by http_front/json_media.py)."""
+                  deadline: float) -> tuple[list[list[int]], orjson.Fragment | list[Any]]:
+    """The ``[text index, start, end]`` rows and the vectors of every chunk of ``texts`` (the rows as the
+    workers wrote them in JSON)."""
     if not texts:
         return [], []
     result = state.embed(route, texts, normalize, option, timeout=max(0.001, deadline - time.monotonic()),
-                         job_chars=CHUNK_JOB_CHARS)
-    return result.chunks, np.ascontiguousarray(result.vectors, dtype=np.float32)
+                         job_chars=CHUNK_JOB_CHARS, as_json=True)
+    return result.chunks, result.vectors_json()
 
 
 class EmbedPdf:

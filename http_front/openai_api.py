@@ -91,11 +91,17 @@ class Embeddings:
         dim = (self.state.client.broker_status() or BrokerStatus()).dim
         if dimensions is not None and isinstance(dim, int) and dimensions > dim:
             raise ApiError("BAD_REQUEST", f"'dimensions' is {dimensions}; this model has {dim}", param="dimensions")
-        result = self.state.embed(ROUTE, texts, True, None if truncate else {"truncate": False}) if texts else None
-        vectors = result.vectors if result is not None else np.zeros((0, dim or 0), np.float32)
-        if dimensions is not None and dimensions < vectors.shape[1]:
-            vectors = normalize_rows(vectors[:, :dimensions])
-        data = [{"object": "embedding", "index": i, "embedding": e} for i, e in enumerate(encode(vectors, encoding))]
+        as_json = encoding == "float" and (dimensions is None or dimensions == dim)  # the rows as workers wrote them
+        options = None if truncate else {"truncate": False}
+        result = self.state.embed(ROUTE, texts, True, options, as_json=as_json) if texts else None
+        if result is not None and as_json:
+            rows = result.rows_json()
+        else:
+            vectors = result.vectors if result is not None else np.zeros((0, dim or 0), np.float32)
+            if dimensions is not None and dimensions < vectors.shape[1]:
+                vectors = normalize_rows(vectors[:, :dimensions])
+            rows = encode(vectors, encoding)
+        data = [{"object": "embedding", "index": i, "embedding": e} for i, e in enumerate(rows)]
         tokens = result.tokens if result is not None else 0
         resp.media = {"object": "list", "data": data, "model": model_id,
                       "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}

@@ -46,6 +46,7 @@ PROBE_PATHS = frozenset({"/livez", "/readyz", "/health", "/metrics", DATA_PATH})
 PROBE_THREADS = 2  # probes are answered from cached state: a couple of threads keep up with any prober
 LINGER_SECONDS = 5.0  # how long a refused client may go on sending before its connection is closed
 LINGER_BYTES = 64 * 1024 * 1024  # and how much of it is read (and dropped) at most
+SEND_CHUNK = 4 * 1024 * 1024  # bytes of an answer offered to one send() (python -m bench.head measures it)
 
 
 class Overloaded(Error):
@@ -79,6 +80,12 @@ class FrontChannel(HTTPChannel):
     linger_on_close = False  # set by an error task: close by lingering
     linger_until = 0.0  # monotonic deadline once lingering; 0 while not
     lingered_bytes = 0
+
+    def __init__(self, server: Any, sock: socket.socket, addr: Any, adj: Adjustments, map: Any = None) -> None:
+        super().__init__(server, sock, addr, adj, map)
+        # waitress hands the socket one SO_SNDBUF (16 KiB) at a time, copying the rest of the buffer each time;
+        # a vector answer is hundreds of KiB: offer it whole, the kernel takes what it can
+        self.sendbuf_len = max(self.sendbuf_len, SEND_CHUNK)
 
     def handle_close(self) -> None:
         if self.linger_on_close and not self.linger_until and not self.total_outbufs_len and self.socket:

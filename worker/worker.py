@@ -23,7 +23,7 @@ from typing import Any
 import zmq
 
 from embed_common import VERSION, protocol
-from embed_common.protocol import Command, ErrorCode, ProtocolError
+from embed_common.protocol import Command, Encoding, ErrorCode, ProtocolError
 from embed_common.settings import default
 from worker import heap
 from worker.batch_stats import BatchSizes
@@ -427,7 +427,19 @@ class WorkerLoop:
                 header["truncated"] = job.truncated
             if job.chunks is not None:  # a row per vector: [index of its text in the job, start, end]
                 header["chunks"] = job.chunks
-            self.send(Command.RESULT, header, protocol.encode_vectors(job.vectors))
+            encoding = job_encoding(job.options)
+            if encoding is not Encoding.F32:
+                header["encoding"] = encoding.value
+            self.send(Command.RESULT, header, protocol.encode_vectors(job.vectors, encoding))
+
+
+def job_encoding(options: dict[str, Any]) -> Encoding:
+    """How the job's answer writes its vectors: as it asked (the front asks JSON of the rows it answers with
+    as they are, so that the head does no work per number), else float32."""
+    try:
+        return Encoding(options.get("encoding", Encoding.F32.value))
+    except ValueError:
+        return Encoding.F32
 
 
 def default_capacity(device: str) -> int:

@@ -100,7 +100,7 @@ def test_worker_gone_requeues_the_jobs_of_that_local_process_only(make_cluster) 
 def test_abort_answers_every_waiting_job_once(make_cluster) -> None:
     cluster = make_cluster(no_worker_grace=60.0)  # no worker: the jobs wait in the queue
     requests_: list[Future] = [embed_in_background(cluster, [f"t{i}"] * 70) for i in range(3)]  # 2 jobs each
-    eventually(lambda: len(cluster.client._pending) == 6, "six jobs pending")
+    eventually(lambda: cluster.client.pending_jobs() == 6, "six jobs pending")
     assert cluster.client.abort("SHUTTING_DOWN", "stopping") == 6
     for request in requests_:
         with pytest.raises(ApiError) as error:
@@ -213,4 +213,4 @@ def test_health_lists_down_workers_and_the_front_refuses_input_it_cannot_send(ma
     lone = app.simulate_post("/embed", body=b'{"texts": ["ok", "\\udc80"]}')
     assert (lone.status_code, lone.json["error"]["code"]) == (400, "BAD_REQUEST")
     assert "texts[1]" in lone.json["error"]["message"]
-    assert cluster.client._pending == {}  # nothing left behind
+    assert cluster.client.pending_jobs() == 0  # nothing left behind
