@@ -153,6 +153,18 @@ def startup_order(services: dict[str, Any]) -> list[str]:
     return order
 
 
+def wait_healthy(name: str, check: list[str], env: dict[str, str], process: Process, timeout: float) -> None:
+    """Run the service's healthcheck until it passes; fails loudly, with its log, on timeout or once it exited."""
+    def healthy() -> bool:
+        if not subprocess.run(check, env={**os.environ, **env}, capture_output=True, timeout=60).returncode:
+            return True
+        if process.proc.poll() is not None:
+            pytest.fail(f"{name} exited before it became healthy:\n{process.log()}")
+        return False
+
+    eventually(healthy, lambda: f"{name} healthy:\n{process.log()}", timeout=timeout, interval=1)
+
+
 @pytest.fixture(scope="module")
 def native_compose(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Native, list[Process]]]:
     """Every service of docker-compose.yml started as `docker compose up --scale worker=2` would, natively:
@@ -179,10 +191,7 @@ def native_compose(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[N
                 health.append((name, native.argv(service["healthcheck"]["test"][1:]), env, started[-1]))
         deadline = time.monotonic() + 300
         for name, check, env, process in health:  # test: ["CMD", *argv]
-            while subprocess.run(check, env={**os.environ, **env}, capture_output=True, timeout=60).returncode:
-                if time.monotonic() > deadline or process.proc.poll() is not None:
-                    pytest.fail(f"{name} never became healthy:\n{process.log()}")
-                time.sleep(1)
+            wait_healthy(name, check, env, process, timeout=max(0.0, deadline - time.monotonic()))
         yield native, started
     finally:
         for process in reversed(started):

@@ -9,7 +9,6 @@ import os
 import re
 import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -19,7 +18,7 @@ import numpy as np
 import pytest
 
 from http_front.pdf_text import extract_pages
-from tests.conftest import Cluster, cli, cosine_rows, sample_texts
+from tests.conftest import Cluster, cli, cosine_rows, eventually, sample_texts
 from tests.pdfs import build_pdf, encrypt, wrap
 
 pytestmark = pytest.mark.slow
@@ -126,11 +125,17 @@ def test_a_slow_pdf_meets_the_time_limit_while_the_server_keeps_answering(cluste
     answered_meanwhile = 0
     with ThreadPoolExecutor(1) as pool:
         pending = pool.submit(post_pdf, cluster, slow)
-        while not pending.done():
+
+        def served_until_the_pdf_is_answered() -> bool:  # the server answers others while it reads the PDF
+            nonlocal answered_meanwhile
+            if pending.done():
+                return True
             assert cluster.get("/health", timeout=30).status_code == 200
             assert len(cluster.embed(["meanwhile"])[0]) == 384
             answered_meanwhile += not pending.done()
-            time.sleep(0.1)
+            return False
+
+        eventually(served_until_the_pdf_is_answered, "the slow PDF answered", timeout=180, interval=0.1)
         r = pending.result()
     assert r.status_code == 413 and r.json()["error"]["code"] == "PDF_TOO_LARGE", r.text
     assert "longer than 3s" in r.json()["error"]["message"]
@@ -167,12 +172,16 @@ def run_embed(cluster: Cluster, folder: Path, out: Path, interrupt_after: int | 
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         if interrupt_after is not None:
-            deadline = time.monotonic() + 120
             manifest = out / "manifest.jsonl"
-            while not (manifest.exists() and len(manifest.read_text().splitlines()) > interrupt_after):
+
+            def finished_enough() -> bool:
+                if manifest.exists() and len(manifest.read_text().splitlines()) > interrupt_after:
+                    return True
                 assert proc.poll() is None, f"it ended before it could be interrupted: {proc.communicate()}"
-                assert time.monotonic() < deadline, "no file was finished in time"
-                time.sleep(0.02)
+                return False
+
+            eventually(finished_enough, f"more than {interrupt_after} files in the manifest", timeout=120,
+                       interval=0.02)
             proc.send_signal(signal.SIGINT)
         stdout, stderr = proc.communicate(timeout=300)
     finally:

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.conftest import Cluster
+from tests.conftest import Cluster, eventually
 from tests.integration.faults import Load, TextPool, alive, busy_worker, check_outcomes, children_of, short_texts
 
 pytestmark = pytest.mark.slow
@@ -26,10 +26,8 @@ def pool(reference_model: Any) -> TextPool:
 def wait_gone(pids: list[int], timeout: float) -> float:
     """Seconds until none of ``pids`` is alive; fails loudly when some still are after ``timeout``."""
     start = time.monotonic()
-    while any(alive(pid) for pid in pids):
-        if time.monotonic() - start > timeout:
-            pytest.fail(f"still alive after {timeout}s: {[pid for pid in pids if alive(pid)]}")
-        time.sleep(0.05)
+    eventually(lambda: not any(alive(pid) for pid in pids),
+               lambda: f"all of {pids} gone; still alive: {[pid for pid in pids if alive(pid)]}", timeout=timeout)
     return time.monotonic() - start
 
 

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import requests
 
+from embed_common.jobs import job_starts
 from tests.conftest import Cluster, eventually
 from tests.integration.faults import Load, TextPool, broker_counter, check_outcomes, post_embed, short_texts
 
@@ -194,7 +195,9 @@ def test_embed_requests_past_what_the_front_holds_get_a_fast_503_overloaded(clus
 
 def test_jobs_of_a_client_that_went_away_are_dropped_before_compute(cluster: Cluster, pool: TextPool) -> None:
     before = broker_counter(cluster, "cancelled")
+    submitted = broker_counter(cluster, "submitted")
     texts = [f"{i}: " + " ".join(pool.texts[(i + k) % 200] for k in range(2))[:110] for i in range(400)]
+    jobs = len(job_starts(texts))  # the jobs one such request becomes (one worker: no spread)
     body = json.dumps({"texts": texts}).encode()
     assert len(body) < MAX_BODY
     results: list[int] = []
@@ -202,14 +205,18 @@ def test_jobs_of_a_client_that_went_away_are_dropped_before_compute(cluster: Clu
     def hold_the_worker() -> None:  # requests ahead in the queue, so that the next one's jobs wait
         results.append(requests.post(cluster.url + "/embed", json={"texts": texts}, timeout=120).status_code)
 
+    def submitted_since(count: int) -> bool:
+        return broker_counter(cluster, "submitted") - submitted >= count
+
     holders = [threading.Thread(target=hold_the_worker, daemon=True) for _ in range(3)]
     for holder in holders:
         holder.start()
-    time.sleep(0.5)
-    with socket.create_connection(("127.0.0.1", cluster.port), timeout=10) as s:  # 7 jobs, then gone
+    eventually(lambda: submitted_since(len(holders) * jobs), "the holders' jobs reached the broker", timeout=30)
+    with socket.create_connection(("127.0.0.1", cluster.port), timeout=10) as s:  # its jobs, then gone
         s.sendall(b"POST /embed HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                   b"Content-Length: %d\r\n\r\n" % len(body) + body)
-        time.sleep(0.3)  # the front has the request and queued its jobs
+        eventually(lambda: submitted_since((len(holders) + 1) * jobs), "the front queued the request's jobs",
+                   timeout=30)
     left = time.monotonic()
     cancelled = eventually(lambda: broker_counter(cluster, "cancelled") - before or None,
                            "the jobs of the client that left were cancelled", timeout=15, interval=0.1)

@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -242,9 +241,8 @@ def test_after_a_partition_longer_than_the_liveness_the_worker_returns_and_no_re
         sender.start()
     wait_for(lambda: any(w["inflight_texts"] > 0 for w in lan.workers()), lambda: str(lan.workers()), 60)
     lan.host.link_up(False)
-    try:  # down until the broker has presumed the worker dead and put its jobs back in the queue
-        time.sleep(LIVENESS + 1)
-        wait_for(lambda: lan.workers() == [], lambda: str(lan.workers()), 30)
+    try:  # down until the broker has presumed the worker dead (gone from its status) and requeued its jobs
+        wait_for(lambda: lan.workers() == [], lambda: str(lan.workers()), LIVENESS + 30)
     finally:
         lan.host.link_up(True)
     lan.worker.wait_event("worker_reconnected", after=mark, timeout=60)

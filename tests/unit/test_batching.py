@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import random
 import socket
-import time
 from collections.abc import Iterator
 
 import numpy as np
@@ -206,7 +205,9 @@ def test_jobs_from_before_a_reset_are_dropped(wake: socket.socket) -> None:
     compute.start()
     try:
         done = wait_done(compute, 1)
-        time.sleep(0.05)
+        # the thread waits for work again: it has answered all it ever will, so a stale answer would show now
+        eventually(lambda: compute._idle == 1, "the compute thread idle after the fresh job", timeout=30,
+                   interval=0.005)
     finally:
         compute.stop()
     assert list(done) == ["fresh"] and len(compute.done) == 1 and embedder.batches == [1]
@@ -224,7 +225,8 @@ def test_idle_compute_threads_share_one_request_that_fits_one_batch(wake: socket
     compute = ComputeThread(embedder, token_budget=4096, max_batch=64, wake=wake, threads=2)
     compute.start()
     try:
-        time.sleep(0.05)  # both threads idle, as between a search box's queries
+        # both threads idle, as between a search box's queries
+        eventually(lambda: compute._idle == 2, "both compute threads idle", timeout=30, interval=0.005)
         texts = [f"text number {i} with some words" for i in range(12)]
         compute.submit(header("lone", texts))
         done = wait_done(compute, 1)

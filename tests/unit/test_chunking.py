@@ -7,11 +7,11 @@ import itertools
 import random
 import re
 import socket
-import time
 
 import numpy as np
 import pytest
 
+from tests.conftest import eventually
 from worker.chunking import ChunkPlan, chunk_spans, chunk_texts
 from worker.embedder import FakeEmbedder
 from worker.worker import ComputeThread
@@ -156,10 +156,8 @@ def run_jobs(embedder: FakeEmbedder, headers: list[dict]) -> dict[str, tuple]:
     try:
         for header in headers:
             compute.submit(header)
-        deadline = time.monotonic() + 30
-        while len(compute.done) < len(headers):
-            assert time.monotonic() < deadline, "the compute thread did not finish the jobs"
-            time.sleep(0.01)
+        eventually(lambda: len(compute.done) >= len(headers), "the compute thread finished the jobs", timeout=30,
+                   interval=0.01)
         return {job.job_id if job is not None else error["job"]: (job, error) for job, error in compute.done}
     finally:
         compute.stop()

@@ -8,6 +8,7 @@ below go through a real Broker, BrokerClient and WorkerLoops.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -264,13 +265,22 @@ def test_the_data_shows_the_cluster_and_texts_served(served) -> None:
     body = eventually(served_some, "texts/s above zero in the history", timeout=20)
     assert body["status"] == "ok" and body["model_id"] == "fake/fake-model" and body["dim"] == 8
     assert body["limits"]["max_texts"] == 50 and body["version"]
-    assert body["uptime_s"] >= 0 and body["interval"] == 1.0 and body["window"] == 600.0
+    assert body["interval"] == 1.0 and body["window"] == 600.0
     [row] = body["workers"]
     assert row["id"] == cluster.workers[0].loop.worker_id and row["state"] in ("ready", "busy")
     assert row["served_texts"] >= 30 and row["remote"] is False
     assert any(e["kind"] == "worker_joined" for e in body["events"])
     assert max(v or 0 for v in body["history"]["ok_per_s"]) > 0  # the /embed request counted
     assert any(v for v in body["history"]["p50_ms"] if v)
+
+    # the uptime (seconds, to 0.1) runs with the clock: between two reads it grows by no more than passed
+    def uptime() -> float:
+        return client.simulate_get("/status.json").json["uptime_s"]
+
+    start = time.monotonic()
+    first = uptime()
+    second = eventually(lambda: (u := uptime()) >= first + 0.5 and u, "the uptime grew", timeout=10)
+    assert second - first <= time.monotonic() - start + 0.1, (first, second)
 
 
 def test_a_refused_worker_is_an_event_through_the_real_broker(make_cluster) -> None:
