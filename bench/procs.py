@@ -89,7 +89,7 @@ def start_cluster(model: str, args: list[str], log_dir: Path, timeout: float = 6
     server.port = port
     try:
         server.wait_line(lambda line: progress_type(line) == "model_loaded", "model_loaded event", timeout)
-        wait_healthy(port, timeout=60)
+        wait_healthy(port, timeout=60, server=server)
     except BaseException:
         server.stop()
         raise
@@ -108,7 +108,9 @@ def start_seed_server(model: str, log_dir: Path, timeout: float = 600.0) -> Serv
     return server
 
 
-def wait_healthy(port: int, timeout: float) -> dict[str, Any]:
+def wait_healthy(port: int, timeout: float, server: Server | None = None, interval: float = 0.2) -> dict[str, Any]:
+    """Poll ``/health`` every ``interval`` seconds until it answers 200, and return its body; a ``server``
+    that exits meanwhile fails at once rather than at the timeout."""
     deadline = time.monotonic() + timeout
     last: Any = None
     while time.monotonic() < deadline:
@@ -117,7 +119,9 @@ def wait_healthy(port: int, timeout: float) -> dict[str, Any]:
                 return json.loads(r.read())
         except OSError as exc:
             last = exc
-        time.sleep(0.2)
+        if server is not None and server.proc.poll() is not None:
+            raise ServerError(f"exited ({server.proc.returncode}) before /health said 200; see {server.log_path}")
+        time.sleep(interval)
     raise ServerError(f"/health not 200 within {timeout:.0f}s: {last}")
 
 

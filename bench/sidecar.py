@@ -32,7 +32,6 @@ import statistics
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -62,15 +61,13 @@ def flops_per_text(model_path: str, lengths: list[int]) -> float:
 
 
 def token_lengths(model_path: str, texts: list[str]) -> list[int]:
-    from tokenizers import Tokenizer
-
-    from worker.onnx_backend import read_pipeline
+    """Each text's tokens as the model is fed them: cased, truncated and with special tokens as the served
+    ONNX path tokenizes (worker/onnx_backend.py), which matches sentence-transformers' ids."""
+    from worker.onnx_backend import load_tokenizers, read_pipeline
 
     pipeline = read_pipeline(model_path)
-    tokenizer = Tokenizer.from_file(str(pipeline.transformer / "tokenizer.json"))
-    tokenizer.no_padding()
-    tokenizer.enable_truncation(pipeline.max_tokens)
-    return [len(e.ids) for e in tokenizer.encode_batch(texts)]
+    tokenizer = load_tokenizers(pipeline).model
+    return [len(e.ids) for e in tokenizer.encode_batch(pipeline.cased(texts), add_special_tokens=True)]
 
 
 def matmul_peak() -> dict[str, Any]:
@@ -93,19 +90,12 @@ class Side:
         began = time.monotonic()
         server = procs.Server(argv, RESULTS / f"sidecar-{self.name}.log")
         server.port = port
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as r:
-                    if r.status == 200:
-                        return server, time.monotonic() - began
-            except OSError:
-                pass
-            if server.proc.poll() is not None:
-                raise procs.ServerError(f"{self.name} exited ({server.proc.returncode}); see {server.log_path}")
-            if time.monotonic() - began > 600:
-                server.stop()
-                raise procs.ServerError(f"{self.name}: no healthy /health within 600s")
-            time.sleep(0.02)
+        try:
+            procs.wait_healthy(port, 600, server, interval=0.02)  # polled often: the seconds are the figure
+        except procs.ServerError as exc:
+            server.stop()
+            raise procs.ServerError(f"{self.name}: {exc}") from None
+        return server, time.monotonic() - began
 
 
 def cpu_seconds(pid: int) -> float:

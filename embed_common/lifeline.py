@@ -18,6 +18,13 @@ log = logging.getLogger(__name__)
 
 PR_SET_PDEATHSIG = 1
 
+# How long a worker may take to stop, decided here for both sides: on SIGTERM the worker gives the batch being
+# encoded COMPUTE_GRACE seconds to finish (worker/main.py finish_compute), and the supervisor waits
+# WORKER_STOP_GRACE before it SIGKILLs (supervisor/supervisor.py shutdown): that grace plus the time to say
+# goodbye to the broker and exit, so that a batch that finishes within its grace is never killed.
+COMPUTE_GRACE = 5.0
+WORKER_STOP_GRACE = COMPUTE_GRACE + 5.0
+
 
 def orphaned(parent_pid: int | None) -> bool:
     """True when this process was started by ``parent_pid`` and that parent is gone or going: re-parented

@@ -22,9 +22,10 @@ from typing import IO, Any
 import zmq
 
 from embed_common import progress
+from embed_common.lifeline import WORKER_STOP_GRACE
 from embed_common.settings import default
 from supervisor.broker_link import BrokerLink
-from worker.devices import detect_devices, gpu_driver_present
+from worker.devices import compute_threads, detect_devices, gpu_driver_present
 
 log = logging.getLogger(__name__)
 
@@ -70,36 +71,23 @@ class Child:
     down: dict[str, Any] | None = None  # a worker that exited and does not serve yet: what /health shows
 
 
-def plan_devices(device: str, workers: str, threads: int = 0) -> list[str]:
+def plan_devices(device: str, workers: str) -> list[str]:
     """One device per worker: ``auto`` is one worker per GPU, else one for MPS, else CPU workers (see
     :func:`cpu_workers`)."""
     found = detect_devices() if device == "auto" else [device if device != "cuda" else "cuda:0"]
     if workers == "auto":
-        return ["cpu"] * cpu_workers(threads) if found == ["cpu"] else found
+        return ["cpu"] * cpu_workers() if found == ["cpu"] else found
     count = int(workers)
     if device == "cuda":
         found = detect_devices()
     return [found[i % len(found)] for i in range(count)]
 
 
-def physical_cores() -> int:
-    from worker.devices import physical_cores as cores  # reads /proc/cpuinfo; no torch import
-
-    return cores()
-
-
-def cpu_workers(threads: int = 0) -> int:
-    """CPU workers for ``--workers auto``: one. It runs a forward pass on every core at once (compute threads
-    over one copy of the model, worker/worker.py), where a second process would hold a second runtime and model
-    (README, Performance: `python bench/sidecar.py`)."""
+def cpu_workers() -> int:
+    """CPU workers for ``--workers auto``: one, whatever the cores and ``--threads``. It runs a forward pass on
+    every core at once (compute threads over one copy of the model, worker/worker.py), where a second process
+    would hold a second runtime and model (README, Performance: `python bench/sidecar.py`)."""
     return 1
-
-
-def cpu_compute_threads(cpu_workers: int, threads: int = 0, compute_threads: int = 0) -> int:
-    """Compute threads per CPU worker: the physical cores shared out, ``threads`` intra-op threads each."""
-    if compute_threads:
-        return compute_threads
-    return max(1, physical_cores() // (max(1, cpu_workers) * max(1, threads)))
 
 
 class Supervisor:
@@ -136,9 +124,9 @@ class Supervisor:
         front = [*base, "front", "--broker", self.client_address, "--host", s.host, "--port", str(s.port),
                  "--shutdown-grace", str(s.shutdown_grace)]
         self.children.append(Child("front", [*front, *s.extra_front_args, *parent], "front"))
-        devices = plan_devices(s.device, s.workers, s.threads)
+        devices = plan_devices(s.device, s.workers)
         on_cpu = sum(1 for d in devices if d == "cpu")
-        compute = cpu_compute_threads(on_cpu, s.threads, s.compute_threads) if on_cpu else 0
+        compute = compute_threads("cpu", s.compute_threads, s.threads, on_cpu)  # the cores shared out
         for i, device in enumerate(devices):
             name = f"worker-{i}"
             argv = [*base, "worker", "--broker", self.worker_address, "--model", s.model, "--device", device,
@@ -345,7 +333,7 @@ class Supervisor:
         """The front first (it drains requests in flight), then the workers, then the broker. ``quick`` when
         start-up failed: nothing was served, so nothing is waited for long."""
         grace = 2.0 if quick else self.settings.shutdown_grace
-        for kind, wait in (("front", grace + 5), ("worker", 3.0 if quick else 10.0), ("broker", 5.0)):
+        for kind, wait in (("front", grace + 5), ("worker", 3.0 if quick else WORKER_STOP_GRACE), ("broker", 5.0)):
             group = [c for c in self.children if c.kind == kind and c.proc is not None]
             for child in group:
                 stop_child(child, wait)

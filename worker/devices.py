@@ -84,5 +84,23 @@ def physical_cores() -> int:
     return os.cpu_count() or 1
 
 
+def compute_threads(device: str, requested: int = 0, threads: int = 0, cpu_workers: int = 1) -> int:
+    """Forward passes at once in one worker (its compute threads), the one place this default is decided:
+    ``requested`` where given (``--compute-threads``); 1 on a GPU; on the CPU the physical cores shared out
+    among ``cpu_workers`` workers of ``threads`` intra-op threads each. The supervisor plans its CPU workers
+    with it, and a worker started alone fills in its own the same way."""
+    if requested:
+        return requested
+    if device != "cpu":
+        return 1
+    return max(1, physical_cores() // (max(1, cpu_workers) * max(1, threads)))
+
+
+def intra_op_threads(requested: int, compute_threads: int) -> int:
+    """torch's intra-op threads in a CPU worker: ``requested`` where given (``--threads``); else every core
+    for a worker that computes alone, one each for a worker of several compute threads."""
+    return requested or (physical_cores() if compute_threads == 1 else 1)
+
+
 if __name__ == "__main__":
     print(json.dumps({"devices": list_devices(), "physical_cores": physical_cores()}))

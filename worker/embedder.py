@@ -23,6 +23,7 @@ import numpy as np
 
 from embed_common.models import normalize_rows
 from worker import precision
+from worker.cache import cache_root, content_key, model_fingerprint, package_version
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,8 @@ class Embedder(Protocol):
     max_tokens: int
     device: str
     precision: str
+    precision_note: str  # how the precision was chosen (empty: no check ran), for the worker's log
+    backend: str  # what runs the model: torch or onnx (worker/main.py load_embedder); the fake's is fake
 
     def tokenize(self, texts: list[str]) -> Tokenized: ...
 
@@ -67,6 +70,8 @@ def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 class FakeEmbedder:
     """Deterministic vectors from a hash of each text's tokens: for unit tests of batching and routing."""
 
+    backend = "fake"
+
     def __init__(self, dim: int = 8, max_tokens: int = 32, delay_per_token: float = 0.0,
                  model_id: str = "fake/fake-model") -> None:
         self.model_id = model_id
@@ -75,6 +80,7 @@ class FakeEmbedder:
         self.special_tokens = 2
         self.device = "cpu"
         self.precision = "fp32"
+        self.precision_note = ""
         self.delay_per_token = delay_per_token
         self.batches: list[int] = []  # sizes of the batches encoded, for tests
 
@@ -104,6 +110,8 @@ class FakeEmbedder:
 
 class SentenceTransformerEmbedder:
     """A sentence-transformers model on one device, run on pre-tokenized, length-sorted batches."""
+
+    backend = "torch"
 
     def __init__(self, path: str, model_id: str, device: str, precision: str = "auto",
                  threads: int | None = None) -> None:
@@ -263,22 +271,15 @@ class SentenceTransformerEmbedder:
 
 def precision_cache_file(path: str, device: str) -> Path:
     """Where ``--precision auto``'s timed choice is kept: one file per model files, CPU flags, torch version."""
-    from worker.onnx_backend import cache_root
-
-    return cache_root().parent / "precision" / f"{precision_key(path, device)}.json"
+    return cache_root("precision") / f"{precision_key(path, device)}.json"
 
 
 @functools.cache  # it reads the model's files: once a process (a start reads the choice, then may write it)
 def precision_key(path: str, device: str) -> str:
-    from worker.onnx_backend import model_fingerprint, package_version
-
     flags = ""
     with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8") as f:
         flags = next((line for line in f if line.startswith("flags")), "")
-    key = hashlib.blake2b(digest_size=12)
-    for part in (model_fingerprint(Path(path)), device, flags, package_version("torch")):
-        key.update(part.encode() + b"\0")
-    return key.hexdigest()
+    return content_key(model_fingerprint(Path(path)), device, flags, package_version("torch"))
 
 
 def precision_choice(path: str, device: str) -> str | None:

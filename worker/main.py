@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 from embed_common import lifeline, progress
+from worker.embedder import Embedder
 from worker.worker import WorkerLoop, WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,8 @@ def run(settings: WorkerSettings) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
 
-    from worker.devices import physical_cores, resolve_device
+    from worker.devices import compute_threads as default_compute_threads
+    from worker.devices import resolve_device
     from worker.model_loading import ModelUnavailable, locate_model
 
     device = resolve_device(settings.device)
@@ -57,12 +59,11 @@ def run(settings: WorkerSettings) -> int:
         emit("worker_failed", {"error": "MODEL_LOAD_FAILED",
                                "reason": f"could not load {settings.model}: {type(exc).__name__}: {exc}"})
         return EXIT_LOAD_FAILED
-    compute_threads = settings.compute_threads or (physical_cores() if device == "cpu" else 1)
-    backend = getattr(embedder, "backend", "torch")
+    compute_threads = default_compute_threads(device, settings.compute_threads, settings.threads)
     emit("model_loaded", {"model": located.name, "dimensions": embedder.dim, "device": device,
-                          "precision": embedder.precision, "backend": backend, "compute_threads": compute_threads,
-                          "seconds": round(time.monotonic() - started, 2)})
-    log.info("model %s loaded on %s (%s, %s, %s, %d compute threads)", settings.model, device, backend,
+                          "precision": embedder.precision, "backend": embedder.backend,
+                          "compute_threads": compute_threads, "seconds": round(time.monotonic() - started, 2)})
+    log.info("model %s loaded on %s (%s, %s, %s, %d compute threads)", settings.model, device, embedder.backend,
              embedder.precision, embedder.precision_note or "no precision check", compute_threads)
     settings_with_id = WorkerSettings(**{**settings.__dict__, "worker_id": worker_id,
                                          "compute_threads": compute_threads})
@@ -74,7 +75,7 @@ def run(settings: WorkerSettings) -> int:
     return EXIT_REFUSED if code == 3 else code
 
 
-def load_embedder(settings: WorkerSettings, path: str, name: str, device: str, emit: Any) -> Any:
+def load_embedder(settings: WorkerSettings, path: str, name: str, device: str, emit: Any) -> Embedder:
     """The ONNX Runtime embedder (worker/onnx_backend.py) where the backend is onnx, or auto on a CPU at a
     precision it takes (auto, fp32); else the sentence-transformers one. ``--backend onnx`` on a model the ONNX
     path cannot take fails the load; ``auto`` falls back to torch and says why (``backend_fallback``)."""
@@ -93,27 +94,24 @@ def load_embedder(settings: WorkerSettings, path: str, name: str, device: str, e
                 raise
             log.warning("serving %s on torch: %s", name, exc)
             emit("backend_fallback", {"model": name, "backend": "torch", "reason": str(exc)})
-    from worker.devices import physical_cores
+    from worker.devices import compute_threads, intra_op_threads
     from worker.embedder import SentenceTransformerEmbedder
 
     threads = settings.threads
-    if device == "cpu" and not threads:  # one intra-op thread per compute thread, unless one computes alone
-        threads = physical_cores() if settings.compute_threads == 1 else 1
+    if device == "cpu":
+        threads = intra_op_threads(threads, compute_threads(device, settings.compute_threads, threads))
     return SentenceTransformerEmbedder(path, settings.model, device, settings.precision, threads or None)
-
-
-COMPUTE_GRACE = 5.0  # seconds for the batch being encoded at SIGTERM to finish (the supervisor waits 10)
 
 
 def finish_compute(loop: WorkerLoop) -> None:
     """Wait for the compute thread (told to stop by loop.run) to leave torch before the interpreter exits:
     finalising it while that thread is still inside torch destroys torch's joinable C++ threads, and the
     process dies by SIGABRT ("terminate called without an active exception"). Should the batch outlast the
-    grace, leave without finalising (os._exit, after flushing what was printed)."""
-    loop.compute.join(COMPUTE_GRACE)
+    grace (``lifeline.COMPUTE_GRACE``), leave without finalising (os._exit, after flushing what was printed)."""
+    loop.compute.join(lifeline.COMPUTE_GRACE)  # the supervisor waits longer (embed_common/lifeline.py)
     if loop.compute.alive():
         log.warning("the batch being encoded did not finish within %.0fs: exiting without waiting for it",
-                    COMPUTE_GRACE)
+                    lifeline.COMPUTE_GRACE)
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)

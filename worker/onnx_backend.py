@@ -13,14 +13,14 @@ sentence-transformers does around the transformer itself:
 
 The transformer is exported to ONNX once, in a child process (``python -m worker.onnx_export``: torch never
 enters this process), into a cache directory keyed by the model's files, torch's and ORT's versions and the
-opset (:func:`cache_dir`). The export is checked against sentence-transformers fp32 on probe texts before
-it is kept; a model it cannot take, or whose check fails, is served by the torch embedder instead
-(:func:`prepare` raises :class:`OnnxUnsupported` with the reason).
+opset (:func:`cache_dir`; worker/cache.py holds the cache's layout and key recipe). The export is checked
+against sentence-transformers fp32 on probe texts before it is kept; a model it cannot take, or whose check
+fails, is served by the torch embedder instead (:func:`prepare` raises :class:`OnnxUnsupported` with the
+reason).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -30,12 +30,12 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from worker.cache import cache_root, content_key, model_fingerprint, package_version
 from worker.embedder import Tokenized
 
 log = logging.getLogger(__name__)
@@ -64,6 +64,35 @@ class Pipeline:
     pooling: str  # mean, cls or max
     max_tokens: int
     do_lower_case: bool
+
+    def cased(self, texts: list[str]) -> list[str]:
+        """The texts as sentence-transformers hands them to the tokenizer: lower-cased where the model's
+        ``sentence_bert_config.json`` says ``do_lower_case`` (tokenizer.json's own normalizer does the rest)."""
+        return [t.lower() for t in texts] if self.do_lower_case else texts
+
+
+@dataclass(frozen=True)
+class Tokenizers:
+    """The model's ``tokenizer.json`` as the ONNX path uses it (:func:`load_tokenizers`); neither pads."""
+
+    model: Any  # truncates to the pipeline's max_tokens, special tokens added: what the model is fed
+    spans: Any  # no limit: chunking needs every token's span
+    pad_id: int  # what encode_ids pads a batch with
+
+
+def load_tokenizers(pipeline: Pipeline) -> Tokenizers:
+    """The model's ``tokenizer.json``, read from disk once, as the two tokenizers the ONNX path needs (they
+    differ in their truncation, a setting of the tokenizer object, hence two) and the id it pads with."""
+    from tokenizers import Tokenizer
+
+    text = (pipeline.transformer / "tokenizer.json").read_text(encoding="utf-8")
+    model, spans = Tokenizer.from_str(text), Tokenizer.from_str(text)
+    padding = model.padding or {}  # the file's padding settings, read before they are turned off
+    model.no_padding()
+    model.enable_truncation(pipeline.max_tokens)
+    spans.no_padding()
+    spans.no_truncation()
+    return Tokenizers(model, spans, int(padding.get("pad_id", 0)))
 
 
 def read_pipeline(path: str | os.PathLike[str]) -> Pipeline:
@@ -100,47 +129,11 @@ def read_pipeline(path: str | os.PathLike[str]) -> Pipeline:
     return Pipeline(root, transformer, modes[0], int(max_tokens), bool(st_cfg.get("do_lower_case", False)))
 
 
-def package_version(name: str) -> str:
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return "none"
-
-
-def model_fingerprint(root: Path) -> str:
-    """A digest of the model directory's contents, wherever it lies: each file's name and size, the whole of
-    small files (configs, tokenizer) and the first and last MiB of large ones (weights), so that one model
-    copied or downloaded again maps to the same export, and changed weights to another."""
-    digest = hashlib.blake2b(digest_size=16)
-    for file in sorted(p for p in root.rglob("*") if p.is_file()):
-        rel = file.relative_to(root).as_posix()
-        if rel.startswith(("onnx/", "openvino/")) or rel.endswith((".onnx", ".h5", ".msgpack", ".ot")):
-            continue  # other runtimes' copies: not what the export reads
-        size = file.stat().st_size
-        digest.update(f"{rel}\0{size}\0".encode())
-        with file.open("rb") as f:
-            if size <= 4 << 20:
-                digest.update(f.read())
-            else:
-                digest.update(f.read(1 << 20))
-                f.seek(-(1 << 20), os.SEEK_END)
-                digest.update(f.read())
-    return digest.hexdigest()
-
-
-def cache_root() -> Path:
-    """``$XDG_CACHE_HOME/embed-cluster/onnx`` (``~/.cache`` by default)."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "embed-cluster" / "onnx"
-
-
 def cache_dir(pipeline: Pipeline) -> Path:
     """Where this model's export lives: keyed by its files, the exporting torch, the serving ORT, the opset."""
-    key = hashlib.blake2b(digest_size=12)
-    for part in (model_fingerprint(pipeline.path), package_version("torch"), package_version("onnxruntime"),
-                 package_version("sentence-transformers"), package_version("transformers"), str(OPSET)):
-        key.update(part.encode() + b"\0")
-    return cache_root() / key.hexdigest()  # not by the directory's name: one model's copies share an export
+    key = content_key(model_fingerprint(pipeline.path), package_version("torch"), package_version("onnxruntime"),
+                      package_version("sentence-transformers"), package_version("transformers"), str(OPSET))
+    return cache_root("onnx") / key  # not by the directory's name: one model's copies share an export
 
 
 def export(pipeline: Pipeline, target: Path, emit: Emit, model_name: str) -> dict[str, Any]:
@@ -229,7 +222,6 @@ class OnnxEmbedder:
 
     def __init__(self, pipeline: Pipeline, model_file: Path, model_id: str, threads: int = 1) -> None:
         import onnxruntime as ort
-        from tokenizers import Tokenizer
 
         self.model_id = model_id
         self.device = "cpu"
@@ -241,24 +233,16 @@ class OnnxEmbedder:
                                             providers=["CPUExecutionProvider"])
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.dim = int(self.session.get_outputs()[0].shape[-1])
-        tokenizer_file = str(pipeline.transformer / "tokenizer.json")
-        self.tokenizer = Tokenizer.from_file(tokenizer_file)
-        self.tokenizer.no_padding()
-        self.tokenizer.enable_truncation(self.max_tokens)
-        self.spans_tokenizer = Tokenizer.from_file(tokenizer_file)  # no limit: chunking needs every token
-        self.spans_tokenizer.no_padding()
-        self.spans_tokenizer.no_truncation()
+        tokenizers = load_tokenizers(pipeline)
+        self.tokenizer = tokenizers.model
+        self.spans_tokenizer = tokenizers.spans
+        self.pad_id = tokenizers.pad_id
         self.special_tokens = len(self.spans_tokenizer.encode("", add_special_tokens=True).ids)
-        padding = json.loads(Path(tokenizer_file).read_text(encoding="utf-8")).get("padding") or {}
-        self.pad_id = int(padding.get("pad_id", 0))
-
-    def _texts(self, texts: list[str]) -> list[str]:
-        return [t.lower() for t in texts] if self.pipeline.do_lower_case else texts
 
     def tokenize(self, texts: list[str]) -> Tokenized:
         if not texts:
             return Tokenized([], [])
-        encodings = self.tokenizer.encode_batch(self._texts(texts), add_special_tokens=True)
+        encodings = self.tokenizer.encode_batch(self.pipeline.cased(texts), add_special_tokens=True)
         return Tokenized([e.ids for e in encodings], [i for i, e in enumerate(encodings) if e.overflowing])
 
     def encode_ids(self, ids: list[list[int]]) -> np.ndarray:
@@ -277,7 +261,7 @@ class OnnxEmbedder:
         return pool(tokens, mask, self.pipeline.pooling)
 
     def token_spans(self, text: str) -> list[tuple[int, int]]:
-        encoding = self.spans_tokenizer.encode(self._texts([text])[0], add_special_tokens=False)
+        encoding = self.spans_tokenizer.encode(self.pipeline.cased([text])[0], add_special_tokens=False)
         return [(int(start), int(end)) for start, end in encoding.offsets]
 
 

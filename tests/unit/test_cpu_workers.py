@@ -13,7 +13,7 @@ from supervisor.supervisor import ClusterSettings, Supervisor, plan_devices
 @pytest.fixture()
 def machine(monkeypatch: pytest.MonkeyPatch):
     def set_machine(cores: int, devices: list[str]) -> None:
-        monkeypatch.setattr(supervisor, "physical_cores", lambda: cores)
+        monkeypatch.setattr("worker.devices.physical_cores", lambda: cores)  # worker/devices.py: compute_threads
         monkeypatch.setattr(supervisor, "detect_devices", lambda: devices)
 
     return set_machine
@@ -23,7 +23,7 @@ def machine(monkeypatch: pytest.MonkeyPatch):
 def test_auto_plans_one_cpu_worker_whatever_the_cores(machine, cores: int) -> None:
     machine(cores, ["cpu"])
     assert plan_devices("auto", "auto") == ["cpu"]
-    assert plan_devices("cpu", "auto", 2) == ["cpu"]
+    assert plan_devices("cpu", "auto") == ["cpu"]  # --threads 2 too: test_the_cores_are_shared_out_...
 
 
 def test_gpus_get_one_worker_each_and_an_explicit_count_wins(machine) -> None:
