@@ -71,8 +71,8 @@ class ComputeThread:
     def __init__(self, embedder: Embedder, token_budget: int, max_batch: int, wake: socket.socket,
                  cost: CostModel | None = None, threads: int = 1) -> None:
         self.embedder = embedder
-        self.pool = Pool(token_budget, max_batch, cost or default_cost_model(embedder.device, embedder.precision,
-                                                                             getattr(embedder, "backend", "")))
+        self.pool = Pool(token_budget, max_batch,
+                         cost or default_cost_model(embedder.device, embedder.precision, embedder.backend))
         self.threads = max(1, threads)
         self._lock = threading.Condition()
         self._queued: list[PendingJob] = []
@@ -270,7 +270,7 @@ class WorkerLoop:
         stats = self.stats()
         return {
             "model": e.model_id, "dim": e.dim, "device": e.device, "capacity": self.capacity,
-            "precision": e.precision, "backend": getattr(e, "backend", "torch"),
+            "precision": e.precision, "backend": e.backend,
             "compute_threads": self.compute.threads, "max_tokens": e.max_tokens, "worker_id": self.worker_id,
             "pid": os.getpid(), "host": socket.gethostname(), "version": VERSION, "probe": self.probe,
             "stats": stats, **self.info,
