@@ -271,7 +271,8 @@ def create_app(client: BrokerClient, limits: Limits | None = None, state: AppSta
     from http_front import documents, openai_api, openapi, status_page  # they build on this module's helpers
 
     state = state or AppState(client, limits or Limits())
-    middleware: list[Any] = [RequestObservability(state.metrics), StatusRecorder(state.history), ClientGoneCheck()]
+    middleware: list[Any] = [json_media.StreamLargeBodies(), RequestObservability(state.metrics),
+                             StatusRecorder(state.history), ClientGoneCheck()]
     if api_key:
         middleware.append(ApiKeyAuth(api_key))
     app = falcon.App(cors_enable=False, middleware=middleware)

@@ -121,9 +121,10 @@ class _Link:
         self.poller.register(self.sock, zmq.POLLIN)
         self.poller.register(self.wake_r, zmq.POLLIN)
         self.jobs: dict[str, _Job] = {}  # the jobs of the request using it (none while it is in the pool)
+        self.unanswered = 0  # of those jobs
 
     def waiting(self) -> int:
-        return sum(not job.answered for job in list(self.jobs.values()))
+        return self.unanswered
 
     def send(self, frames: list[bytes]) -> None:
         try:
@@ -270,6 +271,7 @@ class BrokerClient:
                 link.send(protocol.encode(Command.CANCEL, {"job": job.job_id}))
         with self._lock:
             link.jobs = {}
+            link.unanswered = 0
             self._busy.discard(link)
             if link in self._links:  # not closed meanwhile
                 self._free.append(link)
@@ -284,6 +286,7 @@ class BrokerClient:
         # first: what cannot be encoded is never pending
         job = _Job(job_id, start, protocol.encode(Command.SUBMIT, header, protocol.encode_texts(texts)))
         link.jobs[job_id] = job
+        link.unanswered += 1
         link.send(job.frames)
         return job
 
@@ -349,6 +352,7 @@ class BrokerClient:
             job.error = ApiError.from_peer(header["code"], header["message"], **details)
         else:
             return None
+        link.unanswered -= 1
         return job
 
     @staticmethod
