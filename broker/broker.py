@@ -60,7 +60,7 @@ class Job:
     options: dict[str, Any]
     deadline: float
     count: int = 0  # texts in the job
-    payload: list[Any] = field(default_factory=list)  # the texts frame, passed on to the worker unread (a view)
+    payload: list[Any] = field(default_factory=list)  # the texts frame, passed on to the worker unread (a zmq.Frame)
     attempt: int = 0
     crashes: int = 0
     worker: WorkerKey | None = None
@@ -528,5 +528,6 @@ ENVELOPE_FRAMES = 4  # identity, protocol tag, command, header: what the broker 
 
 def received(frames: list[zmq.Frame]) -> list[Any]:
     """A message as the broker handles it: its envelope as bytes, its payload (texts or vectors, which it passes
-    on unread) as views of the received frames, so that they are not copied on their way through."""
-    return [f.bytes if i < ENVELOPE_FRAMES else f.buffer for i, f in enumerate(frames)]
+    on unread) as the received frames themselves, which go out again without a copy (a frame sent on is
+    libzmq's reference to the same data)."""
+    return [f.bytes if i < ENVELOPE_FRAMES else f for i, f in enumerate(frames)]

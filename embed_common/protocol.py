@@ -188,7 +188,7 @@ def _check_vectors(command: Command, header: dict[str, Any], payload: list[bytes
         if len(payload[0]) != n * dim * 4:
             raise ProtocolError(f"{command.name}: vectors frame does not hold {n}x{dim} float32")
     elif encoding == Encoding.JSON.value:  # its outline only: the head reads no number of it
-        rows = payload[0]
+        rows = memoryview(payload[0])  # bytes, or the broker's zmq.Frame
         if (rows[:2], rows[-2:]) != ((b"[[", b"]]") if n else (b"[]", b"[]")):
             raise ProtocolError(f"{command.name}: JSON vectors frame is not an array of {n} rows")
     else:

@@ -133,6 +133,9 @@ def check_texts(texts: Any, limits: Limits, field_name: str = "texts") -> list[s
         raise ApiError("BAD_REQUEST", f"'{field_name}' must be a list of strings")
     if len(texts) > limits.max_texts:
         raise ApiError("BAD_REQUEST", f"'{field_name}' holds {len(texts)} items; the limit is {limits.max_texts}")
+    if all(type(t) is str for t in texts) and max(map(len, texts), default=0) <= limits.max_text_chars \
+            and not _SURROGATE.search("".join(texts)):
+        return texts  # the usual case, checked at once; else find the first bad text, to name it
     for i, text in enumerate(texts):
         if not isinstance(text, str):
             raise ApiError("BAD_REQUEST", f"'{field_name}[{i}]' is not a string")

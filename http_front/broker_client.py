@@ -216,10 +216,14 @@ class BrokerClient:
         deadline = time.monotonic() + timeout
         if as_json:
             options = {**(options or {}), "encoding": Encoding.JSON.value}
-        chunked = bool(options and "chunk" in options)  # every chunk is encoded: work grows with the characters
-        max_tokens = self._max_tokens()
-        work = [len(t) if chunked else estimated_tokens(t, max_tokens) for t in texts]
-        bounds = spread_bounds(work, spread_parts(self._workers(), self.pending_jobs()))
+        parts = spread_parts(self._workers(), self.pending_jobs())
+        if parts > 1:
+            chunked = bool(options and "chunk" in options)  # every chunk is encoded: work grows with characters
+            max_tokens = self._max_tokens()
+            work = [len(t) if chunked else estimated_tokens(t, max_tokens) for t in texts]
+            bounds = spread_bounds(work, parts)
+        else:  # one run: no need to weigh the texts
+            bounds = [0, len(texts)]
         starts = [a + s for a, b in itertools.pairwise(bounds) for s in self._job_starts(texts[a:b], job_chars)]
         link = self._take_link()
         try:
