@@ -33,6 +33,7 @@ WorkerKey = tuple[str, bytes]  # (socket name, ZeroMQ identity)
 PROBE_MIN_COSINE = 0.99  # two workers whose probe vectors differ more than this serve different models
 
 
+ENVELOPE_FRAMES = 4  # identity, protocol tag, command, header: what the broker reads of a message
 SWEEP_INTERVAL = 0.02  # seconds between looks for dead workers, expired leases and expired queued jobs
 
 
@@ -168,7 +169,7 @@ class Broker:
                         frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
                     except zmq.Again:
                         break
-                    self.handle(names[sock], received(frames))
+                    self.handle(names[sock], sockets.received(frames, ENVELOPE_FRAMES))
             now = time.monotonic()
             if now >= next_heartbeat:
                 self.send_heartbeats()
@@ -522,12 +523,3 @@ class Broker:
         except zmq.ZMQError as exc:  # peer gone or its queue full: it will be purged by heartbeats
             log.debug("send %s to %s failed: %s", command.name, identity.hex()[:16], exc)
 
-
-ENVELOPE_FRAMES = 4  # identity, protocol tag, command, header: what the broker reads of a message
-
-
-def received(frames: list[zmq.Frame]) -> list[Any]:
-    """A message as the broker handles it: its envelope as bytes, its payload (texts or vectors, which it passes
-    on unread) as the received frames themselves, which go out again without a copy (a frame sent on is
-    libzmq's reference to the same data)."""
-    return [f.bytes if i < ENVELOPE_FRAMES else f for i, f in enumerate(frames)]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import zmq
 
 # The largest message any socket takes: a RESULT of the largest request's vectors fits many times over
@@ -21,3 +23,11 @@ def configure_router(sock: zmq.Socket) -> zmq.Socket:
     configure(sock)
     sock.setsockopt(zmq.ROUTER_MANDATORY, 0)
     return sock
+
+
+def received(frames: list[zmq.Frame], envelope: int) -> list[Any]:
+    """A message received with ``copy=False``: its first ``envelope`` frames (routing identity, protocol tag,
+    command, header) as bytes, the rest (texts, vectors) as the received frames themselves, so that a payload
+    passed on or answered with is never copied (a frame sent on is libzmq's reference to the same data; one
+    answered with is read through its buffer)."""
+    return [f.bytes if i < envelope else f for i, f in enumerate(frames)]

@@ -261,9 +261,8 @@ class Embed:
             return
         result = self.state.embed("/embed", texts, normalize, None if truncate else {"truncate": False},
                                   as_json=True)
-        resp.media = {"vectors": result.vectors_json()}  # the rows as the workers wrote them
-        if result.truncated:  # only when any: the seed's response is unchanged otherwise
-            resp.media["truncated"] = result.truncated
+        extra = {"truncated": result.truncated} if result.truncated else {}  # only when any, as the seed's
+        json_media.answer(resp, extra, "vectors", result.vectors_json())  # the rows as the workers wrote them
 
 
 def create_app(client: BrokerClient, limits: Limits | None = None, state: AppState | None = None,

@@ -41,12 +41,15 @@ START_INTERVAL = 0.05  # seconds between status requests until the first worker 
 GONE_CHECK = 0.25  # seconds between checks that a waiting request's client is still there
 
 
+JsonRows = bytes | zmq.Frame  # a job's rows as a worker wrote them in JSON (protocol Encoding.JSON)
+
+
 @dataclass
 class EmbedResult:
     """A request's vectors as its jobs sent them, in input order: each a float32 matrix, or the rows already
     written as JSON (``[[...],...]``) when the request asked for JSON (``as_json``) and the worker could."""
 
-    parts: list[np.ndarray | bytes] = field(default_factory=list)
+    parts: list[np.ndarray | JsonRows] = field(default_factory=list)
     dims: list[int] = field(default_factory=list)
     truncated: list[int] = field(default_factory=list)
     tokens: int = 0
@@ -58,42 +61,34 @@ class EmbedResult:
         """The (rows, dim) float32 matrix (JSON parts read back: each number is the shortest text of its float32,
         so it reads back to the same value)."""
         arrays = [p if isinstance(p, np.ndarray) else
-                  np.asarray(orjson.loads(p), dtype=np.float32).reshape(-1, dim)
+                  np.asarray(orjson.loads(memoryview(p)), dtype=np.float32).reshape(-1, dim)
                   for p, dim in zip(self.parts, self.dims, strict=True)]
         return np.concatenate(arrays) if arrays else np.zeros((0, 0), np.float32)
 
-    def vectors_json(self) -> orjson.Fragment:
-        """The rows as one JSON array of arrays, for an answer (http_front/json_media.py writes it as it is)."""
-        parts = [p if isinstance(p, bytes) else protocol.encode_vectors(p, Encoding.JSON) for p in self.parts]
-        parts = [p for p in parts if len(p) > 2] or [b"[]"]  # a job of no rows adds none
-        if len(parts) == 1:  # the usual case (one job, or one a worker): as it came, not copied
-            return orjson.Fragment(parts[0])
-        inner = [memoryview(p)[1:-1] for p in parts]
-        return orjson.Fragment(b"".join([b"[", *_joined(inner, b","), b"]"]))
+    def vectors_json(self) -> list[memoryview | bytes]:
+        """The rows as one JSON array of arrays, in pieces that are the workers' text itself, not copies of it
+        (http_front/json_media.answer writes them as they are)."""
+        rows = [memoryview(_json(p)) for p in self.parts]
+        rows = [r for r in rows if len(r) > 2] or [memoryview(b"[]")]  # a job of no rows adds none
+        if len(rows) == 1:  # the usual case: one job (or one of them had rows)
+            return [rows[0]]
+        pieces: list[memoryview | bytes] = [b"["]
+        for i, r in enumerate(rows):
+            pieces.extend([b"," if i else b"", r[1:-1]])
+        return [*pieces, b"]"]
 
     def rows_json(self) -> list[orjson.Fragment]:
         """Each row as a JSON array of its own (the OpenAI answer's ``embedding``s)."""
         rows: list[orjson.Fragment] = []
         for part in self.parts:
-            inner = _inner_json(part)
+            inner = bytes(memoryview(_json(part))[2:-2])  # the rows without the outer "[[" and "]]"
             if inner:
-                rows.extend(orjson.Fragment(b"[" + row + b"]") for row in inner[1:-1].split(b"],["))
+                rows.extend(orjson.Fragment(b"[" + row + b"]") for row in inner.split(b"],["))
         return rows
 
 
-def _inner_json(part: np.ndarray | bytes) -> bytes:
-    """A part's rows as JSON without the outer brackets: ``[..],[..]`` (empty for no rows)."""
-    data = part if isinstance(part, bytes) else protocol.encode_vectors(part, Encoding.JSON)
-    return data[1:-1]
-
-
-def _joined(items: list[memoryview], separator: bytes) -> list[memoryview | bytes]:
-    out: list[memoryview | bytes] = []
-    for item in items:
-        if out:
-            out.append(separator)
-        out.append(item)
-    return out
+def _json(part: np.ndarray | JsonRows) -> JsonRows:
+    return protocol.encode_vectors(part, Encoding.JSON) if isinstance(part, np.ndarray) else part
 
 
 @dataclass
@@ -101,7 +96,7 @@ class _Job:
     job_id: str
     start: int  # the index of its first text in the request
     frames: list[bytes]  # the SUBMIT, kept to send again if the broker restarts
-    reply: tuple[np.ndarray | bytes, dict[str, Any]] | None = None
+    reply: tuple[np.ndarray | JsonRows, dict[str, Any]] | None = None
     error: ApiError | None = None
 
     @property
@@ -330,7 +325,7 @@ class BrokerClient:
         received = []
         for _ in range(10_000):
             try:
-                received.append(link.sock.recv_multipart(zmq.NOBLOCK))
+                received.append(sockets.received(link.sock.recv_multipart(zmq.NOBLOCK, copy=False), 3))
             except zmq.Again:
                 break
         return received
@@ -349,7 +344,7 @@ class BrokerClient:
         if job is None or job.answered:
             return None
         if message.command is Command.RESULT:
-            json_rows = header.get("encoding") == Encoding.JSON.value
+            json_rows = header.get("encoding") == Encoding.JSON.value  # kept as the frame it came in
             job.reply = (message.payload[0] if json_rows else message.vectors(), header)
         elif message.command is Command.ERROR:
             details = {k: header[k] for k in ("indices", "max_tokens") if k in header}

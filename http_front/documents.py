@@ -12,8 +12,8 @@ import time
 from typing import Any
 
 import falcon
-import orjson
 
+from http_front import json_media
 from http_front.app import AppState, flag, read_texts_request
 from http_front.errors import ApiError
 from http_front.pdf_text import PdfPool
@@ -70,11 +70,11 @@ def read_pdf(req: falcon.Request, max_bytes: int) -> bytes:
 
 
 def embed_chunked(state: AppState, route: str, texts: list[str], normalize: bool, option: dict[str, Any],
-                  deadline: float) -> tuple[list[list[int]], orjson.Fragment | list[Any]]:
+                  deadline: float) -> tuple[list[list[int]], list[Any]]:
     """The ``[text index, start, end]`` rows and the vectors of every chunk of ``texts`` (the rows as the
     workers wrote them in JSON)."""
     if not texts:
-        return [], []
+        return [], [b"[]"]
     result = state.embed(route, texts, normalize, option, timeout=max(0.001, deadline - time.monotonic()),
                          job_chars=CHUNK_JOB_CHARS, as_json=True)
     return result.chunks, result.vectors_json()
@@ -106,13 +106,12 @@ class EmbedPdf:
         for index, start, end in rows:
             page = with_text[index]
             chunks.append({"page": page + 1, "text": pages[page][start:end], "start": start, "end": end})
-        resp.media = {
+        json_media.answer(resp, {
             "pages": len(pages),
             "text_layer": bool(with_text),  # false: a scan (images only); OCR it first
             "pages_without_text": [i + 1 for i, text in enumerate(pages) if not text.strip()],
             "chunks": chunks,
-            "vectors": vectors,
-        }
+        }, "vectors", vectors)
 
 
 class EmbedChunks:
@@ -128,11 +127,10 @@ class EmbedChunks:
         normalize = flag(body, "normalize", True)
         deadline = time.monotonic() + limits.request_timeout
         rows, vectors = embed_chunked(self.state, "/embed/chunks", texts, normalize, option, deadline)
-        resp.media = {
+        json_media.answer(resp, {
             "chunks": [{"index": index, "text": texts[index][start:end], "start": start, "end": end}
                        for index, start, end in rows],
-            "vectors": vectors,
-        }
+        }, "vectors", vectors)
 
 
 def register(app: falcon.App, state: AppState, parsers: PdfPool | None = None) -> PdfPool:

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import bisect
 import io
 from functools import partial
 from typing import Any
@@ -49,6 +50,60 @@ class StreamLargeBodies:
             resp.media = None
             resp.stream = io.BytesIO(body)  # a BytesIO of bytes shares them: read whole, it gives them back
             resp.content_length = len(body)
+
+
+class Pieces(io.RawIOBase):
+    """A body made of pieces (bytes, or views of received frames), read as one file without joining them: what
+    waitress's ``wsgi.file_wrapper`` sends from (a read gives the rest of the current piece, at most ``size``)."""
+
+    def __init__(self, pieces: list[Any]) -> None:
+        super().__init__()
+        self.pieces = [memoryview(p).cast("B") for p in pieces if len(p)]
+        self.size = sum(len(p) for p in self.pieces)
+        self.offsets = [0]
+        for piece in self.pieces:
+            self.offsets.append(self.offsets[-1] + len(piece))
+        self.position = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.position, io.SEEK_END: self.size}[whence]
+        self.position = min(max(0, base + offset), self.size)
+        return self.position
+
+    def read(self, size: int = -1) -> memoryview | bytes:  # type: ignore[override]
+        if self.position >= self.size:
+            return b""
+        index = bisect.bisect_right(self.offsets, self.position) - 1
+        start = self.position - self.offsets[index]
+        end = len(self.pieces[index]) if size is None or size < 0 else min(len(self.pieces[index]), start + size)
+        self.position += end - start
+        return self.pieces[index][start:end]
+
+    def close(self) -> None:
+        self.pieces = []
+        super().close()
+
+
+def answer(resp: falcon.Response, media: dict[str, Any], name: str, json_pieces: list[Any]) -> None:
+    """Answer ``media`` with ``name`` added last, its value the JSON text in ``json_pieces`` (the rows as
+    the workers wrote them), which is not copied when the answer is large (:class:`Pieces`)."""
+    head = dumps(media)[:-1] + (b"," if media else b"") + orjson.dumps(name) + b":"
+    pieces = [head, *json_pieces, b"}"]
+    size = sum(len(p) for p in pieces)
+    resp.content_type = falcon.MEDIA_JSON
+    if size < STREAM_AT:
+        resp.data = b"".join(pieces)
+    else:
+        resp.stream, resp.content_length = Pieces(pieces), size
 
 
 def install(app: falcon.App) -> None:

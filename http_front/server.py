@@ -96,31 +96,30 @@ class FrontChannel(HTTPChannel):
             else:
                 self.linger_until = time.monotonic() + LINGER_SECONDS
                 self.will_close = self.close_when_flushed = False
+                # from now on the loop asks these of this channel (set on it alone: every other channel keeps
+                # waitress's own, with no call of ours in between, since the loop asks each one every turn)
+                self.readable, self.writable, self.handle_read = (  # type: ignore[method-assign]
+                    self._linger_readable, self._linger_writable, self._linger_read)
                 return
         super().handle_close()
 
-    def readable(self) -> bool:
-        if self.linger_until:
-            if time.monotonic() < self.linger_until:
-                return True
-            super().handle_close()
-            return False
-        return bool(super().readable())
+    def _linger_readable(self) -> bool:
+        if time.monotonic() < self.linger_until:
+            return True
+        HTTPChannel.handle_close(self)
+        return False
 
-    def writable(self) -> bool:
-        return False if self.linger_until else bool(super().writable())
+    def _linger_writable(self) -> bool:
+        return False
 
-    def handle_read(self) -> None:
-        if not self.linger_until:
-            super().handle_read()
-            return
+    def _linger_read(self) -> None:
         try:
             data = self.recv(self.adj.recv_bytes)  # b"" once the client is done: recv() closed us already
         except OSError:
             data = b""
         self.lingered_bytes += len(data)
         if (data and self.lingered_bytes > LINGER_BYTES) or (not data and self.socket):
-            super().handle_close()
+            HTTPChannel.handle_close(self)
 
     @property
     def idle(self) -> bool:
