@@ -174,7 +174,8 @@ class BrokerClient:
 
     def close(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=5)
+        if self._thread.ident is not None:  # started
+            self._thread.join(timeout=5)
         with self._lock:
             links, self._links, self._free = self._links, [], []
         for link in links:

@@ -54,7 +54,8 @@ class StreamLargeBodies:
 
 class Pieces(io.RawIOBase):
     """A body made of pieces (bytes, or views of received frames), read as one file without joining them: what
-    waitress's ``wsgi.file_wrapper`` sends from (a read gives the rest of the current piece, at most ``size``)."""
+    waitress's ``wsgi.file_wrapper`` sends from (a read gives the rest of the current piece, at most ``size``
+    bytes of it)."""
 
     def __init__(self, pieces: list[Any]) -> None:
         super().__init__()
@@ -79,14 +80,14 @@ class Pieces(io.RawIOBase):
         self.position = min(max(0, base + offset), self.size)
         return self.position
 
-    def read(self, size: int = -1) -> memoryview | bytes:  # type: ignore[override]
+    def read(self, size: int = -1) -> bytes:  # type: ignore[override]
         if self.position >= self.size:
             return b""
         index = bisect.bisect_right(self.offsets, self.position) - 1
         start = self.position - self.offsets[index]
         end = len(self.pieces[index]) if size is None or size < 0 else min(len(self.pieces[index]), start + size)
         self.position += end - start
-        return self.pieces[index][start:end]
+        return bytes(self.pieces[index][start:end])  # WSGI wants bytes: the one copy of the rows on their way
 
     def close(self) -> None:
         self.pieces = []
