@@ -26,8 +26,8 @@ def configure_router(sock: zmq.Socket) -> zmq.Socket:
 
 
 def received(frames: list[zmq.Frame], envelope: int) -> list[Any]:
-    """A message received with ``copy=False``: its first ``envelope`` frames (routing identity, protocol tag,
-    command, header) as bytes, the rest (texts, vectors) as the received frames themselves, so that a payload
-    passed on or answered with is never copied (a frame sent on is libzmq's reference to the same data; one
-    answered with is read through its buffer)."""
+    """A message received with ``copy=False``: its first ``envelope`` frames (a ROUTER's routing identity, then
+    the protocol tag, command and header) as bytes, the rest (texts, vectors) as the received frames themselves,
+    so that a payload passed on or answered with is never copied (a frame sent on is libzmq's reference to the
+    same data; one answered with is read through its buffer)."""
     return [f.bytes if i < envelope else f for i, f in enumerate(frames)]

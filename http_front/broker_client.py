@@ -157,6 +157,7 @@ class BrokerClient:
         self._epoch = 0  # +1 each time the broker is seen to restart: waiting requests send their jobs again
         self._abort_epoch = 0  # +1 on each abort(): requests waiting since before it are answered its error
         self._abort_error: ApiError | None = None
+        self._closed = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="broker-status", daemon=True)
         self._req = itertools.count(1)
@@ -176,9 +177,11 @@ class BrokerClient:
         self._stop.set()
         if self._thread.ident is not None:  # started
             self._thread.join(timeout=5)
-        with self._lock:
-            links, self._links, self._free = self._links, [], []
-        for link in links:
+        with self._lock:  # a link still in use is closed by its request, when it gives it back
+            self._closed = True
+            free, self._free = self._free, []
+            self._links = [link for link in self._links if link not in free]
+        for link in free:
             link.close()
 
     def latest_status(self, max_age: float = 3.0) -> dict[str, Any] | None:
@@ -221,11 +224,12 @@ class BrokerClient:
         else:  # one run: no need to weigh the texts
             bounds = [0, len(texts)]
         starts = [a + s for a, b in itertools.pairwise(bounds) for s in self._job_starts(texts[a:b], job_chars)]
+        epochs = self._epoch, self._abort_epoch  # before the jobs are sent: a restart or abort from now on counts
         link = self._take_link()
         try:
             jobs = [self._submit(texts[a:b], normalize, timeout, options, link, a)
                     for a, b in itertools.pairwise([*starts, len(texts)])]
-            self._collect(link, jobs, deadline, gone)
+            self._collect(link, jobs, deadline, gone, epochs)
         finally:
             self._give_back(link)
         return self._result(jobs)
@@ -273,8 +277,13 @@ class BrokerClient:
             link.jobs = {}
             link.unanswered = 0
             self._busy.discard(link)
-            if link in self._links:  # not closed meanwhile
+            closed = self._closed
+            if closed:
+                self._links.remove(link)
+            else:
                 self._free.append(link)
+        if closed:
+            link.close()
 
     def _submit(self, texts: list[str], normalize: bool, timeout: float, options: dict[str, Any] | None,
                 link: _Link, start: int = 0) -> _Job:
@@ -290,12 +299,13 @@ class BrokerClient:
         link.send(job.frames)
         return job
 
-    def _collect(self, link: _Link, jobs: list[_Job], deadline: float, gone: Callable[[], bool] | None) -> None:
+    def _collect(self, link: _Link, jobs: list[_Job], deadline: float, gone: Callable[[], bool] | None,
+                 epochs: tuple[int, int]) -> None:
         """Wait for every job's reply. Raise the first error of any job as soon as it comes (an OVERLOADED third
         job fails the request now, not after the first two are done), except INPUT_TOO_LONG, gathered from all
         by :meth:`_result`; CLIENT_GONE within GONE_CHECK seconds of ``gone()`` turning true; TIMEOUT at the
         deadline; the abort's error when :meth:`abort` is called."""
-        epoch, abort_epoch = self._epoch, self._abort_epoch
+        epoch, abort_epoch = epochs  # as they were when the request began
         left = len(jobs)
         while left:
             for frames in self._received(link):

@@ -201,3 +201,22 @@ def test_a_late_reply_on_a_reused_link_is_not_the_next_requests_answer(raw_broke
     second.join(10)
     assert len(answers) == 1 and answers[0].vectors.tolist() == [[2.0, 2.0]]
     assert client.pending_jobs() == 0
+
+
+def test_close_leaves_a_waiting_requests_link_to_it(raw_broker) -> None:
+    router, client = raw_broker
+    errors: list[ApiError] = []
+
+    def request() -> None:
+        try:
+            client.embed(["waits"], True, 1.0)
+        except ApiError as exc:
+            errors.append(exc)
+
+    waiting = threading.Thread(target=request)
+    waiting.start()
+    next_submit(router)
+    client.close()  # the request still polls its link: closing it under it would be a libzmq error
+    waiting.join(10)
+    assert [e.code for e in errors] == ["TIMEOUT"]  # its own answer, not a socket error
+    assert client._links == [] and client._free == []  # and its link was closed when it gave it back
