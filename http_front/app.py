@@ -186,7 +186,7 @@ def readiness(state: AppState, status: BrokerStatus | None) -> str:
     if state.draining:
         return "shutting_down"
     if status is None:
-        return "starting" if state.client.status is None else "broker_unreachable"
+        return "broker_unreachable" if state.client.heard_from_broker else "starting"
     if status.workers:
         return "ok"
     return "no_workers" if status.ever_ready else "starting"

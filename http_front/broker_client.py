@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 START_INTERVAL = 0.05  # seconds between status requests until the first worker shows (start-up is not delayed)
 GONE_CHECK = 0.25  # seconds between checks that a waiting request's client is still there
+STATUS_MAX_AGE = 3.0  # seconds after which the broker's last status is stale: the broker is presumed unreachable
 
 
 JsonRows = bytes | zmq.Frame  # a job's rows as a worker wrote them in JSON (protocol Encoding.JSON)
@@ -161,9 +162,8 @@ class BrokerClient:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="broker-status", daemon=True)
         self._req = itertools.count(1)
-        self.status: dict[str, Any] | None = None  # the broker's latest STATUS header, as it came
-        self._typed_status = BrokerStatus()  # the same, parsed once (embed_common/status.py)
-        self.status_at = 0.0  # monotonic time it arrived
+        self._status = BrokerStatus()  # the broker's latest STATUS, parsed once (embed_common/status.py)
+        self.status_at = 0.0  # monotonic time it arrived (0: none yet)
         self.broker_id: str | None = None
         self.worker_seen = False  # until a status lists a worker, the status is asked for often (START_INTERVAL)
         self._job_prefix = os.urandom(8).hex()  # job ids: unique across fronts, cheap within one
@@ -184,17 +184,16 @@ class BrokerClient:
         for link in free:
             link.close()
 
-    def latest_status(self, max_age: float = 3.0) -> dict[str, Any] | None:
-        """The raw STATUS header, or None when there is none younger than ``max_age`` seconds."""
-        if self.status is None or time.monotonic() - self.status_at > max_age:
-            return None
-        return self.status
+    @property
+    def heard_from_broker(self) -> bool:
+        """Whether any status has come, however long ago."""
+        return self.status_at > 0
 
-    def broker_status(self, max_age: float = 3.0) -> BrokerStatus | None:
-        """The broker's latest status, typed; None when there is none younger than ``max_age`` seconds."""
-        if self.status is None or time.monotonic() - self.status_at > max_age:
+    def broker_status(self, max_age: float = STATUS_MAX_AGE) -> BrokerStatus | None:
+        """The broker's latest status; None when there is none younger than ``max_age`` seconds."""
+        if not self.heard_from_broker or time.monotonic() - self.status_at > max_age:
             return None
-        return self._typed_status
+        return self._status
 
     def pending_jobs(self) -> int:
         """Jobs sent and not answered yet, over every request waiting now."""
@@ -422,8 +421,7 @@ class BrokerClient:
             sock.close(linger=0)
 
     def _on_status(self, header: dict[str, Any]) -> None:
-        self._typed_status = BrokerStatus.parse(header)
-        self.status = header
+        self._status = BrokerStatus.parse(header)
         self.status_at = time.monotonic()
         if not self.worker_seen and header.get("workers"):
             self.worker_seen = True

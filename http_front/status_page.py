@@ -32,7 +32,8 @@ from typing import Any
 import falcon
 
 from embed_common import VERSION
-from http_front.broker_client import BrokerClient
+from embed_common.status import BrokerStatus
+from http_front.broker_client import STATUS_MAX_AGE, BrokerClient
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +140,7 @@ class StatusHistory:
         wall = self.wall()
         seconds = self.interval if self._last_sample is None else max(1e-3, now - self._last_sample)
         self._last_sample = now
-        status = self.client.latest_status()
+        status = self.client.broker_status()
         self._diff_broker(status, wall)
         texts = self._diff_workers(status, wall, seconds) if status is not None else 0
         latencies = sorted(self._latencies)
@@ -149,7 +150,7 @@ class StatusHistory:
             "ok_per_s": round(self._ok / seconds, 2),
             "client_errors_per_s": round(self._client_errors / seconds, 2),
             "server_errors_per_s": round(self._server_errors / seconds, 2),
-            "queue_texts": status.get("queue_texts") if status is not None else None,
+            "queue_texts": status.queue_texts if status is not None else None,
             "p50_ms": round(percentile(latencies, 0.50) * 1000, 2) if latencies else None,
             "p95_ms": round(percentile(latencies, 0.95) * 1000, 2) if latencies else None,
         }
@@ -161,39 +162,36 @@ class StatusHistory:
     def _event(self, wall: float, kind: str, text: str, worker: str | None = None) -> None:
         self.events.append({"t": round(wall, 3), "kind": kind, "worker": worker, "text": text})
 
-    def _diff_broker(self, status: dict[str, Any] | None, wall: float) -> None:
+    def _diff_broker(self, status: BrokerStatus | None, wall: float) -> None:
         up = status is not None
         if self._broker_up is not None and up != self._broker_up:
             if up:
                 self._event(wall, "broker_back", "the broker answers again")
-            elif self.client.status is not None:
-                self._event(wall, "broker_unreachable", "no status from the broker for 3 s")
+            elif self.client.heard_from_broker:
+                self._event(wall, "broker_unreachable", f"no status from the broker for {STATUS_MAX_AGE:g} s")
         self._broker_up = up
         if status is None:
             return
-        broker_id = status.get("broker_id")
+        broker_id = status.broker_id
         if self._broker_id is not None and broker_id != self._broker_id:
             self._event(wall, "broker_restarted", f"the broker restarted ({self._broker_id[:8]} -> "
                         f"{str(broker_id)[:8]}); jobs in flight were sent again")
             self._served.clear()  # its counts start again from zero
         self._broker_id = broker_id
-        for refusal in status.get("refused") or []:
-            if not isinstance(refusal, dict):
-                continue
+        for refusal in status.refused:
             key = (refusal.get("at"), refusal.get("worker"))
             if key not in self._refused_seen:
                 self._refused_seen.add(key)
                 self._event(wall, "worker_refused", f"refused {refusal.get('worker')} from "
                             f"{refusal.get('host')}: {refusal.get('reason')}", str(refusal.get("worker")))
         if len(self._refused_seen) > 1000:  # the broker keeps a few; forget what it no longer lists
-            self._refused_seen = {(r.get("at"), r.get("worker")) for r in status.get("refused") or []
-                                  if isinstance(r, dict)}
+            self._refused_seen = {(r.get("at"), r.get("worker")) for r in status.refused}
 
-    def _diff_workers(self, status: dict[str, Any], wall: float, seconds: float) -> int:
+    def _diff_workers(self, status: BrokerStatus, wall: float, seconds: float) -> int:
         """Update the rows and events from one STATUS view; the texts served since the last one."""
-        serving = {str(w.get("id")): w for w in status.get("workers") or [] if isinstance(w, dict)}
-        down = {str(w.get("id")): w for w in status.get("workers_down") or [] if isinstance(w, dict)}
-        broker_restarts = status.get("worker_restarts") or {}
+        serving = {str(w.get("id")): w for w in status.workers}
+        down = {str(w.get("id")): w for w in status.workers_down}
+        broker_restarts = status.worker_restarts
         texts = 0
         for worker_id, worker in serving.items():
             pid, served = worker.get("pid"), int(worker.get("served_texts") or 0)

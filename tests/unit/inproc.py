@@ -4,6 +4,7 @@ driving FakeEmbedders, a real BrokerClient as the front, and raw peers that spea
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 import uuid
@@ -147,11 +148,15 @@ class InprocCluster:
 
     def wait_status(self, check: Callable[[dict[str, Any]], Any], what: str) -> dict[str, Any]:
         """The broker's status (as the front sees it) once ``check`` holds for it."""
+        def latest() -> dict[str, Any] | None:
+            status = self.client.broker_status()
+            return dataclasses.asdict(status) if status is not None else None
+
         def fresh() -> dict[str, Any] | None:
-            status = self.client.latest_status()
+            status = latest()
             return status if status is not None and check(status) else None
 
-        return eventually(fresh, f"{what}; last status: {self.client.latest_status()}")
+        return eventually(fresh, f"{what}; last status: {latest()}")
 
     def close(self) -> None:
         for running in self.workers:

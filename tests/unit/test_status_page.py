@@ -15,6 +15,7 @@ from typing import Any
 import falcon.testing
 import pytest
 
+from embed_common.status import BrokerStatus
 from http_front.app import Limits, create_app
 from http_front.status_page import StatusHistory, percentile
 from tests.unit.inproc import InprocCluster, eventually
@@ -22,16 +23,16 @@ from worker.embedder import FakeEmbedder
 
 
 class Views:
-    """What the history reads of a BrokerClient: ``latest_status()`` (None when stale) and ``status`` (the
-    last one that came, however old); the test sets ``current``."""
+    """What the history reads of a BrokerClient: ``broker_status()`` (None when stale) and
+    ``heard_from_broker`` (whether one ever came); the test sets ``current``, a STATUS header."""
 
     def __init__(self) -> None:
         self.current: dict[str, Any] | None = None
-        self.status: dict[str, Any] | None = None
+        self.heard_from_broker = False
 
-    def latest_status(self) -> dict[str, Any] | None:
-        self.status = self.current or self.status
-        return self.current
+    def broker_status(self) -> BrokerStatus | None:
+        self.heard_from_broker = self.heard_from_broker or self.current is not None
+        return BrokerStatus.parse(self.current) if self.current is not None else None
 
 
 class Clock:
