@@ -178,7 +178,7 @@ function renderWorkers(workers) {
 }
 
 function renderEvents(events) {
-  const items = events.slice(0, 100).map((event) => {
+  const items = events.map((event) => {
     const li = document.createElement("li");
     li.dataset.kind = event.kind;
     const when = document.createElement("time");

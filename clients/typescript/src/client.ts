@@ -13,6 +13,7 @@
  */
 
 import { EmbedError } from "./errors.js";
+import { isObject } from "./json.js";
 
 export interface EmbedClusterClientConfig {
   /** Default: `http://127.0.0.1:${port}`. */
@@ -354,9 +355,6 @@ function chunkOptions(options: ChunkOptions): Record<string, number | boolean> {
   return out;
 }
 
-function isObject(value: unknown): value is Record<string, unknown> {
-  return typeof value === "object" && value !== null && !Array.isArray(value);
-}
 
 function describe(value: unknown): string {
   return Array.isArray(value) ? `${value.length}` : value === null ? "null" : typeof value;

@@ -7,6 +7,8 @@
  * exhaustive `switch`.
  */
 
+import { isObject } from "./json.js";
+
 interface Event<T extends string, D> {
   type: T;
   data: D;
@@ -152,9 +154,6 @@ const CLUSTER_EVENT_TYPES: ReadonlySet<string> = new Set<ClusterEvent["type"]>([
   "shutdown_complete", "startup_failed",
 ]);
 
-function isObject(value: unknown): value is Record<string, unknown> {
-  return typeof value === "object" && value !== null && !Array.isArray(value);
-}
 
 /**
  * The event on one stdout line (without its newline), or null when the line is not a well-formed PROGRESS

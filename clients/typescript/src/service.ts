@@ -17,6 +17,7 @@ import { readdirSync, readFileSync } from "node:fs";
 import { EmbedClusterClient, type EmbedClusterClientConfig, type WorkerInfo } from "./client.js";
 import { SidecarError } from "./errors.js";
 import { LineReader, parseProgressLine, type ProgressEvent, type SidecarEvent } from "./events.js";
+import { isObject } from "./json.js";
 import { commandCandidates, findCommand } from "./locate.js";
 
 export interface EmbedClusterServiceConfig {
@@ -96,7 +97,6 @@ class Run {
   spawnError: NodeJS.ErrnoException | undefined;
   startupFailed: { code: string; reason: string; part: string } | undefined;
   modelLoaded = false;
-  shutdownComplete = false;
   readyAt = 0;
   port: number;
 
@@ -356,14 +356,14 @@ export class EmbedClusterService {
     void run.exited.then(() => this.onExit(run));
 
     try {
-      await this.waitReady(run, deadline, generation);
+      await this.waitReady(run, deadline, generation, command);
     } catch (error) {
       await this.terminate(run, 10_000);
       if (this.run === run) {
         this.run = undefined;
         process.off("exit", this.onProcessExit);
       }
-      throw error instanceof SidecarError ? error : this.startFailure(run, command);
+      throw error;
     }
     run.readyAt = Date.now();
     if (generation === this.generation) {
@@ -371,21 +371,21 @@ export class EmbedClusterService {
     }
   }
 
-  private async waitReady(run: Run, deadline: number, generation: number): Promise<void> {
-    const client = new EmbedClusterClient({ baseUrl: this.baseUrl(), apiKey: this.config.apiKey, timeout: 2000, retryAttempts: 0 });
+  private async waitReady(run: Run, deadline: number, generation: number, command: string): Promise<void> {
     for (;;) {
       this.checkGeneration(generation);
       if (!run.alive || run.startupFailed) {
         if (run.startupFailed && run.alive) { // the contract: it exits within seconds; give it those
           await within(run.exited, 5000);
         }
-        throw this.startFailure(run, undefined);
+        throw this.startFailure(run, command);
       }
       if (Date.now() >= deadline) {
         throw new SidecarError("SIDECAR_START_FAILED",
           `not ready within ${this.config.startTimeout ?? 180_000} ms (last event: ${describeEvent(this.lastEvent)})`);
       }
-      if (run.modelLoaded && await client.checkHealth()) {
+      // a client each poll: with port 0 the port is known only once front_listening has come
+      if (run.modelLoaded && await this.client({ timeout: 2000, retryAttempts: 0 }).checkHealth()) {
         return;
       }
       await within(run.exited, HEALTH_POLL_MS);
@@ -432,9 +432,6 @@ export class EmbedClusterService {
           reason: String(event.data.reason ?? "embed-cluster up could not start"),
           part: String(event.data.part ?? ""),
         };
-        break;
-      case "shutdown_complete":
-        run.shutdownComplete = true;
         break;
       default:
         break;
@@ -682,9 +679,6 @@ function lastLine(text: string): string | undefined {
   return text.split("\n").map((line) => line.trim()).filter(Boolean).at(-1);
 }
 
-function isObject(value: unknown): value is Record<string, unknown> {
-  return typeof value === "object" && value !== null && !Array.isArray(value);
-}
 
 function describeEvent(event: ProgressEvent | undefined): string {
   return event === undefined ? "none" : event.type === "unknown" ? event.event : event.type;

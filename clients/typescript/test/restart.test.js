@@ -90,3 +90,30 @@ describe("autoRestart", { timeout: 60_000 }, () => {
     assert.deepEqual(descendants(process.pid).filter(isAlive), []);
   });
 });
+
+describe("port 0", { timeout: 60_000 }, () => {
+  it("follows the port front_listening names: the start waits on it, and client() uses it", async () => {
+    const script = join(dir, "free-port-up.mjs");
+    writeFileSync(script, `
+import { createServer } from "node:http";
+const server = createServer((req, res) => res.end(JSON.stringify({ status: "ok", workers: [] })));
+server.listen(0, "127.0.0.1", () => {
+  const port = server.address().port;
+  console.log('PROGRESS:' + JSON.stringify({ type: "front_listening", data: { host: "127.0.0.1", port } }));
+  console.log('PROGRESS:{"type":"model_loaded","data":{"model":"fake","dimensions":2}}');
+});
+`);
+    const command = join(dir, "free-port");
+    writeFileSync(command, `#!/bin/sh\nshift\nexec "${process.execPath}" "${script}" "$@"\n`);
+    chmodSync(command, 0o755);
+    const service = new EmbedClusterService({ command, port: 0, preflight: false, startTimeout: 20_000 });
+    try {
+      await service.startSidecar();
+      const status = await service.getStatus();
+      assert.ok(status.port > 0, `the port it listens on, not 0: ${status.port}`);
+      assert.equal(await service.client().checkHealth(), true);
+    } finally {
+      await service.stopSidecar();
+    }
+  });
+});
