@@ -18,6 +18,7 @@ import http.client
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -40,8 +41,7 @@ class Head:
         self.rundir = Path(tempfile.mkdtemp(prefix="head-"))
         clients, worker_address = f"ipc://{self.rundir}/c.ipc", f"ipc://{self.rundir}/w.ipc"
         self.port = procs.free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("EMBED_")}
-        env.update(PYTHONPATH=str(tree), PYTHONUNBUFFERED="1")
+        env = {**procs.child_env(), "PYTHONPATH": str(tree)}
         self.procs: list[subprocess.Popen] = []
 
         def start(name: str, *argv: str) -> subprocess.Popen:
@@ -141,15 +141,7 @@ def floor(seconds: float, connections: int) -> dict[str, Any]:
     server = subprocess.Popen([sys.executable, "-c", FLOOR_APP, str(port)], stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                http.client.HTTPConnection("127.0.0.1", port, timeout=1).connect()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
+        procs.wait_healthy(port, 30, interval=0.1)  # it answers any path, /health too
         load(port, 1, min(1.0, seconds), connections)
         before = procs.cpu_seconds(server.pid)
         started = time.monotonic()
@@ -160,6 +152,21 @@ def floor(seconds: float, connections: int) -> dict[str, Any]:
     finally:
         server.terminate()
         server.wait(10)
+
+
+def print_means(results: list[dict[str, Any]], trees: list[Path]) -> None:
+    """The mean of each figure over the rounds, a row per tree, N and shape."""
+    print("means over the rounds:")
+    groups: dict[tuple[str, int, str], list[dict[str, Any]]] = {}
+    for r in results:
+        groups.setdefault((r["tree"], r["workers"], r["shape"]), []).append(r)
+    for (tree, workers, shape), rows in groups.items():
+        mean = {name: round(statistics.fmean(r[name] for r in rows), 4) for name in rows[0]
+                if name not in ("tree", "workers", "shape")}
+        print(f"{trees.index(Path(tree)):>4} {workers:>7} {shape:>8} {mean['requests_per_s']:>8.1f} "
+              f"{mean['texts_per_s']:>9.1f} {mean['front_ms_per_request']:>12.3f} "
+              f"{mean['broker_ms_per_request']:>13.3f} {mean['front_ms_per_text']:>13.4f} "
+              f"{mean['broker_ms_per_text']:>14.4f} {mean['errors']:>6.0f}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -198,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
                               flush=True)
                 finally:
                     head.close()
+    if args.rounds > 1:
+        print_means(results, trees)
     if args.floor:
         r = {"tree": "waitress alone", "shape": "1-text", **floor(args.seconds, args.connections)}
         results.append(r)

@@ -31,7 +31,7 @@ def job_starts(texts: list[str], job_chars: int | None = None, job_texts: int = 
 def estimated_tokens(text: str, max_tokens: int) -> float:
     """About how many tokens ``text`` has once truncated: what encoding it costs, without the tokenizer.
 
-    Subword tokenizers take ~4 characters of English (ASCII) text a token and ~1.6 of other scripts; long texts
+    Subword tokenizers take ~4.2 characters of English (ASCII) text a token and ~1.6 of other scripts; long texts
     are cut at the model's limit anyway. tests/unit/test_spread.py checks that this follows the real tokenizer's
     counts more closely than plain characters do.
     """

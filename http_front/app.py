@@ -222,26 +222,31 @@ class Readyz:
         resp.media = {"status": state}
 
 
+def model_facts(state: AppState, status: BrokerStatus | None) -> dict[str, Any]:
+    """What /info and /status.json both say of the model, its workers' kinds and the limits."""
+    status = status or BrokerStatus()
+    summary = cluster_summary(status)
+    workers = summary["workers"]
+    return {
+        "model_id": summary["model_id"],
+        "model": summary["model"],
+        "dim": summary["dim"],
+        "precision": sorted({str(w.get("precision")) for w in workers}) or None,
+        "backend": sorted({str(w.get("backend")) for w in workers}) or None,
+        "max_tokens": status.max_tokens,
+        "version": VERSION,
+        "limits": {**asdict(state.limits), "max_queue_texts": status.max_queue_texts},
+    }
+
+
 class Info:
     def __init__(self, state: AppState) -> None:
         self.state = state
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        status = self.state.client.broker_status() or BrokerStatus()
-        summary = cluster_summary(status)
-        workers = summary["workers"]
-        resp.media = {
-            "model_id": summary["model_id"],
-            "model": summary["model"],
-            "dim": summary["dim"],
-            "device": summary["device"],
-            "precision": sorted({str(w.get("precision")) for w in workers}) or None,
-            "backend": sorted({str(w.get("backend")) for w in workers}) or None,
-            "max_tokens": status.max_tokens,
-            "version": VERSION,
-            "limits": {**asdict(self.state.limits), "max_queue_texts": status.max_queue_texts},
-            "workers": workers,
-        }
+        summary = cluster_summary(self.state.client.broker_status())
+        resp.media = {**model_facts(self.state, self.state.client.broker_status()), "device": summary["device"],
+                      "workers": summary["workers"]}
 
 
 EMBED_FIELDS = {"texts", "normalize", "truncate"}

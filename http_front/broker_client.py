@@ -33,8 +33,6 @@ from embed_common.protocol import Command, Encoding, ProtocolError
 from embed_common.status import BrokerStatus
 from http_front.errors import ApiError
 
-__all__ = ["BrokerClient", "EmbedResult", "estimated_tokens", "spread_bounds"]
-
 log = logging.getLogger(__name__)
 
 START_INTERVAL = 0.05  # seconds between status requests until the first worker shows (start-up is not delayed)
@@ -61,8 +59,7 @@ class EmbedResult:
     def vectors(self) -> np.ndarray:
         """The (rows, dim) float32 matrix (JSON parts read back: each number is the shortest text of its float32,
         so it reads back to the same value)."""
-        arrays = [p if isinstance(p, np.ndarray) else
-                  np.asarray(orjson.loads(memoryview(p)), dtype=np.float32).reshape(-1, dim)
+        arrays = [p if isinstance(p, np.ndarray) else protocol.decode_vectors(memoryview(p), -1, dim, Encoding.JSON)
                   for p, dim in zip(self.parts, self.dims, strict=True)]
         return np.concatenate(arrays) if arrays else np.zeros((0, 0), np.float32)
 
@@ -119,9 +116,6 @@ class _Link:
         self.jobs: dict[str, _Job] = {}  # the jobs of the request using it (none while it is in the pool)
         self.unanswered = 0  # of those jobs
 
-    def waiting(self) -> int:
-        return self.unanswered
-
     def send(self, frames: list[bytes]) -> None:
         try:
             self.sock.send_multipart(frames, zmq.NOBLOCK)
@@ -152,9 +146,8 @@ class BrokerClient:
         self.job_texts = job_texts
         self.status_interval = status_interval
         self._lock = threading.Lock()
-        self._links: list[_Link] = []  # every link made (a request's, or free in the pool)
-        self._free: list[_Link] = []
-        self._busy: set[_Link] = set()
+        self._free: list[_Link] = []  # links made and not in use
+        self._busy: set[_Link] = set()  # links a request is using
         self._epoch = 0  # +1 each time the broker is seen to restart: waiting requests send their jobs again
         self._abort_epoch = 0  # +1 on each abort(): requests waiting since before it are answered its error
         self._abort_error: ApiError | None = None
@@ -180,7 +173,6 @@ class BrokerClient:
         with self._lock:  # a link still in use is closed by its request, when it gives it back
             self._closed = True
             free, self._free = self._free, []
-            self._links = [link for link in self._links if link not in free]
         for link in free:
             link.close()
 
@@ -199,7 +191,7 @@ class BrokerClient:
         """Jobs sent and not answered yet, over every request waiting now."""
         with self._lock:
             busy = list(self._busy)
-        return sum(link.waiting() for link in busy)
+        return sum(link.unanswered for link in busy)
 
     def embed(self, texts: list[str], normalize: bool, timeout: float,
               options: dict[str, Any] | None = None, job_chars: int | None = None,
@@ -222,7 +214,8 @@ class BrokerClient:
             bounds = spread_bounds(work, parts)
         else:  # one run: no need to weigh the texts
             bounds = [0, len(texts)]
-        starts = [a + s for a, b in itertools.pairwise(bounds) for s in self._job_starts(texts[a:b], job_chars)]
+        starts = [a + s for a, b in itertools.pairwise(bounds)
+                  for s in job_starts(texts[a:b], job_chars, self.job_texts)]
         epochs = self._epoch, self._abort_epoch  # before the jobs are sent: a restart or abort from now on counts
         link = self._take_link()
         try:
@@ -240,7 +233,7 @@ class BrokerClient:
             self._abort_error = ApiError(code, message)
             self._abort_epoch += 1
             busy = list(self._busy)
-            waiting = sum(link.waiting() for link in busy)  # before they wake and give their links back
+            waiting = sum(link.unanswered for link in busy)  # before they wake and give their links back
         for link in busy:
             link.wake()
         return waiting
@@ -254,15 +247,11 @@ class BrokerClient:
         status = self.broker_status()
         return max(1, len(status.workers)) if status else 1
 
-    def _job_starts(self, texts: list[str], job_chars: int | None) -> list[int]:
-        return job_starts(texts, job_chars, self.job_texts)
-
     def _take_link(self) -> _Link:
         with self._lock:
             link = self._free.pop() if self._free else None
             if link is None:
                 link = _Link(self.context, self.address)
-                self._links.append(link)
             self._busy.add(link)
         return link
 
@@ -277,9 +266,7 @@ class BrokerClient:
             link.unanswered = 0
             self._busy.discard(link)
             closed = self._closed
-            if closed:
-                self._links.remove(link)
-            else:
+            if not closed:
                 self._free.append(link)
         if closed:
             link.close()

@@ -1,19 +1,20 @@
 """JSON answers: written by orjson, and a large one handed to the server whole.
 
 - orjson writes a float32 matrix straight from its buffer, and each number as the shortest decimal that reads
-  back to the same float32; the standard library would write ``vectors.tolist()`` as 17-digit doubles, several
-  times slower and about twice the bytes. Rows the workers wrote already (protocol Encoding.JSON; see
-  EmbedResult.vectors_json) go in as they are (``orjson.Fragment``).
+  back to the same float32 (the standard library would write ``vectors.tolist()`` as 17-digit doubles, slower
+  and longer). Rows the workers wrote already (protocol Encoding.JSON) are added by :func:`answer` as they came
+  (EmbedResult.vectors_json), and single rows as ``orjson.Fragment`` (EmbedResult.rows_json).
 - waitress copies a body it is given as bytes into a buffer of its own and copies it out again to send it; a
   body given as a file (``wsgi.file_wrapper``) is sent from where it lies. :class:`StreamLargeBodies` turns a
-  large answer (a vector answer is hundreds of KiB) into such a file. ``python -m bench.head`` measures the
-  front's CPU per request with both.
+  large answer (a vector answer is hundreds of KiB) into such a file. ``python -m bench.head --tree`` measures
+  the front's CPU per request against a checkout from before it (the README's Scale out section).
 """
 
 from __future__ import annotations
 
 import bisect
 import io
+import itertools
 from functools import partial
 from typing import Any
 
@@ -60,10 +61,8 @@ class Pieces(io.RawIOBase):
     def __init__(self, pieces: list[Any]) -> None:
         super().__init__()
         self.pieces = [memoryview(p).cast("B") for p in pieces if len(p)]
-        self.size = sum(len(p) for p in self.pieces)
-        self.offsets = [0]
-        for piece in self.pieces:
-            self.offsets.append(self.offsets[-1] + len(piece))
+        self.offsets = [0, *itertools.accumulate(len(p) for p in self.pieces)]  # where each piece starts
+        self.size = self.offsets[-1]
         self.position = 0
 
     def readable(self) -> bool:
@@ -98,13 +97,12 @@ def answer(resp: falcon.Response, media: dict[str, Any], name: str, json_pieces:
     """Answer ``media`` with ``name`` added last, its value the JSON text in ``json_pieces`` (the rows as
     the workers wrote them), which is not copied when the answer is large (:class:`Pieces`)."""
     head = dumps(media)[:-1] + (b"," if media else b"") + orjson.dumps(name) + b":"
-    pieces = [head, *json_pieces, b"}"]
-    size = sum(len(p) for p in pieces)
+    body = Pieces([head, *json_pieces, b"}"])
     resp.content_type = falcon.MEDIA_JSON
-    if size < STREAM_AT:
-        resp.data = b"".join(pieces)
+    if body.size < STREAM_AT:
+        resp.data = b"".join(body.pieces)
     else:
-        resp.stream, resp.content_length = Pieces(pieces), size
+        resp.stream, resp.content_length = body, body.size
 
 
 def install(app: falcon.App) -> None:

@@ -225,7 +225,7 @@ def serve(server: Any, closing: threading.Event, flush_timeout: float = 5.0) -> 
     while time.monotonic() < deadline:
         busy = False
         for channel in list(server.active_channels.values()):
-            if channel.requests or channel.total_outbufs_len:
+            if not channel.idle:
                 busy = True  # a request being served, or an answer not yet handed to the kernel
             else:
                 HTTPChannel.handle_close(channel)  # idle, half-received or lingering: close it now

@@ -25,13 +25,12 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import asdict
 from importlib import resources
 from typing import Any
 
 import falcon
 
-from embed_common import VERSION
+from embed_common.protocol import HEARTBEAT_INTERVAL, HEARTBEAT_LIVENESS
 from embed_common.status import BrokerStatus
 from http_front.broker_client import STATUS_MAX_AGE, BrokerClient
 
@@ -243,7 +242,7 @@ class StatusHistory:
                 continue
             if row["state"] != "left":
                 self._event(wall, "worker_lost", f"{worker_id} left the cluster (disconnected, or no heartbeat "
-                            "for 3 s)", worker_id)
+                            f"for {HEARTBEAT_INTERVAL * HEARTBEAT_LIVENESS:g} s)", worker_id)
                 self._known[worker_id] = {**row, "state": "left", "reason": "left the cluster", "since": wall,
                                           "credit": None, "inflight_texts": None}
                 self._gone_at[worker_id] = wall
@@ -348,24 +347,15 @@ class StatusData:
         self.state = state  # http_front.app.AppState (not imported: app imports this module)
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        from http_front.app import cluster_summary, readiness
+        from http_front.app import model_facts, readiness
 
         state = self.state
         status = state.client.broker_status()
-        summary = cluster_summary(status)
-        workers = summary["workers"]
         resp.media = {
             "status": readiness(state, status),
-            "model_id": summary["model_id"],
-            "model": summary["model"],
-            "dim": summary["dim"],
-            "precision": sorted({str(w.get("precision")) for w in workers}) or None,
-            "backend": sorted({str(w.get("backend")) for w in workers}) or None,
-            "max_tokens": status.max_tokens if status else None,
-            "version": VERSION,
+            **model_facts(state, status),
             "now": round(state.history.wall(), 3),
             "uptime_s": round(state.history.wall() - state.history.started_wall, 1),
-            "limits": {**asdict(state.limits), "max_queue_texts": status.max_queue_texts if status else None},
             "queue_texts": status.queue_texts if status else None,
             "queue_jobs": status.queue_jobs if status else None,
             **state.history.snapshot(),

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from http_front.broker_client import estimated_tokens, spread_bounds
+from embed_common.jobs import estimated_tokens, spread_bounds
 from tests.conftest import sample_texts
 from tests.unit.inproc import InprocCluster, fake_vectors
 
