@@ -18,7 +18,7 @@ from typing import Any
 
 import zmq
 
-from embed_common import protocol
+from embed_common import protocol, sockets
 from embed_common.protocol import Command
 
 log = logging.getLogger(__name__)
@@ -54,8 +54,7 @@ class BrokerLink:
 
     def _send(self, command: Command, header: dict[str, Any]) -> None:
         if self._sock is None:
-            sock = self.context.socket(zmq.DEALER)
-            sock.setsockopt(zmq.LINGER, 0)
+            sock = sockets.configure(self.context.socket(zmq.DEALER))
             sock.setsockopt(zmq.SNDHWM, 100)
             sock.connect(self.address)
             self._sock = sock

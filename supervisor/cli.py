@@ -13,14 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from embed_common import settings as table
-from embed_common.settings import (  # noqa: F401  (re-exported: tests and older callers name them here)
-    DEVICES,
-    ENV_PREFIX,
-    PRECISIONS,
-    device_value,
-    positive_float,
-    workers_value,
-)
+from embed_common.settings import ENV_PREFIX
 
 
 class EnvArgs:
@@ -32,8 +25,8 @@ class EnvArgs:
         self.parser = parser
 
     def add(self, flag: str, *, default: Any = None, type: Callable[[str], Any] = str, help: str = "",
-            choices: Sequence[Any] | None = None, env: str | None = None) -> None:
-        name = env or ENV_PREFIX + flag.lstrip("-").upper().replace("-", "_")
+            choices: Sequence[Any] | None = None) -> None:
+        name = ENV_PREFIX + flag.lstrip("-").upper().replace("-", "_")
         EnvArgs.known.add(name)
         raw = os.environ.get(name)
         if raw is not None and raw != "":

@@ -72,22 +72,17 @@ class Child:
 
 
 def plan_devices(device: str, workers: str) -> list[str]:
-    """One device per worker: ``auto`` is one worker per GPU, else one for MPS, else CPU workers (see
-    :func:`cpu_workers`)."""
+    """One device per worker: ``auto`` is one worker per GPU, else one for MPS, else one CPU worker, whatever
+    the cores and ``--threads``: it runs a forward pass on every core at once (compute threads over one copy of
+    the model, worker/worker.py), where a second process would hold a second runtime and model (README,
+    Performance: `python bench/sidecar.py`)."""
     found = detect_devices() if device == "auto" else [device if device != "cuda" else "cuda:0"]
     if workers == "auto":
-        return ["cpu"] * cpu_workers() if found == ["cpu"] else found
+        return found
     count = int(workers)
     if device == "cuda":
         found = detect_devices()
     return [found[i % len(found)] for i in range(count)]
-
-
-def cpu_workers() -> int:
-    """CPU workers for ``--workers auto``: one, whatever the cores and ``--threads``. It runs a forward pass on
-    every core at once (compute threads over one copy of the model, worker/worker.py), where a second process
-    would hold a second runtime and model (README, Performance: `python bench/sidecar.py`)."""
-    return 1
 
 
 class Supervisor:
@@ -175,12 +170,11 @@ class Supervisor:
             self._maybe_cluster_ready()
         elif kind == "startup_failed":  # a part that can never start (the front cannot bind its port)
             self.fail_startup({**data, "part": data.get("part") or child.kind})
-        elif kind in ("worker_failed", "worker_refused", "worker_reconnected", "worker_disconnected"):
+        elif kind in ("worker_failed", "worker_refused", "worker_reconnected", "worker_disconnected",
+                      "model_preparing", "model_prepared", "backend_fallback"):  # the last three: onnx_backend.py
             if kind in ("worker_failed", "worker_refused"):
                 child.info["error"] = data.get("reason") or data.get("message") or data.get("error")
             self.emit(kind, {**data, "worker": child.name})
-        elif kind in ("model_preparing", "model_prepared", "backend_fallback"):
-            self.emit(kind, {**data, "worker": child.name})  # worker/onnx_backend.py: a first start's export
         elif kind == "broker_listening":
             self.emit(kind, {k: v for k, v in data.items() if v})
         else:

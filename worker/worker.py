@@ -22,14 +22,15 @@ from typing import Any
 
 import zmq
 
-from embed_common import VERSION, protocol
+from embed_common import VERSION, protocol, sockets
+from embed_common.models import normalize_rows
 from embed_common.protocol import Command, Encoding, ErrorCode, ProtocolError
 from embed_common.settings import default
 from worker import heap
 from worker.batch_stats import BatchSizes
 from worker.batching import CostModel, PendingJob, Pool, default_cost_model
 from worker.chunking import ChunkPlan, chunk_texts
-from worker.embedder import PROBE_TEXTS, Embedder, normalize_rows
+from worker.embedder import PROBE_TEXTS, Embedder
 
 log = logging.getLogger(__name__)
 
@@ -286,8 +287,7 @@ class WorkerLoop:
     def connect(self) -> None:
         if self.sock is not None:
             self.sock.close(linger=0)
-        sock = self.context.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
+        sock = sockets.configure(self.context.socket(zmq.DEALER))
         sock.setsockopt(zmq.IDENTITY, f"{self.worker_id}/{uuid.uuid4().hex[:8]}".encode())
         if self.settings.broker_key:
             from embed_common.curve import configure_curve_client
