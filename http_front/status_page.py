@@ -300,12 +300,9 @@ class StatusRecorder:
     def __init__(self, history: StatusHistory) -> None:
         self.history = history
 
-    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
-        req.context.status_started = time.perf_counter()
-
     def process_response(self, req: falcon.Request, resp: falcon.Response, resource: object,
                          req_succeeded: bool) -> None:
-        started = req.context.get("status_started")
+        started = req.context.get("started")  # set by RequestObservability, which runs before it
         if req.path in (STATUS_PATH, DATA_PATH) or req.path.startswith(ASSETS_PREFIX):
             return  # the page watching itself (also its 401s, refused before routing) is not the cluster's work
         if started is not None:
