@@ -23,7 +23,7 @@ import zmq
 from broker import balancing
 from embed_common import protocol, sockets
 from embed_common.models import short_name
-from embed_common.protocol import Command, ErrorCode, Message, ProtocolError
+from embed_common.protocol import Command, ErrorCode, JobOptions, Message, ProtocolError
 from embed_common.settings import default
 
 log = logging.getLogger(__name__)
@@ -56,9 +56,8 @@ class BrokerSettings:
 class Job:
     job_id: str
     client: bytes
-    texts: list[str]  # only for a SUBMIT of the older form (texts in the header); else []
     normalize: bool
-    options: dict[str, Any]
+    options: JobOptions
     deadline: float
     count: int = 0  # texts in the job
     payload: list[Any] = field(default_factory=list)  # the texts frame, passed on to the worker unread (a zmq.Frame)
@@ -221,9 +220,10 @@ class Broker:
         if job_id in self.jobs:  # a front re-sent a job we still hold (after it saw us restart): keep one
             self.jobs[job_id].client = client
             return
-        texts = header.get("texts") or []
-        if not all(isinstance(t, str) for t in texts):
-            self.fail(client, job_id, ErrorCode.BAD_REQUEST, "texts must be strings")
+        try:
+            options = message.options()
+        except ProtocolError as exc:
+            self.fail(client, job_id, ErrorCode.BAD_REQUEST, str(exc))
             return
         count = message.text_count()
         now = time.monotonic()
@@ -233,8 +233,7 @@ class Broker:
         if self.queued_texts() + count > self.settings.max_queue_texts:
             self.fail(client, job_id, ErrorCode.OVERLOADED, "the queue is full; retry later")
             return
-        options = header.get("options") or {}
-        job = Job(job_id, client, texts, header["normalize"], options if isinstance(options, dict) else {},
+        job = Job(job_id, client, header["normalize"], options,
                   deadline=now + max(0, header["timeout_ms"]) / 1000, count=count, payload=message.payload)
         self.jobs[job_id] = job
         self.queue.append(job)
@@ -409,7 +408,7 @@ class Broker:
     def _result_mismatch(self, job: Job, header: dict[str, Any]) -> str | None:
         """Why a RESULT cannot be the answer to ``job`` (rows or dimension), or None when it can."""
         chunks = header.get("chunks")
-        rows = len(chunks) if "chunk" in job.options and isinstance(chunks, list) else job.count
+        rows = len(chunks) if job.options.chunk is not None and isinstance(chunks, list) else job.count
         if header["n"] != rows:
             return f"{header['n']} vectors for {rows} inputs"
         dim = (self.reference or {}).get("dim")
@@ -471,13 +470,11 @@ class Broker:
             worker.inflight_texts += job.count
             worker.last_dispatch = now
             worker.isolated = job.crashes > 0
-            header: dict[str, Any] = {"job": job.job_id, "attempt": job.attempt, "normalize": job.normalize}
-            if job.payload:
-                header["n"] = job.count
-            else:
-                header["texts"] = job.texts
-            if job.options:
-                header["options"] = job.options
+            header: dict[str, Any] = {"job": job.job_id, "attempt": job.attempt, "n": job.count,
+                                      "normalize": job.normalize}
+            options = job.options.wire()
+            if options:
+                header["options"] = options
             self.send(worker.key[0], worker.key[1], Command.JOB, header, *job.payload)
 
     def _pick_worker(self, job: Job, backlog: int) -> Worker | None:

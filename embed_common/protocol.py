@@ -10,14 +10,13 @@ A message is a list of ZeroMQ frames (a ROUTER socket adds the peer's identity i
 - ``payload``: vectors travel as one frame in the :class:`Encoding` the RESULT's ``encoding`` names: raw
   little-endian float32, ``n * dim`` values (the default), or the rows as JSON text ``[[...],...]``, which a job
   asks for with the option ``{"encoding": "json"}`` (the front answers with it as it is, so that the head does
-  no work per number; a worker that cannot, answers float32). Texts (SUBMIT, JOB) travel as one msgpack frame
-  that the broker passes on unread (it needs only the count ``n`` in the header). A SUBMIT or JOB may instead
-  carry its ``texts`` list in the header (the older form), then without a frame.
+  no work per number). Texts (SUBMIT, JOB) travel as one msgpack frame that the broker passes on unread (it
+  needs only the count ``n`` in the header).
 
 Two conversations share the layout:
 
 front <-> broker (the broker's *client* socket)
-    SUBMIT  front -> broker   {job, n, normalize, timeout_ms, [options]} + texts
+    SUBMIT  front -> broker   {job, n, normalize, timeout_ms, [options]} + texts  (options: JobOptions.wire())
     RESULT  broker -> front   {job, n, dim, worker, [encoding, ...]} + vectors
     ERROR   broker -> front   {job, code, message, [indices, max_tokens]}  (INPUT_TOO_LONG: the job's indices)
     CANCEL  front -> broker   {job}
@@ -38,7 +37,8 @@ worker <-> broker (the broker's *worker* sockets)
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import msgpack
@@ -89,21 +89,130 @@ FIELDS: dict[Command, dict[str, type | tuple[type, ...]]] = {
     Command.READY: {"model": str, "dim": int, "device": str, "capacity": int},
     Command.WELCOME: {"broker_id": str},
     Command.REFUSED: {"code": str, "message": str},
-    Command.JOB: {"job": str, "attempt": int, "normalize": bool},
+    Command.JOB: {"job": str, "attempt": int, "n": int, "normalize": bool},
     Command.RESULT: {"job": str, "n": int, "dim": int},
     Command.ERROR: {"job": str, "code": str, "message": str},
     Command.HEARTBEAT: {},
     Command.DISCONNECT: {},
-    Command.SUBMIT: {"job": str, "normalize": bool, "timeout_ms": int},
+    Command.SUBMIT: {"job": str, "n": int, "normalize": bool, "timeout_ms": int},
     Command.CANCEL: {"job": str},
     Command.STATUS: {"req": int},
     Command.WORKER_GONE: {"pid": int},
     Command.WORKERS_DOWN: {"workers": list},
 }
 
+
+# -- job options ------------------------------------------------------------------------------------------
+# A SUBMIT (and the JOB the broker makes of it) may carry an ``options`` map: the job's options that are not at
+# their default. :class:`JobOptions` is their one typed form; :meth:`JobOptions.read` is the one place the map is
+# checked (the broker checks a SUBMIT's, answering BAD_REQUEST; the worker reads a JOB's).
+#
+# To add an option: one row (a field) in JobOptions below: its name, type and default, and its ``row(how it is
+# read from the wire, what it means, an example other than the default)``, with a ``write`` when its wire form
+# is not the value itself. Reading, writing, refusing unknown options and the table's test
+# (tests/unit/test_protocol.py, which round-trips every example) follow from the row.
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)  # bool is an int subclass
+
+
+@dataclass(frozen=True)
+class ChunkOption:
+    """The ``chunk`` option: embed each text's chunks of at most ``tokens`` tokens, ``overlap`` of them shared
+    with the chunk before (None: the worker's defaults within its model's limit, worker/chunking.py)."""
+
+    tokens: int | None = None
+    overlap: int | None = None
+
+    def __post_init__(self) -> None:
+        for name, value in (("tokens", self.tokens), ("overlap", self.overlap)):
+            if value is not None and not _is_int(value):
+                raise ProtocolError(f"chunk {name} must be an integer")
+        if self.tokens is not None and self.tokens < 1:
+            raise ProtocolError("chunk tokens must be at least 1")
+        if self.overlap is not None and self.overlap < 0:
+            raise ProtocolError("chunk overlap must be at least 0")
+
+    @classmethod
+    def read(cls, raw: Any) -> ChunkOption:
+        if not isinstance(raw, dict):
+            raise ProtocolError("'chunk' must be an object")
+        unknown = sorted(str(name) for name in raw if name not in ("tokens", "overlap"))
+        if unknown:
+            raise ProtocolError(f"unknown chunk field(s) {', '.join(unknown)[:80]}")
+        return cls(**raw)
+
+    def wire(self) -> dict[str, int]:
+        return {name: value for name, value in (("tokens", self.tokens), ("overlap", self.overlap))
+                if value is not None}
+
+
+def _read_bool(raw: Any) -> bool:
+    if not isinstance(raw, bool):
+        raise ProtocolError("must be true or false")
+    return raw
+
+
+def _read_encoding(raw: Any) -> Encoding:
+    try:
+        return Encoding(raw)
+    except ValueError:
+        raise ProtocolError(f"must be one of {', '.join(e.value for e in Encoding)}") from None
+
+
+def row(read: Callable[[Any], Any], meaning: str, example: Any,
+        write: Callable[[Any], Any] = lambda value: value) -> dict[str, Any]:
+    """A row of :class:`JobOptions` (its field's metadata): how the option is read from the wire, what it means,
+    a value other than its default (the table's test sends each), and how it is written when not as it is."""
+    return {"read": read, "meaning": meaning, "example": example, "write": write}
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    """The typed options of a job; one field a row (see "To add an option" above)."""
+
+    truncate: bool = field(default=True, metadata=row(
+        _read_bool, "false: an input longer than the model's token limit fails the job as INPUT_TOO_LONG (with "
+        "its indices) instead of being cut", example=False))
+    chunk: ChunkOption | None = field(default=None, metadata=row(
+        ChunkOption.read, "embed each text's chunks instead of the text; the RESULT's chunks hold [text index, "
+        "start, end] per vector", example=ChunkOption(tokens=40, overlap=4), write=ChunkOption.wire))
+    encoding: Encoding = field(default=Encoding.F32, metadata=row(
+        _read_encoding, "how the RESULT's vectors frame is written", example=Encoding.JSON,
+        write=lambda encoding: encoding.value))
+
+    @classmethod
+    def read(cls, raw: Any) -> JobOptions:
+        """The options of a header's ``options`` map (None or absent: the defaults); ProtocolError, with a
+        message fit for the client, when the map is not one or holds an unknown option or a bad value."""
+        if raw is None:
+            return DEFAULT_OPTIONS
+        if not isinstance(raw, dict):
+            raise ProtocolError("'options' must be a map")
+        unknown = sorted(str(name) for name in raw if name not in OPTION_ROWS)
+        if unknown:
+            raise ProtocolError(f"unknown job option(s) {', '.join(unknown)[:80]}")
+        values = {}
+        for name, value in raw.items():
+            try:
+                values[name] = OPTION_ROWS[name].metadata["read"](value)
+            except ProtocolError as exc:
+                raise ProtocolError(f"job option {name!r}: {exc}") from None
+        return cls(**values)
+
+    def wire(self) -> dict[str, Any]:
+        """The ``options`` map of a header: the options not at their default (empty: send none)."""
+        return {name: option.metadata["write"](getattr(self, name)) for name, option in OPTION_ROWS.items()
+                if getattr(self, name) != option.default}
+
+
+OPTION_ROWS = {row.name: row for row in fields(JobOptions)}
+DEFAULT_OPTIONS = JobOptions()
+
 # Commands that carry a vectors payload frame.
 WITH_VECTORS = {Command.RESULT}
-# Commands that carry texts: a frame of them and their count ``n``, or a ``texts`` list in the header.
+# Commands that carry texts: a frame of them, and their count ``n`` in the header.
 WITH_TEXTS = {Command.SUBMIT, Command.JOB}
 
 
@@ -118,23 +227,23 @@ class Message:
         return decode_vectors(self.payload[0] if self.payload else b"", self.header["n"], self.header["dim"],
                               Encoding(self.header.get("encoding", Encoding.F32.value)))
 
+    def options(self) -> JobOptions:
+        """The options a SUBMIT or JOB carries (JobOptions.read: ProtocolError when they are not valid)."""
+        return JobOptions.read(self.header.get("options"))
+
     def text_count(self) -> int:
         """How many texts a SUBMIT or JOB carries, without reading them."""
-        texts = self.header.get("texts")
-        return len(texts) if isinstance(texts, list) else int(self.header["n"])
+        return int(self.header["n"])
 
     def texts(self) -> list[str]:
         """The texts a SUBMIT or JOB carries (read from its frame: only the worker needs them); ProtocolError
         when they are not ``n`` strings."""
-        if "texts" in self.header:
-            texts = self.header["texts"]
-        else:
-            try:
-                texts = msgpack.unpackb(self.payload[0], raw=False)
-            except Exception as exc:  # msgpack raises several types for garbage
-                raise ProtocolError(f"texts frame is not msgpack: {type(exc).__name__}") from None
-            if not isinstance(texts, list) or len(texts) != self.header["n"]:
-                raise ProtocolError(f"texts frame does not hold {self.header['n']} texts")
+        try:
+            texts = msgpack.unpackb(self.payload[0], raw=False)
+        except Exception as exc:  # msgpack raises several types for garbage
+            raise ProtocolError(f"texts frame is not msgpack: {type(exc).__name__}") from None
+        if not isinstance(texts, list) or len(texts) != self.header["n"]:
+            raise ProtocolError(f"texts frame does not hold {self.header['n']} texts")
         if not all(isinstance(t, str) for t in texts):
             raise ProtocolError("texts must be strings")
         return texts
@@ -167,14 +276,8 @@ def decode(frames: list[bytes]) -> Message:
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             raise ProtocolError(f"{command.name}: field {name!r} missing or not {kind}")
     message = Message(command, header, list(frames[3:]))
-    if command in WITH_TEXTS:
-        if "texts" in header:
-            if not isinstance(header["texts"], list) or message.payload:
-                raise ProtocolError(f"{command.name}: 'texts' is not a list, or comes with a texts frame too")
-        else:
-            n = header.get("n")
-            if not isinstance(n, int) or isinstance(n, bool) or n < 0 or len(message.payload) != 1:
-                raise ProtocolError(f"{command.name}: needs 'n' and one texts frame (or a 'texts' list)")
+    if command in WITH_TEXTS and (header["n"] < 0 or len(message.payload) != 1):
+        raise ProtocolError(f"{command.name}: needs n >= 0 and one texts frame")
     if command in WITH_VECTORS:
         _check_vectors(command, header, message.payload)
     return message

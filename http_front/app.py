@@ -19,6 +19,7 @@ import falcon
 import orjson
 
 from embed_common import VERSION
+from embed_common.protocol import DEFAULT_OPTIONS, JobOptions
 from embed_common.settings import Limits
 from embed_common.status import BrokerStatus
 from http_front import errors, json_media
@@ -75,7 +76,7 @@ class AppState:
             if self.inflight == 0:
                 self.idle.notify_all()
 
-    def embed(self, route: str, texts: list[str], normalize: bool, options: dict[str, Any] | None = None,
+    def embed(self, route: str, texts: list[str], normalize: bool, options: JobOptions = DEFAULT_OPTIONS,
               timeout: float | None = None, job_chars: int | None = None, as_json: bool = False) -> EmbedResult:
         """Every embedding route's way to the broker: counted in flight (for draining) and in the metrics.
         ``as_json``: the answer carries the rows as the workers wrote them (EmbedResult.vectors_json)."""
@@ -264,8 +265,7 @@ class Embed:
         if not texts:
             resp.media = {"vectors": []}
             return
-        result = self.state.embed("/embed", texts, normalize, None if truncate else {"truncate": False},
-                                  as_json=True)
+        result = self.state.embed("/embed", texts, normalize, JobOptions(truncate=truncate), as_json=True)
         extra = {"truncated": result.truncated} if result.truncated else {}  # only when any, as the seed's
         json_media.answer(resp, extra, "vectors", result.vectors_json())  # the rows as the workers wrote them
 

@@ -12,6 +12,7 @@ lost, and the broker's job table keeps a job from being done twice.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import logging
 import os
@@ -29,7 +30,7 @@ import zmq
 from embed_common import protocol, sockets
 from embed_common.errors import ErrorCode
 from embed_common.jobs import JOB_TEXTS, estimated_tokens, job_starts, spread_bounds, spread_parts
-from embed_common.protocol import Command, Encoding, ProtocolError
+from embed_common.protocol import DEFAULT_OPTIONS, Command, Encoding, JobOptions, ProtocolError
 from embed_common.status import BrokerStatus
 from http_front.errors import ApiError
 
@@ -194,7 +195,7 @@ class BrokerClient:
         return sum(link.unanswered for link in busy)
 
     def embed(self, texts: list[str], normalize: bool, timeout: float,
-              options: dict[str, Any] | None = None, job_chars: int | None = None,
+              options: JobOptions = DEFAULT_OPTIONS, job_chars: int | None = None,
               gone: Callable[[], bool] | None = None, as_json: bool = False) -> EmbedResult:
         """Embed ``texts`` in jobs of ``job_texts`` texts, or fewer that hold about ``job_chars`` characters (a
         chunked job's work grows with its text, not with its count), spread over the workers this front does not
@@ -205,10 +206,10 @@ class BrokerClient:
         no work per number)."""
         deadline = time.monotonic() + timeout
         if as_json:
-            options = {**(options or {}), "encoding": Encoding.JSON.value}
+            options = dataclasses.replace(options, encoding=Encoding.JSON)
         parts = spread_parts(self._workers(), self.pending_jobs())
         if parts > 1:
-            chunked = bool(options and "chunk" in options)  # every chunk is encoded: work grows with characters
+            chunked = options.chunk is not None  # every chunk is encoded: work grows with characters
             max_tokens = self._max_tokens()
             work = [len(t) if chunked else estimated_tokens(t, max_tokens) for t in texts]
             bounds = spread_bounds(work, parts)
@@ -271,13 +272,13 @@ class BrokerClient:
         if closed:
             link.close()
 
-    def _submit(self, texts: list[str], normalize: bool, timeout: float, options: dict[str, Any] | None,
+    def _submit(self, texts: list[str], normalize: bool, timeout: float, options: JobOptions,
                 link: _Link, start: int = 0) -> _Job:
         job_id = f"{self._job_prefix}{next(self._job_numbers):x}"
         header: dict[str, Any] = {"job": job_id, "n": len(texts), "normalize": normalize,
                                   "timeout_ms": int(timeout * 1000)}
-        if options:
-            header["options"] = options
+        if options.wire():
+            header["options"] = options.wire()
         # first: what cannot be encoded is never pending
         job = _Job(job_id, start, protocol.encode(Command.SUBMIT, header, protocol.encode_texts(texts)))
         link.jobs[job_id] = job

@@ -13,6 +13,7 @@ from typing import Any
 
 import falcon
 
+from embed_common.protocol import ChunkOption, JobOptions
 from http_front import json_media
 from http_front.app import AppState, flag, read_texts_request
 from http_front.errors import ApiError
@@ -24,15 +25,14 @@ PDF_PARAMS = {"chunk_tokens", "overlap_tokens", "normalize"}
 CHUNKS_FIELDS = {"texts", "chunk_tokens", "overlap_tokens", "normalize"}
 
 
-def chunk_option(tokens: Any, overlap: Any) -> dict[str, Any]:
-    """The job option for ``chunk_tokens`` / ``overlap_tokens`` (None: the worker's defaults)."""
+def chunk_option(tokens: Any, overlap: Any) -> JobOptions:
+    """The job options for ``chunk_tokens`` / ``overlap_tokens`` (None: the worker's defaults)."""
     for name, value in (("chunk_tokens", tokens), ("overlap_tokens", overlap)):
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
             raise ApiError("BAD_REQUEST", f"'{name}' must be a whole number")
     if tokens is not None and tokens < 1:
         raise ApiError("BAD_REQUEST", "'chunk_tokens' must be at least 1")
-    option = {"tokens": tokens, "overlap": overlap}
-    return {"chunk": {k: v for k, v in option.items() if v is not None}}
+    return JobOptions(chunk=ChunkOption(tokens, overlap))
 
 
 def query_int(req: falcon.Request, name: str) -> int | None:

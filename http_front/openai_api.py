@@ -18,6 +18,7 @@ import falcon
 import numpy as np
 
 from embed_common.models import normalize_rows
+from embed_common.protocol import JobOptions
 from embed_common.status import BrokerStatus
 from http_front.app import AppState, check_texts, read_json
 from http_front.errors import ApiError
@@ -92,8 +93,7 @@ class Embeddings:
         if dimensions is not None and isinstance(dim, int) and dimensions > dim:
             raise ApiError("BAD_REQUEST", f"'dimensions' is {dimensions}; this model has {dim}", param="dimensions")
         as_json = encoding == "float" and (dimensions is None or dimensions == dim)  # the rows as workers wrote them
-        options = None if truncate else {"truncate": False}
-        result = self.state.embed(ROUTE, texts, True, options, as_json=as_json) if texts else None
+        result = self.state.embed(ROUTE, texts, True, JobOptions(truncate=truncate), as_json=as_json) if texts else None
         if result is not None and as_json:
             rows = result.rows_json()
         else:

@@ -19,9 +19,10 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
+
+from embed_common.protocol import DEFAULT_OPTIONS, JobOptions
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,7 @@ class PendingJob:
     ids: list[list[int]]
     truncated: list[int]
     dim: int
-    options: dict[str, Any] = field(default_factory=dict)
+    options: JobOptions = DEFAULT_OPTIONS
     chunks: list[list[int]] | None = None  # for a chunked job: [text index, start, end] of each row
     vectors: np.ndarray = field(init=False)
     remaining: int = field(init=False)

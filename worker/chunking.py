@@ -17,7 +17,8 @@ from __future__ import annotations
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+
+from embed_common.protocol import ChunkOption
 
 Span = tuple[int, int]  # [start, end) character offsets
 
@@ -37,25 +38,12 @@ class ChunkPlan:
     overlap: int
 
     @staticmethod
-    def from_options(options: Any, limit: int) -> ChunkPlan:
-        """Read a job's ``{"tokens", "overlap"}`` (either may be absent) within the model's ``limit``.
-
-        ``tokens`` defaults to ``limit`` and is capped by it; ``overlap`` defaults to an eighth of ``tokens``
-        and is capped at ``tokens - 1``. Raises ValueError with a message fit for the client.
-        """
-        if not isinstance(options, dict):
-            raise ValueError("'chunk' must be an object")
-        tokens = options.get("tokens")
-        overlap = options.get("overlap")
-        for name, value in (("tokens", tokens), ("overlap", overlap)):
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
-                raise ValueError(f"chunk {name} must be an integer")
-        tokens = limit if tokens is None else min(tokens, limit)
-        if tokens < 1:
-            raise ValueError("chunk tokens must be at least 1")
-        overlap = tokens // 8 if overlap is None else overlap
-        if overlap < 0:
-            raise ValueError("chunk overlap must be at least 0")
+    def from_option(option: ChunkOption, limit: int) -> ChunkPlan:
+        """The plan for a job's ``chunk`` option (checked already: embed_common/protocol.py) within the model's
+        ``limit``: ``tokens`` defaults to ``limit`` and is capped by it; ``overlap`` defaults to an eighth of
+        ``tokens`` and is capped at ``tokens - 1``."""
+        tokens = max(1, limit if option.tokens is None else min(option.tokens, limit))
+        overlap = tokens // 8 if option.overlap is None else option.overlap
         return ChunkPlan(tokens, min(overlap, tokens - 1))
 
 

@@ -24,7 +24,7 @@ import zmq
 
 from embed_common import VERSION, protocol, sockets
 from embed_common.models import normalize_rows
-from embed_common.protocol import Command, Encoding, ErrorCode, ProtocolError
+from embed_common.protocol import ChunkOption, Command, Encoding, ErrorCode, JobOptions, ProtocolError
 from embed_common.settings import default
 from worker import heap
 from worker.batch_stats import BatchSizes
@@ -198,12 +198,15 @@ class ComputeThread:
             self._trim_heap()  # worker/heap.py: else fragmentation grows the worker's memory without end
 
     def prepare(self, header: dict[str, Any]) -> PendingJob:
-        options = header.get("options") or {}
+        try:
+            options = JobOptions.read(header.get("options"))
+        except ProtocolError as exc:
+            raise InputError(ErrorCode.BAD_REQUEST.value, str(exc)) from None
         texts, chunks = header["texts"], None
-        if "chunk" in options:  # embed each text's chunks instead of the text: see worker/chunking.py
-            texts, chunks = self.chunk(texts, options["chunk"])
+        if options.chunk is not None:  # embed each text's chunks instead of the text: see worker/chunking.py
+            texts, chunks = self.chunk(texts, options.chunk)
         tokenized = self.embedder.tokenize(texts)
-        if tokenized.truncated and options.get("truncate") is False:
+        if tokenized.truncated and not options.truncate:
             # the indices are this job's; the front offsets them to the request's
             raise InputError(ErrorCode.INPUT_TOO_LONG.value,
                              f"{len(tokenized.truncated)} input(s) longer than {self.embedder.max_tokens} tokens",
@@ -211,11 +214,8 @@ class ComputeThread:
         return PendingJob(header["job"], header["attempt"], header["normalize"], tokenized.ids,
                           tokenized.truncated, self.embedder.dim, options, chunks=chunks)
 
-    def chunk(self, texts: list[str], options: Any) -> tuple[list[str], list[list[int]]]:
-        try:
-            plan = ChunkPlan.from_options(options, self.embedder.max_tokens - self.embedder.special_tokens)
-        except ValueError as exc:
-            raise InputError(ErrorCode.BAD_REQUEST.value, str(exc)) from None
+    def chunk(self, texts: list[str], option: ChunkOption) -> tuple[list[str], list[list[int]]]:
+        plan = ChunkPlan.from_option(option, self.embedder.max_tokens - self.embedder.special_tokens)
         try:
             return chunk_texts(texts, self.embedder.token_spans, plan)
         except NotImplementedError:  # a slow (pure Python) tokenizer gives no character offsets
@@ -427,19 +427,10 @@ class WorkerLoop:
                 header["truncated"] = job.truncated
             if job.chunks is not None:  # a row per vector: [index of its text in the job, start, end]
                 header["chunks"] = job.chunks
-            encoding = job_encoding(job.options)
+            encoding = job.options.encoding
             if encoding is not Encoding.F32:
                 header["encoding"] = encoding.value
             self.send(Command.RESULT, header, protocol.encode_vectors(job.vectors, encoding))
-
-
-def job_encoding(options: dict[str, Any]) -> Encoding:
-    """How the job's answer writes its vectors: as it asked (the front asks JSON of the rows it answers with
-    as they are, so that the head does no work per number), else float32."""
-    try:
-        return Encoding(options.get("encoding", Encoding.F32.value))
-    except ValueError:
-        return Encoding.F32
 
 
 def default_capacity(device: str) -> int:

@@ -15,6 +15,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+import msgpack
 import pytest
 import requests
 import zmq
@@ -96,7 +97,7 @@ def _garbage_messages(rng: random.Random) -> list[list[bytes]]:
         [tag, b"\xff", b"\x80"],  # unknown command
         [tag, submit, rng.randbytes(100)],  # header that is not msgpack
         [tag, submit, b"\x93\x01\x02\x03"],  # msgpack, but not a map
-        protocol.encode(Command.SUBMIT, {"job": 1, "texts": "x", "normalize": "yes", "timeout_ms": None}),
+        protocol.encode(Command.SUBMIT, {"job": 1, "n": "x", "normalize": "yes", "timeout_ms": None}, b"\x90"),
         [tag, result, protocol.encode(Command.RESULT, {"job": "j", "n": 2, "dim": 3})[2], b"short"],
         [tag, submit, rng.randbytes(4 * 1024 * 1024)],  # a large frame of noise
         protocol.encode(Command.READY, {"model": 1, "dim": "x", "device": None, "capacity": -1}),
@@ -130,8 +131,8 @@ def test_garbage_on_the_broker_sockets_is_dropped_and_the_broker_keeps_serving(c
                 dealer.send_multipart(frames)
             # a SUBMIT whose texts are not strings is answered, not dropped
             if address == listening["clients"]:
-                dealer.send_multipart(protocol.encode(Command.SUBMIT, {"job": "bad", "texts": [1, 2],
-                                                                       "normalize": True, "timeout_ms": 1000}))
+                dealer.send_multipart(protocol.encode(Command.SUBMIT, {"job": "bad", "n": 2, "normalize": True,
+                                                                       "timeout_ms": 1000}, msgpack.packb([1, 2])))
                 assert dealer.poll(30_000), "no answer to a SUBMIT of non-strings"
                 reply = protocol.decode(dealer.recv_multipart())
                 while reply.command is not Command.ERROR:

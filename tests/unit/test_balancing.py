@@ -62,7 +62,8 @@ class Simulation:
         job = f"job-{self.submitted}"
         self.submitted += 1
         self.broker.handle("client", [CLIENT, *protocol.encode(
-            Command.SUBMIT, {"job": job, "texts": ["x"] * texts, "normalize": True, "timeout_ms": 10**9})])
+            Command.SUBMIT, {"job": job, "n": texts, "normalize": True, "timeout_ms": 10**9},
+            protocol.encode_texts(["x"] * texts))])
         return job
 
     def dispatch(self) -> None:
@@ -73,7 +74,7 @@ class Simulation:
             held = {job for job, _, _ in fake.queue}
             for job in record.inflight.values():
                 if job.job_id not in held:
-                    fake.queue.append((job.job_id, job.attempt, len(job.texts)))
+                    fake.queue.append((job.job_id, job.attempt, job.count))
                     self._schedule(fake)
 
     def _schedule(self, fake: FakeWorker) -> None:

@@ -110,7 +110,8 @@ def test_a_late_reply_from_an_earlier_attempt_is_dropped(make_cluster) -> None:
 def test_cancel_removes_a_queued_job(make_cluster) -> None:
     cluster = make_cluster(no_worker_grace=60.0)
     front = cluster.peer("client")
-    front.send(Command.SUBMIT, {"job": "j1", "texts": ["a", "b"], "normalize": True, "timeout_ms": 60_000})
+    front.send(Command.SUBMIT, {"job": "j1", "n": 2, "normalize": True, "timeout_ms": 60_000},
+               protocol.encode_texts(["a", "b"]))
     cluster.wait_status(lambda s: s["queue_jobs"] == 1, "the job queued")
     front.send(Command.CANCEL, {"job": "j1"})
     status = cluster.wait_status(lambda s: s["queue_jobs"] == 0, "the job cancelled")
@@ -168,14 +169,29 @@ def test_a_worker_serving_another_model_is_refused(make_cluster) -> None:
     assert len(cluster.wait_status(lambda s: True, "a status")["workers"]) == 1
 
 
+@pytest.mark.parametrize("options", [{"colour": "red"}, {"truncate": "no"}, {"chunk": {"tokens": 0}}, ["truncate"]])
+def test_a_submit_with_bad_options_is_answered_bad_request_and_never_queued(make_cluster, options: object) -> None:
+    cluster = make_cluster(no_worker_grace=60.0)
+    front = cluster.peer("client")
+    front.send(Command.SUBMIT, {"job": "opt", "n": 1, "normalize": True, "timeout_ms": 60_000, "options": options},
+               protocol.encode_texts(["a"]))
+    error = front.recv(skip=(Command.HEARTBEAT, Command.STATUS))
+    assert error.command is Command.ERROR and error.header["job"] == "opt"
+    assert error.header["code"] == "BAD_REQUEST" and "option" in error.header["message"]
+    status = cluster.wait_status(lambda s: s["counters"]["failed"] == 1, "the job failed")
+    assert status["queue_jobs"] == 0 and status["counters"]["submitted"] == 0
+
+
 GARBAGE = [
     [b"hello"],
     [b"EC0", Command.SUBMIT.value, b"\x80"],
     [PROTOCOL, b"\x99", b"\x80"],
     [PROTOCOL, Command.SUBMIT.value, b"\xc1"],
     [PROTOCOL, Command.SUBMIT.value, b"\x93\x01\x02\x03"],  # a msgpack list, not a map
-    protocol.encode(Command.SUBMIT, {"job": "j", "texts": ["a"], "normalize": True}),  # no timeout_ms
-    protocol.encode(Command.SUBMIT, {"job": "j", "texts": ["a"], "normalize": True, "timeout_ms": True}),
+    protocol.encode(Command.SUBMIT, {"job": "j", "n": 1, "normalize": True},  # no timeout_ms
+                    protocol.encode_texts(["a"])),
+    protocol.encode(Command.SUBMIT, {"job": "j", "n": 1, "normalize": True, "timeout_ms": True},
+                    protocol.encode_texts(["a"])),
     protocol.encode(Command.READY, ready_header("not-a-client-command")),
 ]
 

@@ -11,6 +11,7 @@ import socket
 import numpy as np
 import pytest
 
+from embed_common.protocol import ChunkOption
 from tests.conftest import eventually
 from worker.chunking import ChunkPlan, chunk_spans, chunk_texts
 from worker.embedder import FakeEmbedder
@@ -84,7 +85,7 @@ def test_overlap_repeats_whole_sentences_when_they_fit() -> None:
 
 def test_any_overlap_gives_a_bounded_number_of_chunks() -> None:
     text = "a. " * 400  # 800 tokens, a sentence end every other token: every cut and start is a strong break
-    plan = ChunkPlan.from_options({"tokens": 40, "overlap": 1000}, 254)
+    plan = ChunkPlan.from_option(ChunkOption(tokens=40, overlap=1000), 254)
     chunks = chunk_spans(text, spans_of(text), plan)
     check_invariants(text, chunks, plan)
     assert len(chunks) <= 4 * 800 // 40 + 1
@@ -136,7 +137,7 @@ def test_chunk_texts_table_points_into_each_text() -> None:
      ({"tokens": 10, "overlap": 30}, ChunkPlan(10, 9))],
 )
 def test_plan_defaults_and_cap(options: dict, plan: ChunkPlan) -> None:
-    assert ChunkPlan.from_options(options, 254) == plan
+    assert ChunkPlan.from_option(ChunkOption.read(options), 254) == plan
 
 
 @pytest.mark.parametrize(
@@ -144,9 +145,9 @@ def test_plan_defaults_and_cap(options: dict, plan: ChunkPlan) -> None:
     [([], "object"), ({"tokens": "5"}, "integer"), ({"tokens": True}, "integer"), ({"tokens": 0}, "at least 1"),
      ({"overlap": -1}, "at least 0")],
 )
-def test_plan_rejects_bad_options(options: object, mentions: str) -> None:
+def test_the_chunk_option_rejects_bad_values(options: object, mentions: str) -> None:
     with pytest.raises(ValueError, match=mentions):
-        ChunkPlan.from_options(options, 254)
+        ChunkOption.read(options)  # the option's one check: embed_common/protocol.py
 
 
 def run_jobs(embedder: FakeEmbedder, headers: list[dict]) -> dict[str, tuple]:

@@ -22,7 +22,7 @@ def test_a_texts_frame_decodes_to_its_texts() -> None:
     (SUBMIT, ()),  # n without a frame
     ({**SUBMIT, "n": -1}, (b"\x90",)),
     ({**SUBMIT, "n": True}, (b"\x90",)),
-    ({**{k: v for k, v in SUBMIT.items() if k != "n"}, "texts": ["a"]}, (b"\x90",)),  # both forms at once
+    ({**{k: v for k, v in SUBMIT.items() if k != "n"}, "texts": ["a"]}, (b"\x90",)),  # texts in the header: gone
 ])
 def test_a_malformed_texts_form_is_refused_at_decode(header: dict, payload: tuple[bytes, ...]) -> None:
     with pytest.raises(ProtocolError):

@@ -11,9 +11,19 @@ import numpy as np
 import pytest
 
 from embed_common import protocol
-from embed_common.protocol import FIELDS, PROTOCOL, WITH_VECTORS, Command, ProtocolError
+from embed_common.protocol import (
+    FIELDS,
+    OPTION_ROWS,
+    PROTOCOL,
+    WITH_TEXTS,
+    WITH_VECTORS,
+    Command,
+    JobOptions,
+    ProtocolError,
+)
 
 VECTORS = np.arange(6, dtype=np.float32).reshape(2, 3) / 7
+TEXTS = ["ünïcode", ""]
 
 # A valid header for every command: its required fields plus the optional ones the parts really send.
 VALID: dict[Command, dict[str, Any]] = {
@@ -21,17 +31,24 @@ VALID: dict[Command, dict[str, Any]] = {
                     "probe": b"\x00" * 12, "pid": 42},
     Command.WELCOME: {"broker_id": "b1", "heartbeat_interval": 1.0, "heartbeat_liveness": 3},
     Command.REFUSED: {"code": "MODEL_MISMATCH", "message": "another model"},
-    Command.JOB: {"job": "j1", "attempt": 0, "texts": ["a", "b"], "normalize": True, "options": {"truncate": False}},
+    Command.JOB: {"job": "j1", "attempt": 0, "n": 2, "normalize": True, "options": {"truncate": False}},
     Command.RESULT: {"job": "j1", "n": 2, "dim": 3, "attempt": 0},
     Command.ERROR: {"job": "j1", "code": "ENCODE_FAILED", "message": "boom"},
     Command.HEARTBEAT: {"stats": {"texts_done": 3}},
     Command.DISCONNECT: {},
-    Command.SUBMIT: {"job": "j1", "texts": ["ünïcode", ""], "normalize": False, "timeout_ms": 30_000},
+    Command.SUBMIT: {"job": "j1", "n": 2, "normalize": False, "timeout_ms": 30_000},
     Command.CANCEL: {"job": "j1"},
     Command.STATUS: {"req": 7},
     Command.WORKER_GONE: {"pid": 4242, "host": "box"},
     Command.WORKERS_DOWN: {"workers": [{"id": "worker-1", "state": "failed", "reason": "crash loop"}]},
 }
+
+
+def payload_of(command: Command) -> list[bytes]:
+    """The payload frames of a valid message of ``command``."""
+    if command in WITH_VECTORS:
+        return [protocol.encode_vectors(VECTORS)]
+    return [protocol.encode_texts(TEXTS)] if command in WITH_TEXTS else []
 
 
 def test_every_command_has_a_valid_example() -> None:
@@ -40,8 +57,7 @@ def test_every_command_has_a_valid_example() -> None:
 
 @pytest.mark.parametrize("command", list(Command), ids=lambda c: c.name)
 def test_round_trip(command: Command) -> None:
-    payload = [protocol.encode_vectors(VECTORS)] if command in WITH_VECTORS else []
-    frames = protocol.encode(command, VALID[command], *payload)
+    frames = protocol.encode(command, VALID[command], *payload_of(command))
     assert frames[0] == PROTOCOL and frames[1] == command.value
     message = protocol.decode(frames)
     assert message.command is command
@@ -49,6 +65,8 @@ def test_round_trip(command: Command) -> None:
     if command in WITH_VECTORS:
         assert message.vectors().dtype == np.float32
         np.testing.assert_array_equal(message.vectors(), VECTORS)
+    elif command in WITH_TEXTS:
+        assert message.text_count() == len(TEXTS) and message.texts() == TEXTS
     else:
         assert message.payload == []
 
@@ -67,6 +85,7 @@ def without(command: Command, name: str) -> dict[str, Any]:
     return {k: v for k, v in VALID[command].items() if k != name}
 
 
+TEXTS_FRAME = payload_of(Command.SUBMIT)
 BAD: dict[str, list[bytes]] = {
     "no frames": [],
     "two frames": [PROTOCOL, Command.HEARTBEAT.value],
@@ -83,10 +102,12 @@ BAD: dict[str, list[bytes]] = {
     "header a string": frames_with(Command.HEARTBEAT, "hello"),
     "header with int keys": frames_with(Command.STATUS, {1: 2, "req": 1}),
     "missing field": frames_with(Command.SUBMIT, without(Command.SUBMIT, "timeout_ms")),
-    "field of another type": frames_with(Command.SUBMIT, {**VALID[Command.SUBMIT], "texts": "a, b"}),
-    "bool for an int": frames_with(Command.SUBMIT, {**VALID[Command.SUBMIT], "timeout_ms": True}),
-    "int for a bool": frames_with(Command.SUBMIT, {**VALID[Command.SUBMIT], "normalize": 1}),
-    "float for an int": frames_with(Command.JOB, {**VALID[Command.JOB], "attempt": 0.0}),
+    "field of another type": frames_with(Command.SUBMIT, {**VALID[Command.SUBMIT], "n": "2"}, *TEXTS_FRAME),
+    "bool for an int": frames_with(Command.SUBMIT, {**VALID[Command.SUBMIT], "timeout_ms": True}, *TEXTS_FRAME),
+    "int for a bool": frames_with(Command.SUBMIT, {**VALID[Command.SUBMIT], "normalize": 1}, *TEXTS_FRAME),
+    "float for an int": frames_with(Command.JOB, {**VALID[Command.JOB], "attempt": 0.0}, *TEXTS_FRAME),
+    "texts in the header (the old form, gone)": frames_with(
+        Command.SUBMIT, {**without(Command.SUBMIT, "n"), "texts": TEXTS}),
     "None for a str": frames_with(Command.CANCEL, {"job": None}),
     "bytes for a str": frames_with(Command.CANCEL, {"job": b"j1"}),
     "no vectors frame": frames_with(Command.RESULT, VALID[Command.RESULT]),
@@ -135,8 +156,7 @@ def mutations(rng: random.Random, frames: list[bytes]) -> list[bytes]:
 
 def test_random_damage_never_raises_anything_but_a_protocol_error() -> None:
     rng = random.Random(1234)
-    valid = [protocol.encode(c, VALID[c], *([protocol.encode_vectors(VECTORS)] if c in WITH_VECTORS else []))
-             for c in Command]
+    valid = [protocol.encode(c, VALID[c], *payload_of(c)) for c in Command]
     decoded = rejected = 0
     for _ in range(20_000):
         frames = mutations(rng, rng.choice(valid))
@@ -153,3 +173,39 @@ def test_random_damage_never_raises_anything_but_a_protocol_error() -> None:
         if message.command in WITH_VECTORS:
             assert message.vectors().shape == (message.header["n"], message.header["dim"])
     assert decoded > 1000 and rejected > 1000, (decoded, rejected)
+
+
+# -- job options: the one typed form of a SUBMIT's and a JOB's ``options`` map ----------------------------------
+
+def test_default_options_send_no_map_and_an_absent_map_reads_as_the_defaults() -> None:
+    assert JobOptions().wire() == {}
+    assert JobOptions.read(None) == JobOptions.read({}) == JobOptions()
+
+
+@pytest.mark.parametrize("name", list(OPTION_ROWS))
+def test_every_option_row_round_trips_its_example_through_a_message(name: str) -> None:
+    row = OPTION_ROWS[name]
+    assert row.metadata["meaning"] and row.metadata["example"] != row.default
+    options = JobOptions(**{name: row.metadata["example"]})
+    wire = options.wire()
+    assert list(wire) == [name]  # only what differs from the defaults travels
+    header = {**VALID[Command.SUBMIT], "options": wire}
+    message = protocol.decode(protocol.encode(Command.SUBMIT, header, *payload_of(Command.SUBMIT)))
+    assert message.options() == options and getattr(message.options(), name) == row.metadata["example"]
+
+
+def test_all_examples_together_round_trip() -> None:
+    options = JobOptions(**{name: row.metadata["example"] for name, row in OPTION_ROWS.items()})
+    assert JobOptions.read(msgpack.unpackb(msgpack.packb(options.wire()))) == options
+
+
+@pytest.mark.parametrize(
+    ("raw", "mentions"),
+    [([], "map"), ("truncate", "map"), ({"colour": 1}, "unknown job option"), ({"truncate": "no"}, "truncate"),
+     ({"truncate": 0}, "truncate"), ({"chunk": []}, "object"), ({"chunk": {"tokens": 0}}, "at least 1"),
+     ({"chunk": {"tokens": True}}, "integer"), ({"chunk": {"overlap": -1}}, "overlap"),
+     ({"chunk": {"pages": 2}}, "pages"), ({"encoding": "f16"}, "encoding"), ({"encoding": None}, "encoding")],
+)
+def test_bad_options_are_a_protocol_error_that_says_which(raw: object, mentions: str) -> None:
+    with pytest.raises(ProtocolError, match=mentions):
+        JobOptions.read(raw)
