@@ -9,6 +9,7 @@ import signal
 
 from broker.broker import Broker, BrokerSettings
 from embed_common import lifeline, progress
+from embed_common.exits import ExitCode
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ def run(settings: BrokerSettings, parent_pid: int = 0) -> int:
     finally:
         broker.close()
         remove_ipc_files(settings, rundir_too=lifeline.orphaned(parent_pid))
-    return 0
+    return ExitCode.OK
 
 
 def remove_ipc_files(settings: BrokerSettings, rundir_too: bool) -> None:

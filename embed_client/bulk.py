@@ -31,12 +31,12 @@ from embed_client.bulk_sources import Source, SourceError, find_sources, read_js
 from embed_client.bulk_store import Store, StoreError
 from embed_client.client import HTTP_ERROR, EmbedClient, EmbedError
 from embed_common import progress
+from embed_common.exits import ExitCode
 from embed_common.settings import DEFAULT_URL
 
 log = logging.getLogger(__name__)
 
 REQUEST_CHARS = 50_000  # characters of text a /embed/chunks request carries at most: a few seconds of work
-EXIT_INTERRUPTED = 130
 
 
 @dataclass(frozen=True)
@@ -137,11 +137,11 @@ def run(settings: BulkSettings) -> int:
         sources = find_sources(list(settings.paths), settings.out)
     except (EmbedError, SourceError) as exc:
         log.error("%s", exc)
-        return 2
+        return ExitCode.USAGE
     dim = info.get("dim")
     if not isinstance(dim, int):
         log.error("the cluster at %s has no worker yet (see its /health); try again when it is ready", settings.url)
-        return 2
+        return ExitCode.USAGE
     limits = info.get("limits") or {}
     max_chars = min(int(limits.get("max_text_chars") or REQUEST_CHARS), REQUEST_CHARS)
     try:
@@ -150,7 +150,7 @@ def run(settings: BulkSettings) -> int:
                                      "normalize": settings.normalize})
     except StoreError as exc:
         log.error("%s", exc)
-        return 2
+        return ExitCode.USAGE
     try:
         return _run(client, settings, store, sources, dim, max_chars)
     finally:
@@ -195,7 +195,7 @@ def _run(client: EmbedClient, settings: BulkSettings, store: Store, sources: lis
                         other.cancel()
                     log.error("the cluster failed on %s: %s; run the same command again to resume", source.path,
                               exc)
-                    return 1
+                    return ExitCode.FAILED
                 entry = {"source": str(source.path), "size": source.size, "mtime_ns": source.mtime_ns,
                          "error": rows.error}
                 store.commit(source.key, entry, rows.metadata, rows.vectors)
@@ -221,9 +221,9 @@ def _run(client: EmbedClient, settings: BulkSettings, store: Store, sources: lis
     if interrupted:
         log.warning("stopped: %d of %d files are in %s; run the same command again to go on", files_done,
                     len(sources), store.out)
-        return EXIT_INTERRUPTED
+        return ExitCode.INTERRUPTED
     log.info("%d files, %d texts in %s (%s, metadata.jsonl)%s", len(sources), store.rows, store.out,
              store.vectors_path.name, f"; {len(skipped)} skipped" if skipped else "")
     for reason in skipped:
         log.warning("skipped %s", reason)
-    return 1 if skipped else 0
+    return ExitCode.FAILED if skipped else ExitCode.OK

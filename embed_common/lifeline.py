@@ -14,6 +14,8 @@ import sys
 import threading
 import time
 
+from embed_common.exits import ExitCode
+
 log = logging.getLogger(__name__)
 
 PR_SET_PDEATHSIG = 1
@@ -59,11 +61,11 @@ def watch_parent(parent_pid: int | None, interval: float = 0.5) -> None:
                 log.warning("parent %d is gone: exiting", parent_pid)
                 os.kill(os.getpid(), signal.SIGTERM)
                 time.sleep(5)
-                os._exit(1)
+                os._exit(ExitCode.FAILED)
             time.sleep(interval)
 
     if os.getppid() != parent_pid:
-        os._exit(1)
+        os._exit(ExitCode.FAILED)
     threading.Thread(target=watch, name="lifeline", daemon=True).start()
 
 

@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass, field
 
 from embed_common import lifeline, progress
+from embed_common.exits import ExitCode
 from embed_common.settings import Limits, default
 from http_front.app import AppState, create_app
 from http_front.broker_client import BrokerClient
@@ -17,7 +18,6 @@ from http_front.status_page import STATUS_PATH
 
 log = logging.getLogger(__name__)
 
-EXIT_BIND_FAILED = 1  # the port cannot be bound: the supervisor ends start-up rather than restart the front
 ABORT_GRACE = 5.0  # seconds for requests failed at the end of the grace to send their 503
 
 
@@ -47,7 +47,7 @@ def run(settings: FrontSettings) -> int:
         progress.emit("startup_failed", {"code": "PORT_IN_USE", "reason": reason, "part": "front"})
         # one line on stderr for the cluster: under a supervisor, it logs the event as an error
         (log.info if settings.parent_pid else log.error)("%s", reason)
-        return EXIT_BIND_FAILED
+        return ExitCode.FAILED  # the port cannot be bound: the supervisor ends start-up, no restart
     client.start()
     state.history.start()
     port = server.socket.getsockname()[1]  # type: ignore[union-attr]
@@ -94,4 +94,4 @@ def run(settings: FrontSettings) -> int:
     finally:
         state.close()
         client.close()
-    return 0
+    return ExitCode.OK

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from embed_common import settings as table
+from embed_common.exits import ExitCode
 from embed_common.settings import ENV_PREFIX
 
 
@@ -133,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return run_doctor(args.host, args.port, args.model, args.device, args.json)
     parser.error(f"unknown command {args.command}")
-    return 2
+    return ExitCode.USAGE
 
 
 def run_embed(args: argparse.Namespace) -> int:
@@ -258,7 +259,7 @@ def run_keys(args: argparse.Namespace) -> int:
     except (KeyFileError, OSError) as exc:
         sys.exit(f"embed-cluster keys {args.keys_command}: {exc}")
     print(message)
-    return 0
+    return ExitCode.OK
 
 
 if __name__ == "__main__":

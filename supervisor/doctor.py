@@ -4,8 +4,9 @@ Each check gives ``ok``, a stable ``code`` when it fails (the seed's PYTHON_VERS
 PYTHON_DEPS_MISSING, and DEVICE_UNAVAILABLE, MODEL_UNAVAILABLE, PORT_IN_USE), a message and, where there is
 one, the command that fixes it. The exit code is 0 only when every check passes.
 
-This module imports only the standard library, so that it runs in an environment that lacks any of the
-project's dependencies. Whatever needs torch (which devices exist) runs in a subprocess.
+This module imports only the standard library (and embed_common.exits, which is too), so that it runs in an
+environment that lacks any of the project's dependencies. Whatever needs torch (which devices exist) runs in a
+subprocess.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from embed_common.exits import ExitCode
 
 MIN_PYTHON = (3, 10)
 PROBE_TIMEOUT = 120.0  # seconds for the device probe (importing torch can be slow on a cold disk)
@@ -209,4 +212,4 @@ def run_doctor(host: str, port: int, model: str, device: str, as_json: bool) -> 
             if c.fix:
                 print(f"      {'':<13} fix: {c.fix}")
         print("ready to run: embed-cluster up" if ok else "not ready: fix the checks marked FAIL")
-    return 0 if ok else 1
+    return ExitCode.OK if ok else ExitCode.FAILED

@@ -22,6 +22,7 @@ from typing import IO, Any
 import zmq
 
 from embed_common import progress
+from embed_common.exits import ExitCode
 from embed_common.lifeline import WORKER_STOP_GRACE
 from embed_common.settings import default
 from supervisor.broker_link import BrokerLink
@@ -33,7 +34,6 @@ HEALTHY_AFTER = 60.0  # a child that ran this long resets its backoff
 BACKOFF_FIRST = 1.0
 BACKOFF_MAX = 30.0
 FAILED_AFTER = 5  # consecutive quick failures before a worker is reported failed
-EXIT_REFUSED = 3  # worker/main.py: the broker refused it; restarting will not help
 
 
 @dataclass(frozen=True)
@@ -234,7 +234,7 @@ class Supervisor:
         child.failures = 0 if ran >= HEALTHY_AFTER else child.failures + 1
         delay = min(BACKOFF_FIRST * 2 ** max(0, child.failures - 1), BACKOFF_MAX)
         if child.kind == "worker":
-            refused = code == EXIT_REFUSED  # restarting will not help: it stays down
+            refused = code == ExitCode.REFUSED  # restarting will not help: it stays down
             self.emit("worker_exited", {"worker": child.name, "pid": pid, "code": code,
                                         "restart_in": None if refused else delay})
             self.broker_link.worker_gone(pid)
@@ -287,7 +287,7 @@ class Supervisor:
         signal.signal(signal.SIGINT, self.request_exit)
         try:
             if not self.preflight():
-                return 1
+                return ExitCode.FAILED
             self.plan()
             for child in self.children:
                 self.start(child)
@@ -301,7 +301,7 @@ class Supervisor:
             self.shutdown(quick=self.startup_failure is not None)
             self.drain_events(timeout=0)
             self.emit("shutdown_complete", {})
-            return 1 if self.startup_failure is not None else 0
+            return ExitCode.FAILED if self.startup_failure is not None else ExitCode.OK
         finally:
             for child in self.children:  # nothing may outlive us, whatever happened above
                 if child.proc is not None and child.proc.poll() is None:
@@ -339,7 +339,7 @@ class Supervisor:
 
 def down_report(child: Child, pid: int, code: int, restart_in: float | None) -> dict[str, Any]:
     """How /health shows a worker whose process exited, until it serves again."""
-    if code == EXIT_REFUSED:
+    if code == ExitCode.REFUSED:
         reason = "refused by the broker"
     elif child.failed:
         reason = f"crash loop: {child.failures} quick exits in a row"

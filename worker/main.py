@@ -10,13 +10,12 @@ import time
 from typing import Any
 
 from embed_common import lifeline, progress
+from embed_common.exits import ExitCode
 from worker.embedder import Embedder
 from worker.worker import WorkerLoop, WorkerSettings
 
 log = logging.getLogger(__name__)
 
-EXIT_REFUSED = 3  # the broker refused this worker (another model): restarting will not help
-EXIT_LOAD_FAILED = 4
 
 
 def run(settings: WorkerSettings) -> int:
@@ -35,7 +34,7 @@ def run(settings: WorkerSettings) -> int:
         if loop is not None:
             loop.stop()
         else:
-            sys.exit(0)  # still loading the model: nothing to finish
+            sys.exit(ExitCode.OK)  # still loading the model: nothing to finish
 
     loop: WorkerLoop | None = None
     signal.signal(signal.SIGTERM, on_signal)
@@ -53,12 +52,12 @@ def run(settings: WorkerSettings) -> int:
     except ModelUnavailable as exc:  # not on disk and not downloadable: the reason says it all
         log.error("%s", exc)
         emit("worker_failed", {"error": "MODEL_LOAD_FAILED", "reason": str(exc)})
-        return EXIT_LOAD_FAILED
+        return ExitCode.LOAD_FAILED
     except Exception as exc:
         log.exception("could not load model %s", settings.model)
         emit("worker_failed", {"error": "MODEL_LOAD_FAILED",
                                "reason": f"could not load {settings.model}: {type(exc).__name__}: {exc}"})
-        return EXIT_LOAD_FAILED
+        return ExitCode.LOAD_FAILED
     compute_threads = default_compute_threads(device, settings.compute_threads, settings.threads)
     emit("model_loaded", {"model": located.name, "dimensions": embedder.dim, "device": device,
                           "precision": embedder.precision, "backend": embedder.backend,
@@ -69,10 +68,10 @@ def run(settings: WorkerSettings) -> int:
                                          "compute_threads": compute_threads})
     loop = WorkerLoop(settings_with_id, embedder, {"model_name": located.name}, on_event=emit)
     if stop_requested:
-        return 0
+        return ExitCode.OK
     code = loop.run()
     finish_compute(loop)
-    return EXIT_REFUSED if code == 3 else code
+    return code
 
 
 def load_embedder(settings: WorkerSettings, path: str, name: str, device: str, emit: Any) -> Embedder:
@@ -114,4 +113,4 @@ def finish_compute(loop: WorkerLoop) -> None:
                     lifeline.COMPUTE_GRACE)
         sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(0)
+        os._exit(ExitCode.OK)

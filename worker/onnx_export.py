@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from embed_common import lifeline
+from embed_common.exits import ExitCode
 from worker.embedder import PROBE_TEXTS, cosines
 from worker.onnx_backend import MODEL_FILE, OPSET, REPORT_FILE, OnnxEmbedder, read_pipeline
 
@@ -83,11 +84,11 @@ def export(model_dir: str, out_dir: str) -> dict[str, Any]:
 def main(argv: list[str]) -> int:
     if len(argv) != 2:
         print("usage: python -m worker.onnx_export MODEL_DIR OUT_DIR", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
     lifeline.watch_parent(os.getppid())  # a worker killed mid-export takes its export with it
     report = export(argv[0], argv[1])
     print(json.dumps(report))
-    return 0
+    return ExitCode.OK
 
 
 if __name__ == "__main__":

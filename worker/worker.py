@@ -23,6 +23,7 @@ from typing import Any
 import zmq
 
 from embed_common import VERSION, protocol, sockets
+from embed_common.exits import ExitCode
 from embed_common.models import normalize_rows
 from embed_common.protocol import ChunkOption, Command, Encoding, ErrorCode, JobOptions, ProtocolError
 from embed_common.settings import default
@@ -336,7 +337,7 @@ class WorkerLoop:
                         broker_seen = time.monotonic()
                         backoff = 1.0
                         if self.handle(frames) is False:
-                            return 3
+                            return ExitCode.REFUSED
                 if self._wake_r.fileno() in events or self.compute.done:
                     self.flush_results()
                 now = time.monotonic()
@@ -353,7 +354,7 @@ class WorkerLoop:
                     backoff = min(backoff * 2, self.settings.reconnect_max)
             if self.sock is not None and self.registered:
                 self.send(Command.DISCONNECT, {})
-            return 0
+            return ExitCode.OK
         finally:
             self.compute.stop()
             if self.sock is not None:

@@ -214,7 +214,7 @@ def test_a_worker_with_an_unknown_key_is_refused_and_never_gets_a_job(lan: Lan) 
 def test_a_worker_with_another_model_is_refused_on_both_sides(lan: Lan) -> None:
     eventually(lambda: lan.other.proc.poll() is not None, lambda: f"the refused worker exited\n{lan.other.log()}",
                timeout=240, interval=0.5)
-    assert lan.other.proc.poll() == 3, lan.other.log()  # worker/main.py EXIT_REFUSED
+    assert lan.other.proc.poll() == 3, lan.other.log()  # ExitCode.REFUSED (embed_common/exits.py)
     [refused] = [e["data"] for e in lan.other.events if e["type"] == "worker_refused"]
     assert refused["code"] == "MODEL_MISMATCH" and "vectors differ" in refused["message"]
     assert "refused this worker" in lan.other.log() and "vectors differ" in lan.other.log()

@@ -153,7 +153,7 @@ def test_a_worker_serving_another_model_is_refused(make_cluster) -> None:
     cluster = make_cluster(model="fake/fake-model")
     other = cluster.add_worker(FakeEmbedder(model_id="other/other-model"), wait=False)
     other.thread.join(timeout=15)
-    assert other.exit_code == 3  # worker/main.py turns it into EXIT_REFUSED: restarting will not help
+    assert other.exit_code == 3  # ExitCode.REFUSED (embed_common/exits.py): restarting will not help
     assert "fake-model" in (other.loop.refused or "") and "other-model" in (other.loop.refused or "")
     assert [kind for kind, _ in other.events] == ["worker_refused"]
     cluster.add_worker()  # the right model is welcome

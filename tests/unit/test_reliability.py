@@ -191,7 +191,7 @@ def test_a_healthy_minute_resets_the_backoff_and_a_refused_worker_is_not_restart
     assert child.failures == 0 and events(out)[-1]["data"]["restart_in"] == 1
     assert child.down is not None and child.down["state"] == "restarting"
     child.started_at, child.restart_at = now, None  # as start() leaves it
-    sup.on_exit(child, 3, now + 1)  # EXIT_REFUSED: another model; restarting would not help
+    sup.on_exit(child, 3, now + 1)  # ExitCode.REFUSED: another model; restarting would not help
     assert child.restart_at is None  # not rescheduled
     assert child.down is not None and child.down["state"] == "failed" and child.down["restart_in"] is None
 
