@@ -2,9 +2,9 @@
 
 - a key comes from ``EMBED_API_KEY`` only (never a flag: argv is visible to every user of the machine); ``up``
   hands it to its front child through the environment;
-- when a key is set, every request needs ``Authorization: Bearer <key>``, except the probes, the spec and the
-  status page's empty shell (:data:`OPEN_PATHS`, :data:`OPEN_PREFIXES`), which say nothing about the data; a
-  missing or wrong key is 401 UNAUTHORIZED;
+- when a key is set, every request needs ``Authorization: Bearer <key>``, except on the routes whose row in
+  the route table says ``auth="open"`` (http_front/routes.py: the probes, the spec and the status page's empty
+  shell, which say nothing about the data); a missing or wrong key is 401 UNAUTHORIZED;
 - :func:`bind_refusal` is the start-up rule: a non-loopback bind without a key is refused unless ``--insecure``.
 """
 
@@ -16,11 +16,8 @@ import ipaddress
 import falcon
 
 from http_front.errors import ApiError
-from http_front.status_page import ASSETS_PREFIX, STATUS_PATH
 
 API_KEY_ENV = "EMBED_API_KEY"
-OPEN_PATHS = frozenset({"/livez", "/readyz", "/openapi.json", STATUS_PATH})  # the status page's empty shell
-OPEN_PREFIXES = (ASSETS_PREFIX,)  # its script and style sheet; its data (DATA_PATH) needs the key
 
 
 def is_loopback(host: str) -> bool:
@@ -41,13 +38,16 @@ def bind_refusal(host: str, api_key: str | None, insecure: bool) -> str | None:
 
 
 class ApiKeyAuth:
-    """Falcon middleware: 401 for every request without the key, before routing (unknown paths included)."""
+    """Falcon middleware: 401 for every request without the key, before routing (unknown paths included),
+    but those to an open route: ``req.context.route``, the request's row, set by http_front/routes.py
+    ``RouteLookup`` before this runs."""
 
     def __init__(self, api_key: str) -> None:
         self._key = api_key.encode()
 
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
-        if req.path in OPEN_PATHS or req.path.startswith(OPEN_PREFIXES):
+        route = req.context.get("route")
+        if route is not None and route.auth == "open":
             return
         scheme, _, token = (req.get_header("Authorization") or "").partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self._key):

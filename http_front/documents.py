@@ -15,9 +15,9 @@ import falcon
 
 from embed_common.protocol import ChunkOption, JobOptions
 from http_front import json_media
-from http_front.app import AppState, flag, read_texts_request
 from http_front.errors import ApiError
-from http_front.pdf_text import PdfPool
+from http_front.parsing import flag, query_bool, query_int, read_pdf, read_texts_request
+from http_front.state import AppState
 
 CHUNK_JOB_CHARS = 16_000  # characters of text a job holds about (one text may hold more): a job is a worker's
 # unit of work, and a chunked text's work grows with its length: this is a few seconds of a CPU worker
@@ -35,40 +35,6 @@ def chunk_option(tokens: Any, overlap: Any) -> JobOptions:
     return JobOptions(chunk=ChunkOption(tokens, overlap))
 
 
-def query_int(req: falcon.Request, name: str) -> int | None:
-    raw = req.params.get(name)
-    if raw is None:
-        return None
-    if not isinstance(raw, str) or not raw.isdigit() or len(raw) > 9:
-        raise ApiError("BAD_REQUEST", f"'{name}' must be a whole number")
-    return int(raw)
-
-
-def query_bool(req: falcon.Request, name: str, default: bool) -> bool:
-    raw = req.params.get(name)
-    if raw is None:
-        return default
-    if raw not in ("true", "false"):
-        raise ApiError("BAD_REQUEST", f"'{name}' must be true or false")
-    return raw == "true"
-
-
-def read_pdf(req: falcon.Request, max_bytes: int) -> bytes:
-    media_type = (req.content_type or "").split(";", 1)[0].strip().lower()
-    if media_type != "application/pdf":
-        raise ApiError("UNSUPPORTED_MEDIA_TYPE", "send the PDF itself as the body, with Content-Type: "
-                       f"application/pdf (got {media_type or 'none'!r})")
-    length = req.content_length
-    if length is not None and length > max_bytes:
-        raise ApiError("PAYLOAD_TOO_LARGE", f"the body is {length} bytes; the limit is {max_bytes}")
-    data = req.bounded_stream.read(max_bytes + 1)
-    if len(data) > max_bytes:
-        raise ApiError("PAYLOAD_TOO_LARGE", f"the body is over the limit of {max_bytes} bytes")
-    if not data:
-        raise ApiError("PDF_INVALID", "the body is empty")
-    return data
-
-
 def embed_chunked(state: AppState, route: str, texts: list[str], normalize: bool, option: dict[str, Any],
                   deadline: float) -> tuple[list[list[int]], list[Any]]:
     """The ``[text index, start, end]`` rows and the vectors of every chunk of ``texts`` (the rows as the
@@ -81,9 +47,9 @@ def embed_chunked(state: AppState, route: str, texts: list[str], normalize: bool
 
 
 class EmbedPdf:
-    def __init__(self, state: AppState, parsers: PdfPool) -> None:
+    def __init__(self, state: AppState) -> None:
         self.state = state
-        self.parsers = parsers
+        self.parsers = state.pdf_parsers
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         limits = self.state.limits
@@ -98,7 +64,7 @@ class EmbedPdf:
         try:
             pages = self.parsers.extract(data, limits.max_pdf_pages, min(limits.pdf_timeout, limits.request_timeout))
             with_text = [i for i, text in enumerate(pages) if text.strip()]
-            rows, vectors = embed_chunked(self.state, "/embed/pdf", [pages[i] for i in with_text], normalize,
+            rows, vectors = embed_chunked(self.state, req.uri_template, [pages[i] for i in with_text], normalize,
                                           option, deadline)
         finally:
             self.state.leave()
@@ -126,16 +92,8 @@ class EmbedChunks:
         option = chunk_option(body.get("chunk_tokens"), body.get("overlap_tokens"))
         normalize = flag(body, "normalize", True)
         deadline = time.monotonic() + limits.request_timeout
-        rows, vectors = embed_chunked(self.state, "/embed/chunks", texts, normalize, option, deadline)
+        rows, vectors = embed_chunked(self.state, req.uri_template, texts, normalize, option, deadline)
         json_media.answer(resp, {
             "chunks": [{"index": index, "text": texts[index][start:end], "start": start, "end": end}
                        for index, start, end in rows],
         }, "vectors", vectors)
-
-
-def register(app: falcon.App, state: AppState, parsers: PdfPool | None = None) -> PdfPool:
-    """Add the document routes; returns the PDF parser pool (its processes start on the first PDF)."""
-    parsers = parsers or PdfPool()
-    app.add_route("/embed/pdf", EmbedPdf(state, parsers))
-    app.add_route("/embed/chunks", EmbedChunks(state))
-    return parsers

@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 from embed_common import lifeline, progress
 from embed_common.exits import ExitCode
 from embed_common.settings import Limits, default
-from http_front.app import AppState, create_app
+from http_front.app import create_app, new_state
 from http_front.broker_client import BrokerClient
+from http_front.routes import STATUS_PATH
 from http_front.server import make_server, serve
-from http_front.status_page import STATUS_PATH
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ class FrontSettings:
 def run(settings: FrontSettings) -> int:
     lifeline.watch_parent(settings.parent_pid)
     client = BrokerClient(settings.broker, on_first_worker=lambda: progress.emit("front_ready", {}))
-    state = AppState(client, settings.limits)
+    state = new_state(client, settings.limits)
     app = create_app(client, state=state, api_key=settings.api_key)
     limits = settings.limits
     try:

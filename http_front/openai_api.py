@@ -20,10 +20,10 @@ import numpy as np
 from embed_common.models import normalize_rows
 from embed_common.protocol import JobOptions
 from embed_common.status import BrokerStatus
-from http_front.app import AppState, check_texts, read_json
 from http_front.errors import ApiError
+from http_front.parsing import check_texts, read_json
+from http_front.state import AppState
 
-ROUTE = "/v1/embeddings"
 FIELDS = {"input", "model", "encoding_format", "dimensions", "user", "truncate"}
 OWNER = "embed-cluster"
 
@@ -93,7 +93,8 @@ class Embeddings:
         if dimensions is not None and isinstance(dim, int) and dimensions > dim:
             raise ApiError("BAD_REQUEST", f"'dimensions' is {dimensions}; this model has {dim}", param="dimensions")
         as_json = encoding == "float" and (dimensions is None or dimensions == dim)  # the rows as workers wrote them
-        result = self.state.embed(ROUTE, texts, True, JobOptions(truncate=truncate), as_json=as_json) if texts else None
+        result = (self.state.embed(req.uri_template, texts, True, JobOptions(truncate=truncate), as_json=as_json)
+                  if texts else None)
         if result is not None and as_json:
             rows = result.rows_json()
         else:
@@ -129,9 +130,3 @@ class Model:
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, model: str) -> None:
         resp.media = model_card(check_model(self.state, model))
-
-
-def register(app: falcon.App, state: AppState) -> None:
-    app.add_route(ROUTE, Embeddings(state))
-    app.add_route("/v1/models", Models(state))
-    app.add_route("/v1/models/{model:path}", Model(state))  # model ids hold a slash

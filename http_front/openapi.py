@@ -1,30 +1,76 @@
-"""``GET /openapi.json``: an OpenAPI 3.0 description of every route, written by hand.
+"""``GET /openapi.json``: an OpenAPI 3.0 description of every route, built from the route table.
 
-The spec is built per request from the live limits and the served model (the ``model`` enum and the
-``dimensions`` maximum), so that what it promises is what this server accepts; tests/integration/test_api.py
-checks it against the live server with schemathesis. A route added to the front is added here too.
+Each row of http_front/routes.py carries its operation's :class:`Doc` (summary, answers, errors, parameters).
+What the row's other columns say is not written again here: the request body comes from ``accepts`` (and,
+for JSON, the Doc's ``request`` schema), ``security: []`` and the 401 answer from ``auth``, the OpenAPI path
+from the URI template, OpenAI's error shape from the path (http_front/errors.py ``OPENAI_PREFIX``). The spec is
+built per request from the live limits and the served model (the ``model`` enum, the ``dimensions`` maximum),
+so that what it promises is what this server accepts; tests/integration/test_api.py checks it against the live
+server with schemathesis.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import falcon
 
 from embed_common import VERSION
 from embed_common.errors import TABLE
 from embed_common.status import BrokerStatus
-from http_front.app import AppState
-from http_front.status_page import ASSETS, SERIES
+from http_front.errors import OPENAI_PREFIX
+from http_front.state import AppState
+from http_front.status_history import SERIES
 
 
-def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
+def ref(name: str) -> dict[str, Any]:
+    return {"$ref": f"#/components/schemas/{name}"}
 
 
-def _errors(statuses: tuple[int, ...], openai: bool = False) -> dict[str, Any]:
-    ref = {"$ref": "#/components/schemas/OpenAIError" if openai else "#/components/schemas/Error"}
-    return {str(s): _json(ref, _STATUS_TEXT[s]) for s in statuses}
+def json_answer(schema: str | dict[str, Any], description: str) -> dict[str, Any]:
+    """A JSON response: ``schema`` names one of the components' schemas, or is a schema itself."""
+    return {"description": description,
+            "content": {"application/json": {"schema": ref(schema) if isinstance(schema, str) else schema}}}
+
+
+def text_answer(media_type: str, description: str) -> dict[str, Any]:
+    return {"description": description, "content": {media_type: {"schema": {"type": "string"}}}}
+
+
+@dataclass(frozen=True)
+class Doc:
+    """A route's OpenAPI operation: its summary, its answers by status, the error statuses it may answer (their
+    codes and texts come from the error table; 401 is added for the routes that need the key), the JSON schema
+    of its request body (for ``accepts="json"``) and its parameters beyond X-Request-ID."""
+
+    summary: str
+    answers: Mapping[int, dict[str, Any]]
+    errors: tuple[int, ...] = ()
+    request: str | None = None
+    parameters: tuple[dict[str, Any], ...] = field(default=())
+
+
+class Documented(Protocol):
+    """What the spec reads of a route table row (http_front/routes.py ``Route``)."""
+
+    @property
+    def path(self) -> str: ...
+    @property
+    def methods(self) -> tuple[str, ...]: ...
+    @property
+    def auth(self) -> str: ...
+    @property
+    def accepts(self) -> str: ...
+    @property
+    def doc(self) -> Doc: ...
+
+
+def _errors(statuses: Iterable[int], openai: bool = False) -> dict[str, Any]:
+    schema = "OpenAIError" if openai else "Error"
+    return {str(s): json_answer(schema, _STATUS_TEXT[s]) for s in statuses}
 
 
 def _status_text(status: int) -> str:
@@ -35,17 +81,43 @@ def _status_text(status: int) -> str:
 
 
 _STATUS_TEXT = {status: _status_text(status) for status in sorted({spec.status for spec in TABLE})}
-_EMBED_ERRORS = (400, 401, 413, 422, 500, 503, 504)
-_CHUNK_OPTIONS: dict[str, Any] = {
+EMBED_ERRORS = (400, 413, 422, 500, 503, 504)  # what every embedding route may answer (and 401)
+CHUNK_OPTIONS: dict[str, Any] = {
     "chunk_tokens": {"type": "integer", "minimum": 1, "description": "tokens a chunk at most (default and "
                      "cap: the model's limit less its special tokens)"},
     "overlap_tokens": {"type": "integer", "minimum": 0, "description": "tokens a chunk may share with the one "
                        "before (default: chunk_tokens // 8; cap: chunk_tokens - 1)"},
 }
-_OPEN: list[dict[str, Any]] = []  # security: none, for the probes and this spec
+_OPEN: list[dict[str, Any]] = []  # security: none, for the routes open without the key
+_PARAMETER = re.compile(r"\{(\w+):\w+\}")  # falcon's "{model:path}" is OpenAPI's "{model}"
 
 
-def build_spec(state: AppState) -> dict[str, Any]:
+def openapi_path(template: str) -> str:
+    return _PARAMETER.sub(r"{\1}", template)
+
+
+def operation(route: Documented, limits_body: dict[str, Any]) -> dict[str, Any]:
+    """The OpenAPI operation of one row; ``limits_body``: the request body schema for each media type."""
+    doc = route.doc
+    key = route.auth == "key"
+    statuses = sorted({*doc.errors, *((401,) if key else ())})
+    op: dict[str, Any] = {"summary": doc.summary}
+    if not key:
+        op["security"] = _OPEN
+    if doc.parameters:
+        op["parameters"] = list(doc.parameters)
+    if route.accepts != "none":
+        schema = ref(doc.request) if doc.request else limits_body[route.accepts]
+        op["requestBody"] = {"required": True, "content": {_MEDIA_TYPES[route.accepts]: {"schema": schema}}}
+    op["responses"] = {**{str(status): answer for status, answer in doc.answers.items()},
+                       **_errors(statuses, openai=route.path.startswith(OPENAI_PREFIX))}
+    return op
+
+
+_MEDIA_TYPES = {"json": "application/json", "pdf": "application/pdf"}
+
+
+def build_spec(state: AppState, routes: Iterable[Documented]) -> dict[str, Any]:
     limits = state.limits
     status = state.client.broker_status() or BrokerStatus()
     model_id, model_name, dim = status.model, status.model_name, status.dim
@@ -114,7 +186,7 @@ def build_spec(state: AppState) -> dict[str, Any]:
             "data": {"type": "array", "items": {"$ref": "#/components/schemas/Model"}}}},
         # http_front/documents.py
         "ChunksRequest": {"type": "object", "required": ["texts"], "additionalProperties": False, "properties": {
-            "texts": texts, **_CHUNK_OPTIONS,
+            "texts": texts, **CHUNK_OPTIONS,
             "normalize": {"type": "boolean", "default": True, "description": "L2-normalize the vectors"}}},
         "Chunk": {"type": "object", "required": ["text", "start", "end"], "properties": {
             "page": {"type": "integer", "description": "/embed/pdf: the chunk's page, from 1"},
@@ -136,71 +208,12 @@ def build_spec(state: AppState) -> dict[str, Any]:
         "StatusData": _status_schema(free_object),
     }
 
-    def ref(name: str) -> dict[str, Any]:
-        return {"$ref": f"#/components/schemas/{name}"}
-
-    def body(name: str) -> dict[str, Any]:
-        return {"required": True, "content": {"application/json": {"schema": ref(name)}}}
-
-    paths: dict[str, Any] = {
-        "/health": {"get": {"summary": "the seed's health check: 200 once a worker can serve",
-                            "responses": {"200": _json(ref("Health"), "a worker can serve"),
-                                          "503": _json(ref("Health"), "not (yet) able to serve"),
-                                          **_errors((401,))}}},
-        "/info": {"get": {"summary": "model, limits and workers",
-                          "responses": {"200": _json(ref("Info"), "the cluster"), **_errors((401,))}}},
-        "/embed": {"post": {"summary": "the seed's embedding call", "requestBody": body("EmbedRequest"),
-                            "responses": {"200": _json(ref("EmbedResponse"), "one vector per text, in order"),
-                                          **_errors(_EMBED_ERRORS)}}},
-        "/v1/embeddings": {"post": {"summary": "OpenAI-compatible embeddings",
-                                    "requestBody": body("EmbeddingsRequest"),
-                                    "responses": {"200": _json(ref("EmbeddingsResponse"), "the embeddings"),
-                                                  **_errors((*_EMBED_ERRORS, 404), openai=True)}}},
-        "/v1/models": {"get": {"summary": "the served model, OpenAI-style",
-                               "responses": {"200": _json(ref("ModelList"), "the models"),
-                                             **_errors((401,), openai=True)}}},
-        "/v1/models/{model}": {"get": {
-            "summary": "one model, OpenAI-style",
-            "parameters": [{"name": "model", "in": "path", "required": True, "schema": {"type": "string"}}],
-            "responses": {"200": _json(ref("Model"), "the model"), **_errors((401, 404, 503), openai=True)}}},
-        "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {
-            "200": {"description": "the text exposition format", "content": {"text/plain": {
-                "schema": {"type": "string"}}}}, **_errors((401,))}}},
-        "/livez": {"get": {"summary": "the front's process is up", "security": _OPEN,
-                           "responses": {"200": _json(ref("Probe"), "alive")}}},
-        "/readyz": {"get": {"summary": "a worker can serve", "security": _OPEN,
-                            "responses": {"200": _json(ref("Probe"), "ready"),
-                                          "503": _json(ref("Probe"), "not ready")}}},
-        "/openapi.json": {"get": {"summary": "this document", "security": _OPEN,
-                                  "responses": {"200": _json({"type": "object"}, "the OpenAPI document")}}},
-        "/embed/pdf": {"post": {
-            "summary": "a PDF's text, page by page, in chunks of at most chunk_tokens tokens, and their vectors",
-            "parameters": [{"name": name, "in": "query", "required": False, "schema": schema}
-                           for name, schema in (*_CHUNK_OPTIONS.items(), ("normalize", {"type": "boolean"}))],
-            "requestBody": {"required": True, "content": {"application/pdf": {"schema": {
-                "type": "string", "format": "binary", "maxLength": limits.max_body_bytes}}}},
-            "responses": {"200": _json(ref("PdfResponse"), "the chunks of every page, in order"),
-                          **_errors((400, 401, 413, 415, 422, 500, 503, 504))}}},
-        "/embed/chunks": {"post": {
-            "summary": "texts in chunks of at most chunk_tokens tokens, and their vectors",
-            "requestBody": body("ChunksRequest"),
-            "responses": {"200": _json(ref("ChunksResponse"), "the chunks of every text, in order"),
-                          **_errors(_EMBED_ERRORS)}}},
-        "/status": {"get": {"summary": "the live status page (an HTML shell; its data comes from /status.json)",
-                            "security": _OPEN, "responses": {"200": {"description": "the page", "content": {
-                                "text/html": {"schema": {"type": "string"}}}}}}},
-        "/status/assets/{name}": {"get": {
-            "summary": "the status page's script and style sheet", "security": _OPEN,
-            "parameters": [{"name": "name", "in": "path", "required": True,
-                            "schema": {"type": "string", "enum": sorted(ASSETS)}}],
-            "responses": {"200": {"description": "the file", "content": {
-                kind.split(";")[0]: {"schema": {"type": "string"}} for kind in sorted(set(ASSETS.values()))}},
-                          "404": _json(ref("Error"), "NOT_FOUND: no such file")}}},
-        "/status.json": {"get": {"summary": "the status page's data: the cluster now, its last 10 minutes, events",
-                                 "responses": {"200": _json(ref("StatusData"), "the status"),
-                                               **_errors((401,))}}},
-    }
-    for item in paths.values():
+    bodies = {"pdf": {"type": "string", "format": "binary", "maxLength": limits.max_body_bytes}}
+    paths: dict[str, Any] = {}
+    for route in routes:
+        item = paths.setdefault(openapi_path(route.path), {})
+        for method in route.methods:
+            item[method.lower()] = operation(route, bodies)
         item["parameters"] = [{"$ref": "#/components/parameters/RequestId"}]
     return {
         "openapi": "3.0.3",
@@ -255,8 +268,9 @@ def _status_schema(free_object: dict[str, Any]) -> dict[str, Any]:
 
 
 class OpenApiSpec:
-    def __init__(self, state: AppState) -> None:
+    def __init__(self, state: AppState, routes: Iterable[Documented]) -> None:
         self.state = state
+        self.routes = tuple(routes)
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        resp.media = build_spec(self.state)
+        resp.media = build_spec(self.state, self.routes)

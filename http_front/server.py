@@ -11,14 +11,15 @@
   when 100 sockets sat idle); as that is neared, the idle ones are closed, oldest first, and any connection
   idle for ``idle_timeout`` seconds is closed. Polling is ``poll()``, not ``select()``, which cannot watch
   descriptors past 1024;
-- probes (``/livez``, ``/readyz``, ``/health``, ``/metrics``; and ``/status.json``) and the server's own
-  error answers run on a small dispatcher of their own, so they never wait behind embed requests for one of
+- probes (the routes whose row in http_front/routes.py says ``threads="probe"``: ``/livez``, ``/readyz``,
+  ``/health``, ``/metrics``, ``/status.json``) and the server's own error answers run on a small dispatcher of
+  their own, so they never wait behind embed requests for one of
   the request threads;
 - embed requests beyond what the front can hold (every request thread busy and ``max_queued`` requests already
   waiting for one) are answered ``503 OVERLOADED`` with ``Retry-After`` at once, not queued without bound;
 - a client that closes its connection while its request runs is noticed (waitress reads one request ahead,
   ``channel_request_lookahead``, so it sees the EOF): ``environ["waitress.client_disconnected"]()`` turns
-  true, and the app drops that request's queued jobs (http_front/app.py).
+  true, and the app drops that request's queued jobs (http_front/state.py ``CLIENT_GONE``).
 """
 
 from __future__ import annotations
@@ -38,11 +39,10 @@ from waitress.task import ErrorTask, ThreadedTaskDispatcher
 from waitress.utilities import Error
 
 from embed_common.errors import code_for_status, spec
-from http_front.status_page import DATA_PATH
+from http_front.routes import PROBE_PATHS
 
 log = logging.getLogger(__name__)
 
-PROBE_PATHS = frozenset({"/livez", "/readyz", "/health", "/metrics", DATA_PATH})  # cached state, cheap
 PROBE_THREADS = 2  # probes are answered from cached state: a couple of threads keep up with any prober
 LINGER_SECONDS = 5.0  # how long a refused client may go on sending before its connection is closed
 LINGER_BYTES = 64 * 1024 * 1024  # and how much of it is read (and dropped) at most

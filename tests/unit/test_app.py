@@ -9,7 +9,8 @@ import falcon.testing
 import numpy as np
 import pytest
 
-from http_front.app import Limits, create_app
+from embed_common.settings import Limits
+from http_front.app import create_app
 from tests.unit.inproc import InprocCluster, eventually, fake_vectors
 
 LIMITS = Limits(max_body_bytes=4096, max_texts=50, max_text_chars=500, request_timeout=30.0)

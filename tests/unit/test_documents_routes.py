@@ -11,7 +11,8 @@ import falcon.testing
 import numpy as np
 import pytest
 
-from http_front.app import Limits, create_app
+from embed_common.settings import Limits
+from http_front.app import create_app
 from http_front.errors import ApiError
 from http_front.pdf_text import PdfPool, extract_pages
 from tests.pdfs import build_pdf, encrypt, wrap

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from http_front.app import Limits, create_app
+from embed_common.settings import Limits
+from http_front.app import create_app
 from http_front.auth import bind_refusal, is_loopback
 from tests.unit.inproc import InprocCluster, eventually, fake_vectors
 

@@ -1,4 +1,4 @@
-"""The status page's history (http_front/status_page.py): ring buffers, rates, rows and events derived from
+"""The status page's history (http_front/status_history.py): ring buffers, rates, rows and events derived from
 successive STATUS views; and the routes, through the real app in front of an in-process broker and workers.
 
 The diffing tests feed StatusHistory scripted STATUS views (the broker's reply shape) on a simulated clock, so
@@ -15,9 +15,11 @@ from typing import Any
 import falcon.testing
 import pytest
 
+from embed_common.settings import Limits
 from embed_common.status import BrokerStatus
-from http_front.app import Limits, create_app
-from http_front.status_page import StatusHistory, percentile
+from http_front.app import create_app
+from http_front.routes import COUNTING
+from http_front.status_history import StatusHistory, percentile
 from tests.unit.inproc import InprocCluster, eventually
 from worker.embedder import FakeEmbedder
 
@@ -61,8 +63,8 @@ def view(workers: list[dict[str, Any]], down: list[dict[str, Any]] | None = None
 @pytest.fixture
 def scripted() -> tuple[StatusHistory, Views, Clock]:
     views, clock = Views(), Clock()
-    history = StatusHistory(views, interval=1.0, window=10.0, max_events=50, left_keep=5.0,  # type: ignore[arg-type]
-                            clock=clock, wall=clock)
+    history = StatusHistory(views, COUNTING, interval=1.0, window=10.0, max_events=50,  # type: ignore[arg-type]
+                            left_keep=5.0, clock=clock, wall=clock)
     return history, views, clock
 
 

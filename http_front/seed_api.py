@@ -1,0 +1,71 @@
+"""The seed's routes, ``GET /health``, ``GET /info`` and ``POST /embed``, and the probes ``GET /livez`` and
+``GET /readyz`` (the compatibility contract: /work/shared/seed/python-sidecar-embedding-service.md)."""
+
+from __future__ import annotations
+
+import falcon
+
+from embed_common.protocol import JobOptions
+from http_front import json_media
+from http_front.parsing import flag, read_texts_request
+from http_front.state import AppState, cluster_summary, model_facts, readiness
+
+
+class Health:
+    def __init__(self, state: AppState) -> None:
+        self.state = state
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        status = self.state.client.broker_status()
+        state = readiness(self.state, status)
+        resp.status = falcon.HTTP_200 if state == "ok" else falcon.HTTP_503
+        resp.media = {"status": state, **cluster_summary(status)}
+
+
+class Livez:
+    """The front's process is up and serving HTTP; nothing else is checked."""
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.media = {"status": "alive"}
+
+
+class Readyz:
+    """200 when a worker can serve (what /health says, without the details)."""
+
+    def __init__(self, state: AppState) -> None:
+        self.state = state
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        state = readiness(self.state, self.state.client.broker_status())
+        resp.status = falcon.HTTP_200 if state == "ok" else falcon.HTTP_503
+        resp.media = {"status": state}
+
+
+class Info:
+    def __init__(self, state: AppState) -> None:
+        self.state = state
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        summary = cluster_summary(self.state.client.broker_status())
+        resp.media = {**model_facts(self.state, self.state.client.broker_status()), "device": summary["device"],
+                      "workers": summary["workers"]}
+
+
+EMBED_FIELDS = {"texts", "normalize", "truncate"}
+
+
+class Embed:
+    def __init__(self, state: AppState) -> None:
+        self.state = state
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        limits = self.state.limits
+        body, texts = read_texts_request(req, limits, EMBED_FIELDS)
+        normalize = flag(body, "normalize", True)
+        truncate = flag(body, "truncate", True)
+        if not texts:
+            resp.media = {"vectors": []}
+            return
+        result = self.state.embed(req.uri_template, texts, normalize, JobOptions(truncate=truncate), as_json=True)
+        extra = {"truncated": result.truncated} if result.truncated else {}  # only when any, as the seed's
+        json_media.answer(resp, extra, "vectors", result.vectors_json())  # the rows as the workers wrote them
