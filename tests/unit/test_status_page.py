@@ -9,18 +9,16 @@ below go through a real Broker, BrokerClient and WorkerLoops.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import falcon.testing
 import pytest
 
-from embed_common.settings import Limits
 from embed_common.status import BrokerStatus
 from http_front.app import create_app
 from http_front.routes import COUNTING
 from http_front.status_history import StatusHistory, percentile
-from tests.unit.inproc import InprocCluster, eventually
+from tests.unit.inproc import LIMITS, eventually
 from worker.embedder import FakeEmbedder
 
 
@@ -205,21 +203,12 @@ def test_percentile_is_nearest_rank() -> None:
 # -- the routes, through the real app in front of an in-process broker and a fake worker -------------------
 
 
-LIMITS = Limits(max_body_bytes=4096, max_texts=50, max_text_chars=500, request_timeout=30.0)
 KEY = "status-test-key"
 
 
 @pytest.fixture(scope="module")
-def served() -> Iterator[tuple[falcon.testing.TestClient, InprocCluster]]:
-    cluster = InprocCluster()
-    try:
-        cluster.add_worker()
-        app = create_app(cluster.client, LIMITS, api_key=KEY)
-        client = falcon.testing.TestClient(app, headers={"Authorization": f"Bearer {KEY}"})
-        eventually(lambda: client.simulate_get("/readyz").status_code == 200, "the app sees the worker")
-        yield client, cluster
-    finally:
-        cluster.close()
+def app_options() -> dict[str, Any]:
+    return {"limits": LIMITS, "api_key": KEY}
 
 
 def test_the_page_and_its_assets_are_served_without_the_key(served) -> None:

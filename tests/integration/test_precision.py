@@ -12,8 +12,9 @@ from tests.conftest import cosine_rows, sample_texts
 from worker import precision
 from worker.embedder import SentenceTransformerEmbedder
 
-pytestmark = pytest.mark.skipif(not precision.fp16_weight_packing_available(),
-                                reason="this torch build has no fbgemm fp16 linear (not x86-64)")
+pytestmark = [pytest.mark.slow,  # loads the real model, like every integration module
+              pytest.mark.skipif(not precision.fp16_weight_packing_available(),
+                                 reason="this torch build has no fbgemm fp16 linear (not x86-64)")]
 
 
 @pytest.fixture(scope="module")

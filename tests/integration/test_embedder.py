@@ -4,8 +4,11 @@ shortcuts it takes on a forward pass (no pooler, no attention mask without paddi
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from tests.conftest import cosine_rows, sample_texts
+
+pytestmark = pytest.mark.slow  # loads the real model, like every integration module
 
 
 def test_vectors_match_sentence_transformers_encode(real_embedder, reference_model) -> None:
