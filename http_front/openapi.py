@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import falcon
@@ -22,6 +22,7 @@ from embed_common import VERSION
 from embed_common.errors import TABLE
 from embed_common.status import BrokerStatus
 from http_front.errors import OPENAI_PREFIX
+from http_front.parsing import MEDIA_TYPES
 from http_front.state import AppState
 from http_front.status_history import SERIES
 
@@ -50,7 +51,7 @@ class Doc:
     answers: Mapping[int, dict[str, Any]]
     errors: tuple[int, ...] = ()
     request: str | None = None
-    parameters: tuple[dict[str, Any], ...] = field(default=())
+    parameters: tuple[dict[str, Any], ...] = ()
 
 
 class Documented(Protocol):
@@ -96,8 +97,9 @@ def openapi_path(template: str) -> str:
     return _PARAMETER.sub(r"{\1}", template)
 
 
-def operation(route: Documented, limits_body: dict[str, Any]) -> dict[str, Any]:
-    """The OpenAPI operation of one row; ``limits_body``: the request body schema for each media type."""
+def operation(route: Documented, bodies: dict[str, Any]) -> dict[str, Any]:
+    """The OpenAPI operation of one row; ``bodies``: the request body's schema by ``accepts`` where the row's
+    Doc names none (the PDF's, sized by the live limit)."""
     doc = route.doc
     key = route.auth == "key"
     statuses = sorted({*doc.errors, *((401,) if key else ())})
@@ -107,14 +109,11 @@ def operation(route: Documented, limits_body: dict[str, Any]) -> dict[str, Any]:
     if doc.parameters:
         op["parameters"] = list(doc.parameters)
     if route.accepts != "none":
-        schema = ref(doc.request) if doc.request else limits_body[route.accepts]
-        op["requestBody"] = {"required": True, "content": {_MEDIA_TYPES[route.accepts]: {"schema": schema}}}
+        schema = ref(doc.request) if doc.request else bodies[route.accepts]
+        op["requestBody"] = {"required": True, "content": {MEDIA_TYPES[route.accepts]: {"schema": schema}}}
     op["responses"] = {**{str(status): answer for status, answer in doc.answers.items()},
                        **_errors(statuses, openai=route.path.startswith(OPENAI_PREFIX))}
     return op
-
-
-_MEDIA_TYPES = {"json": "application/json", "pdf": "application/pdf"}
 
 
 def build_spec(state: AppState, routes: Iterable[Documented]) -> dict[str, Any]:

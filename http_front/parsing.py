@@ -14,6 +14,9 @@ import orjson
 from embed_common.settings import Limits
 from http_front.errors import ApiError
 
+MEDIA_TYPES = {"json": "application/json", "pdf": "application/pdf"}  # the route table's ``accepts`` values
+
+
 
 def read_body(req: falcon.Request, max_bytes: int) -> bytes:
     """The body, refused with PAYLOAD_TOO_LARGE over ``max_bytes`` (before reading when Content-Length says so)."""
@@ -42,7 +45,7 @@ def read_json(req: falcon.Request, limits: Limits) -> Any:
 
 def read_pdf(req: falcon.Request, max_bytes: int) -> bytes:
     media_type = (req.content_type or "").split(";", 1)[0].strip().lower()
-    if media_type != "application/pdf":
+    if media_type != MEDIA_TYPES["pdf"]:
         raise ApiError("UNSUPPORTED_MEDIA_TYPE", "send the PDF itself as the body, with Content-Type: "
                        f"application/pdf (got {media_type or 'none'!r})")
     data = read_body(req, max_bytes)

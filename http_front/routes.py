@@ -49,7 +49,7 @@ from falcon.routing import CompiledRouter
 from http_front.documents import EmbedChunks, EmbedPdf
 from http_front.observability import MetricsResource
 from http_front.openai_api import Embeddings, Model, Models
-from http_front.openapi import CHUNK_OPTIONS, EMBED_ERRORS, Doc, OpenApiSpec, json_answer, text_answer
+from http_front.openapi import CHUNK_OPTIONS, EMBED_ERRORS, Doc, OpenApiSpec, json_answer, openapi_path, text_answer
 from http_front.seed_api import Embed, Health, Info, Livez, Readyz
 from http_front.state import AppState
 from http_front.status_history import Counting
@@ -173,3 +173,18 @@ class RouteLookup:
 
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
         req.context.route = find(self.router, req.path)
+
+
+def markdown_table() -> str:
+    """The README's route table, from this one (``python -m http_front.routes`` prints it)."""
+    lines = ["| Route | Body | API key (when the server has one) | What |", "|---|---|---|---|"]
+    for route in TABLE:
+        body = {"json": "JSON", "pdf": "PDF", "none": ""}[route.accepts]
+        key = "needed" if route.auth == "key" else "open"
+        lines += [f"| `{method} {openapi_path(route.path)}` | {body} | {key} | {route.doc.summary} |"
+                  for method in route.methods]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(markdown_table())

@@ -116,3 +116,10 @@ def test_a_row_is_all_it_takes(monkeypatch: pytest.MonkeyPatch) -> None:
     client = falcon.testing.TestClient(create_app(BrokerClient("inproc://no-broker-here"), api_key=KEY))
     assert client.simulate_get("/echo", params={"x": "1"}).json == {"echo": "1"}  # open: no key
     assert client.simulate_get("/openapi.json").json["paths"]["/echo"]["get"]["summary"] == "echo x"
+
+
+def test_the_readme_table_has_a_line_per_route_and_method() -> None:
+    lines = routes.markdown_table().splitlines()[2:]
+    assert len(lines) == sum(len(route.methods) for route in TABLE)
+    for line, (route, method) in zip(lines, [(r, m) for r in TABLE for m in r.methods], strict=True):
+        assert line.startswith(f"| `{method} {openapi_path(route.path)}` |") and route.doc.summary in line
