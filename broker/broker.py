@@ -1,4 +1,8 @@
-"""The broker: a queue of embed jobs, a table of jobs in flight, and a registry of workers.
+"""The broker: a queue of jobs per model, a table of jobs in flight, and a registry of workers.
+
+A cluster serves one or more models (embed_common/models.py), each in a :class:`Pool`: its queue, its workers
+and the reference (model, dimensions, probe) a worker must match to join it. A job names its pool (the SUBMIT's
+``model``; none: the default, first one), and only that pool's workers are ever given it.
 
 One thread owns every socket and runs :meth:`Broker.run`'s poll loop. Fronts submit jobs on the *client*
 socket; workers register and take jobs on the *worker* sockets (local, and optionally a CurveZMQ one for the
@@ -22,7 +26,7 @@ import zmq
 
 from broker import balancing
 from embed_common import protocol, sockets
-from embed_common.models import short_name
+from embed_common.models import ModelSpec, short_name
 from embed_common.protocol import Command, ErrorCode, JobOptions, Message, ProtocolError
 from embed_common.settings import default
 
@@ -43,7 +47,7 @@ class BrokerSettings:
     worker_address: str
     lan_address: str | None = None
     keys_dir: str | None = None
-    model: str | None = None  # expected model name; None: the first worker's model defines the cluster
+    models: tuple[ModelSpec, ...] = ()  # a pool each, the default first; none: the first worker's model is the one
     heartbeat_interval: float = protocol.HEARTBEAT_INTERVAL
     heartbeat_liveness: int = protocol.HEARTBEAT_LIVENESS
     job_lease: float = default("job-lease", "broker")  # a worker that holds a job longer is presumed stuck
@@ -53,9 +57,33 @@ class BrokerSettings:
 
 
 @dataclass
+class Pool:
+    """One model's share of the broker: the jobs that wait for its workers, and what its workers must serve."""
+
+    name: str  # the model's alias (requests and jobs name the pool by it); "" until a model without one is known
+    model: str | None  # the model id its workers must serve; None: whatever the first worker serves
+    queue: deque[Job] = field(default_factory=deque)
+    reference: dict[str, Any] | None = None  # model, model_name, dim, probe, max_tokens, kind: its first worker's
+    ever_ready: bool = False
+    no_workers_since: float | None = field(default_factory=time.monotonic)
+
+    def names(self) -> set[str]:
+        """What a request may call this model: its alias, its id and short name, and its workers' model id."""
+        found = {self.name} if self.name else set()
+        for model in (self.model, (self.reference or {}).get("model")):
+            if model:
+                found |= {model, short_name(model)}
+        return found
+
+    def queued_texts(self) -> int:
+        return sum(job.count for job in self.queue)
+
+
+@dataclass
 class Job:
     job_id: str
     client: bytes
+    pool: Pool
     normalize: bool
     options: JobOptions
     deadline: float
@@ -75,6 +103,7 @@ class Worker:
     info: dict[str, Any]
     capacity: int
     expiry: float
+    pool: Pool
     inflight: dict[str, Job] = field(default_factory=dict)
     inflight_texts: int = 0
     last_dispatch: float = 0.0
@@ -90,6 +119,7 @@ class Worker:
         info = self.info
         return {
             "id": self.worker_id,
+            "model": self.pool.name,
             "state": "busy" if self.inflight else "ready",
             "device": info.get("device"),
             "precision": info.get("precision"),
@@ -111,13 +141,10 @@ class Broker:
         self.settings = settings
         self.context = context or zmq.Context.instance()
         self.broker_id = uuid.uuid4().hex
-        self.queue: deque[Job] = deque()
+        self.pools = [Pool(spec.alias, spec.model) for spec in settings.models] or [Pool("", None)]
         self.jobs: dict[str, Job] = {}
         self.workers: dict[WorkerKey, Worker] = {}
         self.sockets: dict[str, zmq.Socket] = {}
-        self.reference: dict[str, Any] | None = None  # model, dim, probe of the cluster
-        self.ever_ready = False
-        self.no_workers_since: float | None = time.monotonic()
         self.counters = {"submitted": 0, "answered": 0, "failed": 0, "requeued": 0, "dropped_frames": 0,
                          "late_replies": 0, "cancelled": 0}
         self.workers_down: list[dict[str, Any]] = []  # the supervisor's local workers that do not serve now
@@ -225,24 +252,43 @@ class Broker:
         except ProtocolError as exc:
             self.fail(client, job_id, ErrorCode.BAD_REQUEST, str(exc))
             return
+        pool = self.pool_named(header.get("model"))
+        if pool is None:
+            self.fail(client, job_id, ErrorCode.MODEL_NOT_FOUND, f"the model {str(header.get('model'))[:200]!r} is "
+                      f"not served here; this cluster serves {', '.join(self.model_names())}")
+            return
         count = message.text_count()
         now = time.monotonic()
-        if not self.workers and self._no_workers_for(now) >= self.settings.no_worker_grace:
-            self.fail(client, job_id, ErrorCode.NO_WORKERS, self._no_workers_message())
+        if not self.pool_workers(pool) and self._no_workers_for(pool, now) >= self.settings.no_worker_grace:
+            self.fail(client, job_id, ErrorCode.NO_WORKERS, self._no_workers_message(pool))
             return
         if self.queued_texts() + count > self.settings.max_queue_texts:
             self.fail(client, job_id, ErrorCode.OVERLOADED, "the queue is full; retry later")
             return
-        job = Job(job_id, client, header["normalize"], options,
+        job = Job(job_id, client, pool, header["normalize"], options,
                   deadline=now + max(0, header["timeout_ms"]) / 1000, count=count, payload=message.payload)
         self.jobs[job_id] = job
-        self.queue.append(job)
+        pool.queue.append(job)
         self.counters["submitted"] += 1
+
+    def pool_named(self, name: Any) -> Pool | None:
+        """The pool a SUBMIT's ``model`` names (its alias, id or short name); no name: the default pool."""
+        if name is None:
+            return self.pools[0]
+        if not isinstance(name, str):
+            return None
+        return next((pool for pool in self.pools if name in pool.names()), None)
+
+    def model_names(self) -> list[str]:
+        return [pool.name or (pool.model or "(not known yet)") for pool in self.pools]
+
+    def pool_workers(self, pool: Pool) -> list[Worker]:
+        return [w for w in self.workers.values() if w.pool is pool]
 
     def cancel(self, job_id: str) -> None:
         job = self.jobs.get(job_id)
         if job is not None and job.worker is None:
-            self.queue.remove(job)
+            job.pool.queue.remove(job)
             del self.jobs[job_id]
             self.counters["cancelled"] += 1  # dropped before any compute (its client timed out or went away)
 
@@ -251,32 +297,37 @@ class Broker:
         self.send("client", client, Command.ERROR, {"job": job_id, "code": code.value, "message": message})
 
     def queued_texts(self) -> int:
-        return sum(job.count for job in self.queue)
+        return sum(pool.queued_texts() for pool in self.pools)
 
-    def _no_workers_for(self, now: float) -> float:
-        """How long no worker has served; 0 while the supervisor restarts one (queued jobs wait for it, up to
-        their own deadline, rather than fail NO_WORKERS after the grace)."""
-        if self.no_workers_since is None or any(w.get("state") == "restarting" for w in self.down_workers()):
+    def _no_workers_for(self, pool: Pool, now: float) -> float:
+        """How long no worker of ``pool`` has served; 0 while the supervisor restarts one (queued jobs wait for
+        it, up to their own deadline, rather than fail NO_WORKERS after the grace). A down worker's report names
+        its model; one that names none (an older supervisor) counts for every pool."""
+        restarting = any(w.get("state") == "restarting" and w.get("model", pool.name) == pool.name
+                         for w in self.down_workers())
+        if pool.no_workers_since is None or restarting:
             return 0.0
-        return now - self.no_workers_since
+        return now - pool.no_workers_since
 
-    def _no_workers_message(self) -> str:
-        if not self.ever_ready:
-            return "no worker has registered yet (the model may still be loading)"
-        return "no worker is alive"
+    def _no_workers_message(self, pool: Pool) -> str:
+        which = f" of {pool.name}" if len(self.pools) > 1 else ""
+        if not pool.ever_ready:
+            return f"no worker{which} has registered yet (the model may still be loading)"
+        return f"no worker{which} is alive"
 
     def status(self) -> dict[str, Any]:
-        ref = self.reference or {}
+        ref = self.pools[0].reference or {}
         return {
             "broker_id": self.broker_id,
-            "ever_ready": self.ever_ready,
-            "model": ref.get("model"),
+            "ever_ready": any(pool.ever_ready for pool in self.pools),
+            "model": ref.get("model"),  # the default model's (the seed's fields); every model's in "models"
             "model_name": ref.get("model_name"),
             "dim": ref.get("dim"),
             "max_tokens": ref.get("max_tokens"),
-            "workers": [w.describe(self.workers.values()) for w in self.workers.values()],
+            "models": [self.describe_pool(pool) for pool in self.pools],
+            "workers": [w.describe(self.pool_workers(w.pool)) for w in self.workers.values()],
             "workers_down": self.down_workers(),
-            "queue_jobs": len(self.queue),
+            "queue_jobs": sum(len(pool.queue) for pool in self.pools),
             "queue_texts": self.queued_texts(),
             "max_queue_texts": self.settings.max_queue_texts,
             "counters": dict(self.counters),
@@ -284,6 +335,15 @@ class Broker:
             "worker_stats": {w.worker_id: w.stats for w in self.workers.values()},
             "refused": list(self.refused),
         }
+
+    def describe_pool(self, pool: Pool) -> dict[str, Any]:
+        ref = pool.reference or {}
+        return {"alias": pool.name or ref.get("model_name"), "model": ref.get("model") or pool.model,
+                "model_name": ref.get("model_name") or (short_name(pool.model) if pool.model else None),
+                "kind": ref.get("kind"), "dim": ref.get("dim"), "max_tokens": ref.get("max_tokens"),
+                "prompts": ref.get("prompts"), "default_prompt_name": ref.get("default_prompt_name"),
+                "ever_ready": pool.ever_ready, "workers": len(self.pool_workers(pool)),
+                "queue_texts": pool.queued_texts()}
 
     def down_workers(self) -> list[dict[str, Any]]:
         """The supervisor's report of local workers that do not serve, less those registered since."""
@@ -318,24 +378,24 @@ class Broker:
     def register(self, key: WorkerKey, info: dict[str, Any]) -> None:
         if key in self.workers:  # re-registration: whatever it held is lost
             self.remove_worker(self.workers[key], crashed=False, why="it registered again")
-        refusal = self._check_model(info)
-        if refusal:
+        pool, refusal = self._pool_for(info)
+        if refusal or pool is None:
             log.warning("refused worker %s (%s on %s): %s", info.get("worker_id"), info.get("model"),
                         info.get("host"), refusal)
             self.refused.append({"at": round(time.time(), 3), "worker": info.get("worker_id"),
                                  "host": info.get("host"), "reason": refusal})
             self.send(key[0], key[1], Command.REFUSED, {"code": ErrorCode.MODEL_MISMATCH.value,
-                                                         "message": refusal})
+                                                         "message": refusal or "no pool"})
             return
         capacity = max(1, info["capacity"])
         expiry = time.monotonic() + self.settings.heartbeat_interval * self.settings.heartbeat_liveness
-        worker = Worker(key, {k: v for k, v in info.items() if k != "probe"}, capacity, expiry)
+        worker = Worker(key, {k: v for k, v in info.items() if k != "probe"}, capacity, expiry, pool)
         if isinstance(info.get("stats"), dict):
             worker.stats = info["stats"]
         self.workers[key] = worker
         self._count_restart(worker)
-        self.ever_ready = True
-        self.no_workers_since = None
+        pool.ever_ready = True
+        pool.no_workers_since = None
         self.send(key[0], key[1], Command.WELCOME, {
             "broker_id": self.broker_id,
             "heartbeat_interval": self.settings.heartbeat_interval,
@@ -352,15 +412,28 @@ class Broker:
             self.restarts[worker.worker_id] = self.restarts.get(worker.worker_id, 0) + 1
         self.seen_processes[worker.worker_id] = process
 
-    def _check_model(self, info: dict[str, Any]) -> str | None:
+    def _pool_for(self, info: dict[str, Any]) -> tuple[Pool | None, str | None]:
+        """The pool a registering worker joins (by its model's name), or why it is refused."""
         name = short_name(info["model"])
-        if self.settings.model and name != short_name(self.settings.model):
-            return f"this cluster serves {short_name(self.settings.model)}, the worker serves {name}"
+        expected = [pool for pool in self.pools if pool.model is not None]
+        if expected:
+            pool = next((p for p in expected if short_name(p.model or "") == name), None)
+            if pool is None:
+                served = ", ".join(short_name(p.model or "") for p in expected)
+                return None, f"this cluster serves {served}, the worker serves {name}"
+        else:
+            pool = self.pools[0]
+        return pool, self._check_model(pool, info)
+
+    def _check_model(self, pool: Pool, info: dict[str, Any]) -> str | None:
+        name = short_name(info["model"])
         probe = info.get("probe")
-        ref = self.reference
+        ref = pool.reference
         if ref is None:
-            self.reference = {"model": info["model"], "model_name": name, "dim": info["dim"],
-                              "probe": probe, "max_tokens": info.get("max_tokens")}
+            pool.reference = {"model": info["model"], "model_name": name, "dim": info["dim"], "probe": probe,
+                              "max_tokens": info.get("max_tokens"), "kind": info.get("kind", "embed"),
+                              "prompts": info.get("prompts"), "default_prompt_name": info.get("default_prompt_name")}
+            pool.name = pool.name or name
             return None
         if name != ref["model_name"] or info["dim"] != ref["dim"]:
             return (f"this cluster serves {ref['model_name']} ({ref['dim']} dimensions), "
@@ -390,10 +463,10 @@ class Broker:
                           f"this input crashed {job.crashes} workers; it is not retried")
                 continue
             self.counters["requeued"] += 1
-            self.queue.appendleft(job)
+            job.pool.queue.appendleft(job)
         worker.inflight.clear()
-        if not self.workers:
-            self.no_workers_since = time.monotonic()
+        if not self.pool_workers(worker.pool):
+            worker.pool.no_workers_since = time.monotonic()
 
     def worker_gone(self, pid: int, host: str | None) -> None:
         """The supervisor saw a local worker's process exit: requeue its jobs now, not at heartbeat expiry."""
@@ -411,9 +484,9 @@ class Broker:
         rows = len(chunks) if job.options.chunk is not None and isinstance(chunks, list) else job.count
         if header["n"] != rows:
             return f"{header['n']} vectors for {rows} inputs"
-        dim = (self.reference or {}).get("dim")
+        dim = (job.pool.reference or {}).get("dim")
         if dim is not None and header["n"] and header["dim"] != dim:
-            return f"{header['dim']} dimensions, the cluster has {dim}"
+            return f"{header['dim']} dimensions, the model has {dim}"
         return None
 
     def complete(self, worker: Worker, message: Message) -> None:
@@ -454,14 +527,21 @@ class Broker:
             self.send("client", job.client, Command.ERROR, error)
 
     def dispatch(self) -> None:
+        for pool in self.pools:
+            if pool.queue:
+                self._dispatch(pool)
+
+    def _dispatch(self, pool: Pool) -> None:
+        """Hand ``pool``'s queued jobs, oldest first, to its own workers while one should take the next."""
         now = time.monotonic()
-        backlog = self.queued_texts()
-        while self.queue:
-            job = self.queue[0]
-            worker = self._pick_worker(job, backlog)
+        backlog = pool.queued_texts()
+        workers = self.pool_workers(pool)
+        while pool.queue:
+            job = pool.queue[0]
+            worker = self._pick_worker(workers, job, backlog)
             if worker is None:
                 return
-            self.queue.popleft()
+            pool.queue.popleft()
             backlog -= job.count
             job.worker = worker.key
             job.dispatched_at = now
@@ -477,10 +557,11 @@ class Broker:
                 header["options"] = options
             self.send(worker.key[0], worker.key[1], Command.JOB, header, *job.payload)
 
-    def _pick_worker(self, job: Job, backlog: int) -> Worker | None:
-        """The worker that should take ``job`` now given ``backlog`` queued texts (broker.balancing), or None."""
-        candidates = [w for w in self.workers.values()
-                      if not (w.isolated or (job.crashes > 0 and w.inflight))]
+    @staticmethod
+    def _pick_worker(workers: list[Worker], job: Job, backlog: int) -> Worker | None:
+        """Which of ``workers`` (the job's pool's) should take ``job`` now given ``backlog`` queued texts of its
+        pool (broker.balancing), or None."""
+        candidates = [w for w in workers if not (w.isolated or (job.crashes > 0 and w.inflight))]
         return balancing.pick(candidates, job.count, backlog)
 
     def send_heartbeats(self) -> None:
@@ -496,17 +577,20 @@ class Broker:
                 self.send(worker.key[0], worker.key[1], Command.DISCONNECT, {"reason": "job lease expired"})
 
     def expire_queue(self, now: float) -> None:
-        if not self.queue:
-            return
-        if not self.workers and self._no_workers_for(now) >= self.settings.no_worker_grace:
-            while self.queue:
-                job = self.queue.popleft()
+        for pool in self.pools:
+            if pool.queue:
+                self._expire(pool, now)
+
+    def _expire(self, pool: Pool, now: float) -> None:
+        if not self.pool_workers(pool) and self._no_workers_for(pool, now) >= self.settings.no_worker_grace:
+            while pool.queue:
+                job = pool.queue.popleft()
                 del self.jobs[job.job_id]
-                self.fail(job.client, job.job_id, ErrorCode.NO_WORKERS, self._no_workers_message())
+                self.fail(job.client, job.job_id, ErrorCode.NO_WORKERS, self._no_workers_message(pool))
             return
-        if any(job.deadline < now for job in self.queue):
-            for job in [j for j in self.queue if j.deadline < now]:
-                self.queue.remove(job)
+        if any(job.deadline < now for job in pool.queue):
+            for job in [j for j in pool.queue if j.deadline < now]:
+                pool.queue.remove(job)
                 del self.jobs[job.job_id]
                 self.fail(job.client, job.job_id, ErrorCode.TIMEOUT, "the request's deadline passed in the queue")
 

@@ -16,7 +16,8 @@ A message is a list of ZeroMQ frames (a ROUTER socket adds the peer's identity i
 Two conversations share the layout:
 
 front <-> broker (the broker's *client* socket)
-    SUBMIT  front -> broker   {job, n, normalize, timeout_ms, [options]} + texts  (options: JobOptions.wire())
+    SUBMIT  front -> broker   {job, n, normalize, timeout_ms, [model, options]} + texts (model: the pool's alias;
+                              none: the default model)  (options: JobOptions.wire())
     RESULT  broker -> front   {job, n, dim, worker, [encoding, ...]} + vectors
     ERROR   broker -> front   {job, code, message, [indices, max_tokens]}  (INPUT_TOO_LONG: the job's indices)
     CANCEL  front -> broker   {job}

@@ -14,6 +14,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from embed_common.models import model_list
+
 ENV_PREFIX = "EMBED_"
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 DEFAULT_PORT = 8421
@@ -98,10 +100,14 @@ SETTINGS: tuple[Setting, ...] = (
     S("workers-address", "tcp://127.0.0.1:8423", "address local workers connect to", ("broker",), planned=True),
     S("lan", None, "HOST:PORT where remote workers connect (CurveZMQ)", UP_BROKER, planned=True),
     S("keys", None, "key directory for --lan (embed-cluster keys init)", UP_BROKER, planned=True),
-    S("expect-model", None, "refuse workers that serve another model", ("broker",), planned=True),
+    S("expect-model", None, "the models served, as up's --model list: a pool each; workers of any other model "
+      "are refused", ("broker",), model_list, planned=True),
     # the model and where it runs
     S("workers", "auto", "worker processes: N or auto (one per device)", ("up",), workers_value),
-    S("model", DEFAULT_MODEL, "sentence-transformers model id or local path", (*UP_WORKER, "doctor"),
+    S("model", DEFAULT_MODEL, "the models to serve, comma-separated, each [ALIAS=]ID_OR_PATH (a "
+      "sentence-transformers embedding model or CrossEncoder reranker), each with its own workers; the first "
+      "is the default", ("up",), model_list, planned=True),
+    S("model", DEFAULT_MODEL, "sentence-transformers model id or local path", ("worker", "doctor"),
       planned=True),
     S("device", "auto", "auto, cpu, cuda, cuda:N or mps", UP_WORKER, device_value, planned=True),
     S("device", "auto", "auto, cpu, cuda, cuda:N or mps", ("doctor",)),

@@ -25,6 +25,7 @@ class BrokerStatus:
     model_name: str | None = None  # its short name
     dim: int | None = None
     max_tokens: int | None = None
+    models: list[dict[str, Any]] = field(default_factory=list)  # one Broker.describe_pool() each, the default first
     workers: list[dict[str, Any]] = field(default_factory=list)  # one Worker.describe() each
     workers_down: list[dict[str, Any]] = field(default_factory=list)  # the supervisor's local workers not serving
     queue_jobs: int = 0
@@ -51,10 +52,15 @@ class BrokerStatus:
         return cls(
             broker_id=of("broker_id", str), ever_ready=of("ever_ready", bool, False), model=of("model", str),
             model_name=of("model_name", str), dim=positive("dim"), max_tokens=positive("max_tokens"),
-            workers=_dicts(header.get("workers")), workers_down=_dicts(header.get("workers_down")),
+            models=_dicts(header.get("models")), workers=_dicts(header.get("workers")),
+            workers_down=_dicts(header.get("workers_down")),
             queue_jobs=of("queue_jobs", int, 0), queue_texts=of("queue_texts", int, 0),
             max_queue_texts=of("max_queue_texts", int), counters=of("counters", dict, {}),
             worker_restarts=of("worker_restarts", dict, {}), worker_stats=of("worker_stats", dict, {}),
             refused=_dicts(header.get("refused")),
             extra={k: v for k, v in header.items() if k not in known},
         )
+
+    def workers_of(self, alias: str | None) -> list[dict[str, Any]]:
+        """The workers of one model's pool (None: every worker)."""
+        return [w for w in self.workers if alias is None or w.get("model") == alias]

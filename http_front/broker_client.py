@@ -196,21 +196,23 @@ class BrokerClient:
 
     def embed(self, texts: list[str], normalize: bool, timeout: float,
               options: JobOptions = DEFAULT_OPTIONS, job_chars: int | None = None,
-              gone: Callable[[], bool] | None = None, as_json: bool = False) -> EmbedResult:
+              gone: Callable[[], bool] | None = None, as_json: bool = False,
+              model: str | None = None) -> EmbedResult:
         """Embed ``texts`` in jobs of ``job_texts`` texts, or fewer that hold about ``job_chars`` characters (a
         chunked job's work grows with its text, not with its count), spread over the workers this front does not
         keep busy already (runs of about equal estimated work: embed_common/jobs.py). With a ``chunk`` option
         each job's rows are its texts' chunks, and ``chunks`` holds ``[text index, start, end]`` for every row.
         ``gone`` says whether the client has gone away: then the jobs still queued are cancelled (CLIENT_GONE).
         ``as_json``: the workers write the rows as JSON, which the answer then carries as it is (the head does
-        no work per number)."""
+        no work per number). ``model``: the alias of the model's pool (None: the broker's default model); the
+        request is spread over that model's workers only."""
         deadline = time.monotonic() + timeout
         if as_json:
             options = dataclasses.replace(options, encoding=Encoding.JSON)
-        parts = spread_parts(self._workers(), self.pending_jobs())
+        parts = spread_parts(self._workers(model), self.pending_jobs())
         if parts > 1:
             chunked = options.chunk is not None  # every chunk is encoded: work grows with characters
-            max_tokens = self._max_tokens()
+            max_tokens = self._max_tokens(model)
             work = [len(t) if chunked else estimated_tokens(t, max_tokens) for t in texts]
             bounds = spread_bounds(work, parts)
         else:  # one run: no need to weigh the texts
@@ -220,7 +222,7 @@ class BrokerClient:
         epochs = self._epoch, self._abort_epoch  # before the jobs are sent: a restart or abort from now on counts
         link = self._take_link()
         try:
-            jobs = [self._submit(texts[a:b], normalize, timeout, options, link, a)
+            jobs = [self._submit(texts[a:b], normalize, timeout, options, link, a, model)
                     for a, b in itertools.pairwise([*starts, len(texts)])]
             self._collect(link, jobs, deadline, gone, epochs)
         finally:
@@ -239,14 +241,23 @@ class BrokerClient:
             link.wake()
         return waiting
 
-    def _max_tokens(self) -> int:
+    def _max_tokens(self, model: str | None) -> int:
         status = self.broker_status()
-        return (status.max_tokens if status else None) or 512
+        if status is None:
+            return 512
+        pool = next((m for m in status.models if m.get("alias") == model), None) if model else None
+        found = pool.get("max_tokens") if pool else status.max_tokens
+        return found if isinstance(found, int) and found > 0 else 512
 
-    def _workers(self) -> int:
-        """Workers the broker last reported: a request is spread over them."""
+    def _workers(self, model: str | None) -> int:
+        """Workers of ``model`` the broker last reported (None: the default model's): a request is spread over
+        them."""
         status = self.broker_status()
-        return max(1, len(status.workers)) if status else 1
+        if status is None:
+            return 1
+        if model is None:
+            model = status.models[0].get("alias") if status.models else None
+        return max(1, len(status.workers_of(model)))
 
     def _take_link(self) -> _Link:
         with self._lock:
@@ -273,10 +284,12 @@ class BrokerClient:
             link.close()
 
     def _submit(self, texts: list[str], normalize: bool, timeout: float, options: JobOptions,
-                link: _Link, start: int = 0) -> _Job:
+                link: _Link, start: int = 0, model: str | None = None) -> _Job:
         job_id = f"{self._job_prefix}{next(self._job_numbers):x}"
         header: dict[str, Any] = {"job": job_id, "n": len(texts), "normalize": normalize,
                                   "timeout_ms": int(timeout * 1000)}
+        if model is not None:
+            header["model"] = model
         if options.wire():
             header["options"] = options.wire()
         # first: what cannot be encoded is never pending
@@ -408,10 +421,18 @@ class BrokerClient:
         finally:
             sock.close(linger=0)
 
+    @staticmethod
+    def _every_model_served(header: dict[str, Any]) -> bool:
+        """Whether a status lists a worker of every model (one model: any worker)."""
+        models = header.get("models")
+        if isinstance(models, list) and models:
+            return all(isinstance(m, dict) and m.get("workers") for m in models)
+        return bool(header.get("workers"))
+
     def _on_status(self, header: dict[str, Any]) -> None:
         self._status = BrokerStatus.parse(header)
         self.status_at = time.monotonic()
-        if not self.worker_seen and header.get("workers"):
+        if not self.worker_seen and self._every_model_served(header):
             self.worker_seen = True
             if self.on_first_worker is not None:
                 self.on_first_worker()  # after the status is stored: /health says ok from now on

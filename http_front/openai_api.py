@@ -19,30 +19,13 @@ import numpy as np
 
 from embed_common.models import normalize_rows
 from embed_common.protocol import JobOptions
-from embed_common.status import BrokerStatus
 from http_front.errors import ApiError
 from http_front.parsing import check_texts, read_json
+from http_front.served_models import EMBED, resolve, served_models
 from http_front.state import AppState
 
 FIELDS = {"input", "model", "encoding_format", "dimensions", "user", "truncate"}
 OWNER = "embed-cluster"
-
-
-def served_model(state: AppState) -> tuple[str | None, str | None]:
-    """The cluster's model id and short name, once a worker has registered."""
-    status = state.client.broker_status() or BrokerStatus()
-    return status.model, status.model_name
-
-
-def check_model(state: AppState, model: str) -> str:
-    """The served model's id when ``model`` names it (by id or short name); MODEL_NOT_FOUND otherwise."""
-    model_id, name = served_model(state)
-    if model_id is None:
-        raise ApiError("NO_WORKERS", "no worker has registered yet (the model may still be loading)")
-    if model not in (model_id, name):
-        raise ApiError("MODEL_NOT_FOUND", f"the model {model!r} is not served here; this cluster serves "
-                       f"{model_id!r}", param="model")
-    return model_id
 
 
 def parse_input(value: Any, state: AppState) -> list[str]:
@@ -88,13 +71,15 @@ class Embeddings:
         truncate = body.get("truncate", True)
         if not isinstance(truncate, bool):
             raise ApiError("BAD_REQUEST", "'truncate' must be true or false", param="truncate")
-        model_id = check_model(self.state, body["model"])
-        dim = (self.state.client.broker_status() or BrokerStatus()).dim
+        model = resolve(self.state.client.broker_status(), body["model"], EMBED)
+        if model.model_id is None:
+            raise ApiError("NO_WORKERS", "no worker has registered yet (the model may still be loading)")
+        dim = model.dim
         if dimensions is not None and isinstance(dim, int) and dimensions > dim:
             raise ApiError("BAD_REQUEST", f"'dimensions' is {dimensions}; this model has {dim}", param="dimensions")
         as_json = encoding == "float" and (dimensions is None or dimensions == dim)  # the rows as workers wrote them
-        result = (self.state.embed(req.uri_template, texts, True, JobOptions(truncate=truncate), as_json=as_json)
-                  if texts else None)
+        result = (self.state.embed(req.uri_template, texts, True, JobOptions(truncate=truncate), as_json=as_json,
+                                   model=model) if texts else None)
         if result is not None and as_json:
             rows = result.rows_json()
         else:
@@ -104,7 +89,7 @@ class Embeddings:
             rows = encode(vectors, encoding)
         data = [{"object": "embedding", "index": i, "embedding": e} for i, e in enumerate(rows)]
         tokens = result.tokens if result is not None else 0
-        resp.media = {"object": "list", "data": data, "model": model_id,
+        resp.media = {"object": "list", "data": data, "model": model.model_id,
                       "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
 
 
@@ -120,8 +105,8 @@ class Models:
         self.state = state
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        model_id, _ = served_model(self.state)
-        resp.media = {"object": "list", "data": [model_card(model_id)] if model_id else []}
+        models = served_models(self.state.client.broker_status())
+        resp.media = {"object": "list", "data": [model_card(m.model_id) for m in models if m.model_id]}
 
 
 class Model:
@@ -129,4 +114,9 @@ class Model:
         self.state = state
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, model: str) -> None:
-        resp.media = model_card(check_model(self.state, model))
+        status = self.state.client.broker_status()
+        found = next((m for m in served_models(status) if model in m.names), None)
+        if found is None or found.model_id is None:
+            resolve(status, model)  # MODEL_NOT_FOUND or NO_WORKERS, with the message that says which
+            raise ApiError("MODEL_NOT_FOUND", f"the model {model[:200]!r} is not served here", param="model")
+        resp.media = model_card(found.model_id)

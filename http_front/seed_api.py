@@ -8,6 +8,7 @@ import falcon
 from embed_common.protocol import JobOptions
 from http_front import json_media
 from http_front.parsing import flag, read_texts_request
+from http_front.served_models import EMBED, model_param, resolve
 from http_front.state import AppState, cluster_summary, model_facts, readiness
 
 
@@ -51,7 +52,7 @@ class Info:
                       "workers": summary["workers"]}
 
 
-EMBED_FIELDS = {"texts", "normalize", "truncate"}
+EMBED_FIELDS = {"texts", "normalize", "truncate", "model"}
 
 
 class Embed:
@@ -63,9 +64,11 @@ class Embed:
         body, texts = read_texts_request(req, limits, EMBED_FIELDS)
         normalize = flag(body, "normalize", True)
         truncate = flag(body, "truncate", True)
+        model = resolve(self.state.client.broker_status(), model_param(body), EMBED)
         if not texts:
             resp.media = {"vectors": []}
             return
-        result = self.state.embed(req.uri_template, texts, normalize, JobOptions(truncate=truncate), as_json=True)
+        result = self.state.embed(req.uri_template, texts, normalize, JobOptions(truncate=truncate), as_json=True,
+                                  model=model)
         extra = {"truncated": result.truncated} if result.truncated else {}  # only when any, as the seed's
         json_media.answer(resp, extra, "vectors", result.vectors_json())  # the rows as the workers wrote them

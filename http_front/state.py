@@ -21,6 +21,7 @@ from http_front.broker_client import BrokerClient, EmbedResult
 from http_front.errors import ApiError
 from http_front.observability import Metrics
 from http_front.pdf_text import PdfPool
+from http_front.served_models import Served, served_models
 from http_front.status_history import Counting, StatusHistory
 
 # this request's "has the client closed its connection?" (waitress's environ["waitress.client_disconnected"]),
@@ -72,14 +73,17 @@ class AppState:
                 self.idle.notify_all()
 
     def embed(self, route: str, texts: list[str], normalize: bool, options: JobOptions = DEFAULT_OPTIONS,
-              timeout: float | None = None, job_chars: int | None = None, as_json: bool = False) -> EmbedResult:
+              timeout: float | None = None, job_chars: int | None = None, as_json: bool = False,
+              model: Served | None = None) -> EmbedResult:
         """Every embedding route's way to the broker: counted in flight (for draining) and in the metrics.
-        ``as_json``: the answer carries the rows as the workers wrote them (EmbedResult.vectors_json)."""
+        ``as_json``: the answer carries the rows as the workers wrote them (EmbedResult.vectors_json).
+        ``model``: which (http_front/served_models.resolve); None: the default."""
         self.enter()
         started = time.perf_counter()
         try:
             result = self.client.embed(texts, normalize, timeout or self.limits.request_timeout, options,
-                                       job_chars=job_chars, gone=CLIENT_GONE.get(), as_json=as_json)
+                                       job_chars=job_chars, gone=CLIENT_GONE.get(), as_json=as_json,
+                                       model=model.alias if model is not None else None)
         except ApiError as exc:
             self.metrics.observe_embed_error(route, len(texts), exc.code)
             raise
@@ -113,6 +117,7 @@ def cluster_summary(status: BrokerStatus | None) -> dict[str, Any]:
         "workers": status.workers,
         # local workers that exited and do not serve yet: restarting, or failed (crash loop, refused)
         "workers_down": status.workers_down,
+        "models": [m.card() for m in served_models(status)],  # every model, the default first
     }
 
 
@@ -122,8 +127,8 @@ def readiness(state: AppState, status: BrokerStatus | None) -> str:
         return "shutting_down"
     if status is None:
         return "broker_unreachable" if state.client.heard_from_broker else "starting"
-    if status.workers:
-        return "ok"
+    if status.workers and all(m.workers for m in served_models(status)):
+        return "ok"  # every model has a worker (one model: the seed's rule, any worker)
     return "no_workers" if status.ever_ready else "starting"
 
 
@@ -139,6 +144,7 @@ def model_facts(state: AppState, status: BrokerStatus | None) -> dict[str, Any]:
         "precision": sorted({str(w.get("precision")) for w in workers}) or None,
         "backend": sorted({str(w.get("backend")) for w in workers}) or None,
         "max_tokens": status.max_tokens,
+        "models": summary["models"],
         "version": VERSION,
         "limits": {**asdict(state.limits), "max_queue_texts": status.max_queue_texts},
     }

@@ -176,6 +176,7 @@ def run_up(args: argparse.Namespace) -> int:
 def run_broker(args: argparse.Namespace) -> int:
     from broker.broker import BrokerSettings
     from broker.main import run
+    from embed_common.models import parse_models
 
     if args.lan and not args.keys:
         sys.exit("embed-cluster: --lan needs --keys DIR (create it with: embed-cluster keys init DIR)")
@@ -183,7 +184,8 @@ def run_broker(args: argparse.Namespace) -> int:
         check_keys(keys_dir=args.keys)
     lan = f"tcp://{args.lan}" if args.lan and "://" not in args.lan else args.lan
     settings = BrokerSettings(client_address=args.clients, worker_address=args.workers_address,
-                              lan_address=lan, keys_dir=args.keys, model=args.expect_model,
+                              lan_address=lan, keys_dir=args.keys,
+                              models=parse_models(args.expect_model) if args.expect_model else (),
                               max_queue_texts=args.max_queue_texts, job_lease=args.job_lease)
     return run(settings, args.parent_pid)
 

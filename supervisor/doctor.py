@@ -177,15 +177,15 @@ def check_keys(keys_dir: str) -> Check:
 STARTUP_PARTS = {"port": "front", "keys": "broker", "model": "worker", "device": "worker"}
 
 
-def startup_checks(host: str, port: int, model: str, device: str, keys: str | None,
+def startup_checks(host: str, port: int, model: str | list[str], device: str, keys: str | None,
                    found_devices: list[str], confirm_with_torch: bool = False) -> list[Check]:
     """What ``up`` checks before it starts anything, quickly and without the network: the port, the key
-    directory, a model path, the device (against ``found_devices``; when it is not among them and
-    ``confirm_with_torch``, torch's own probe decides, which takes seconds)."""
+    directory, each model's path (``model``: one, or a list), the device (against ``found_devices``; when it
+    is not among them and ``confirm_with_torch``, torch's own probe decides, which takes seconds)."""
     checks = [check_port(host, port)]
     if keys:
         checks.append(check_keys(keys))
-    checks.append(check_model(model, probe_hub=False))
+    checks.extend(check_model(one, probe_hub=False) for one in ([model] if isinstance(model, str) else model))
     if device not in ("auto", "cpu"):
         check = check_device(device, True, found_devices)
         if not check.ok and confirm_with_torch:  # counting without torch misses GPUs in some containers

@@ -24,6 +24,7 @@ import zmq
 from embed_common import progress
 from embed_common.exits import ExitCode
 from embed_common.lifeline import WORKER_STOP_GRACE
+from embed_common.models import ModelSpec, parse_models
 from embed_common.settings import default
 from supervisor.broker_link import BrokerLink
 from worker.devices import compute_threads, detect_devices, gpu_driver_present
@@ -40,8 +41,8 @@ FAILED_AFTER = 5  # consecutive quick failures before a worker is reported faile
 class ClusterSettings:
     host: str = default("host", "up")
     port: int = default("port", "up")
-    workers: str = default("workers", "up")  # a count, or "auto": one per device
-    model: str = default("model", "up")
+    workers: str = default("workers", "up")  # a count, or "auto": one per device; per model
+    model: str = default("model", "up")  # one or more [ALIAS=]ID, comma-separated (embed_common/models.py)
     device: str = default("device", "up")
     precision: str = default("precision", "up")
     threads: int = default("threads", "up")
@@ -61,6 +62,7 @@ class Child:
     argv: list[str]
     kind: str  # broker, front or worker
     device: str = ""
+    model: str = ""  # a worker's model (its alias)
     proc: subprocess.Popen | None = None
     started_at: float = 0.0
     failures: int = 0  # consecutive quick failures
@@ -95,12 +97,13 @@ class Supervisor:
         self.rundir = tempfile.mkdtemp(prefix="embed-cluster-")
         self.client_address = f"ipc://{self.rundir}/clients.ipc"
         self.worker_address = f"ipc://{self.rundir}/workers.ipc"
+        self.models: tuple[ModelSpec, ...] = parse_models(settings.model)  # the default first
         self.emitted: set[str] = set()
         self.front_url: str | None = None
-        self.first_ready: dict[str, Any] | None = None
-        self.front_ready = False  # the front's view of the broker lists a worker: its /health says ok
+        self.first_ready: dict[str, dict[str, Any]] = {}  # model alias -> its first ready worker's info
+        self.front_ready = False  # the front's view of the broker lists a worker of every model: /health says ok
         self.startup_failure: dict[str, Any] | None = None
-        self.downloader: str | None = None  # the worker whose download the cluster's events follow
+        self.downloader: dict[str, str | None] = {}  # model alias -> the worker whose download its events follow
         self.context = zmq.Context()
         self.broker_link = BrokerLink(self.context, self.client_address)
 
@@ -110,7 +113,7 @@ class Supervisor:
         base = [sys.executable, "-m", "supervisor.cli"]
         parent = ["--parent-pid", str(os.getpid())]
         broker = [*base, "broker", "--clients", self.client_address, "--workers-address", self.worker_address,
-                  "--expect-model", s.model]  # a remote worker that joins first cannot bring another model
+                  "--expect-model", ",".join(map(str, self.models))]  # a pool each; no remote brings another model
         if s.lan:
             broker += ["--lan", s.lan]
         if s.keys:
@@ -121,35 +124,49 @@ class Supervisor:
         self.children.append(Child("front", [*front, *s.extra_front_args, *parent], "front"))
         devices = plan_devices(s.device, s.workers)
         on_cpu = sum(1 for d in devices if d == "cpu")
-        compute = compute_threads("cpu", s.compute_threads, s.threads, on_cpu)  # the cores shared out
-        for i, device in enumerate(devices):
-            name = f"worker-{i}"
-            argv = [*base, "worker", "--broker", self.worker_address, "--model", s.model, "--device", device,
-                    "--precision", s.precision, "--backend", s.backend, "--worker-id", name]
-            if device == "cpu":
-                argv += ["--threads", str(s.threads or 1), "--compute-threads", str(compute)]
-            elif s.threads or s.compute_threads:
-                argv += ["--threads", str(s.threads), "--compute-threads", str(s.compute_threads)]
-            self.children.append(Child(name, [*argv, *s.extra_worker_args, *parent], "worker", device))
+        # the cores shared out among one model's CPU workers: two models on one CPU each get every core, as a
+        # lone request of either is served fastest that way (they compete only while both are busy)
+        compute = compute_threads("cpu", s.compute_threads, s.threads, on_cpu)
+        for index, spec in enumerate(self.models):
+            for i, device in enumerate(devices):
+                self.children.append(self._worker(spec, f"worker-{i}" if index == 0 else f"worker-{spec.alias}-{i}",
+                                                  device, compute, base, parent))
+
+    def _worker(self, spec: ModelSpec, name: str, device: str, compute: int, base: list[str],
+                parent: list[str]) -> Child:
+        """One worker process of one model (its own process: docs/models.md says why, with the PSS it costs)."""
+        s = self.settings
+        argv = [*base, "worker", "--broker", self.worker_address, "--model", spec.model, "--device", device,
+                "--precision", s.precision, "--backend", s.backend, "--worker-id", name]
+        if device == "cpu":
+            argv += ["--threads", str(s.threads or 1), "--compute-threads", str(compute)]
+        elif s.threads or s.compute_threads:
+            argv += ["--threads", str(s.threads), "--compute-threads", str(s.compute_threads)]
+        return Child(name, [*argv, *s.extra_worker_args, *parent], "worker", device, spec.alias)
 
     # -- events -----------------------------------------------------------------------------------------
     def emit(self, event_type: str, data: dict[str, Any]) -> None:
         progress.emit(event_type, data, self.stdout)
 
-    def emit_once(self, event_type: str, data: dict[str, Any]) -> None:
-        if event_type not in self.emitted:
-            self.emitted.add(event_type)
+    def emit_once(self, key: str, event_type: str, data: dict[str, Any]) -> None:
+        if key not in self.emitted:
+            self.emitted.add(key)
             self.emit(event_type, data)
+
+    def _of_model(self, alias: str, data: dict[str, Any]) -> dict[str, Any]:
+        """An event's data, naming the model's alias too when the cluster serves several (one: the seed's)."""
+        return {**data, "alias": alias} if len(self.models) > 1 else data
 
     def on_event(self, child: Child, event: dict[str, Any]) -> None:
         kind, data = event["type"], event["data"]
-        if kind in ("model_cached", "download_started"):
-            if "model_cached" not in self.emitted and "download_started" not in self.emitted:
-                self.emit_once(kind, {"model": data.get("model")})
-                self.downloader = child.name if kind == "download_started" else None
+        model = child.model or self.models[0].alias
+        if kind in ("model_cached", "download_started"):  # once per model (the cluster's, not each worker's)
+            if f"model_cached:{model}" not in self.emitted and f"download_started:{model}" not in self.emitted:
+                self.emit_once(f"{kind}:{model}", kind, self._of_model(model, {"model": data.get("model")}))
+                self.downloader[model] = child.name if kind == "download_started" else None
         elif kind == "download_progress":
-            if child.name == self.downloader:  # workers that download at once would interleave their counts
-                self.emit(kind, {k: v for k, v in data.items() if k != "worker"})
+            if child.name == self.downloader.get(model):  # workers that download at once would interleave counts
+                self.emit(kind, self._of_model(model, {k: v for k, v in data.items() if k != "worker"}))
         elif kind == "model_loaded" and child.kind == "worker":
             child.info.update(data)
             self.emit("worker_loaded", {**data, "worker": child.name})
@@ -158,8 +175,7 @@ class Supervisor:
             child.down = None
             child.failed = False  # serving again; its failures still count until it has run a healthy minute
             self.emit("worker_ready", {**data, "worker": child.name})
-            if self.first_ready is None:
-                self.first_ready = child.info
+            self.first_ready.setdefault(model, child.info)
             self._maybe_cluster_ready()
         elif kind == "front_listening":
             self.front_url = data.get("url")
@@ -181,10 +197,17 @@ class Supervisor:
             log.debug("event %s from %s not relayed", kind, child.name)
 
     def _maybe_cluster_ready(self) -> None:
-        """``model_loaded`` once a worker is ready and the front sees it: from that line on, /health says ok."""
-        if self.first_ready is not None and self.front_url is not None and self.front_ready:
-            info = self.first_ready
-            self.emit_once("model_loaded", {"model": info.get("model"), "dimensions": info.get("dimensions")})
+        """``model_loaded`` once a worker of every model is ready and the front sees them: from that line on,
+        /health says ok. It names the default model (the seed's fields), and every model under ``models``."""
+        if len(self.first_ready) == len(self.models) and self.front_url is not None and self.front_ready:
+            info = self.first_ready[self.models[0].alias]
+            data = {"model": info.get("model"), "dimensions": info.get("dimensions")}
+            if len(self.models) > 1:
+                data["models"] = [{"alias": spec.alias, "model": self.first_ready[spec.alias].get("model"),
+                                   "kind": self.first_ready[spec.alias].get("kind", "embed"),
+                                   "dimensions": self.first_ready[spec.alias].get("dimensions")}
+                                  for spec in self.models]
+            self.emit_once("model_loaded", "model_loaded", data)
 
     # -- children ---------------------------------------------------------------------------------------
     def start(self, child: Child) -> None:
@@ -275,7 +298,8 @@ class Supervisor:
 
         s = self.settings
         found = list(dict.fromkeys([*detect_devices(), "cpu"])) if s.device not in ("auto", "cpu") else ["cpu"]
-        for check in startup_checks(s.host, s.port, s.model, s.device, s.keys if s.lan else None, found,
+        models = [spec.model for spec in self.models]
+        for check in startup_checks(s.host, s.port, models, s.device, s.keys if s.lan else None, found,
                                     confirm_with_torch=gpu_driver_present()):
             if not check.ok:
                 self.fail_startup({"code": check.code, "reason": check.message, "part": STARTUP_PARTS[check.name]})
@@ -347,7 +371,8 @@ def down_report(child: Child, pid: int, code: int, restart_in: float | None) -> 
         reason = f"exited with code {code}"
     if child.info.get("error"):
         reason += f" ({child.info['error']})"
-    return {"id": child.name, "state": "failed" if child.failed else "restarting", "device": child.device,
+    return {"id": child.name, "model": child.model, "state": "failed" if child.failed else "restarting",
+            "device": child.device,
             "pid": pid, "exit_code": code, "reason": reason, "failures": child.failures,
             "restarts": child.starts - 1, "restart_in": restart_in, "since": round(time.time(), 3)}
 

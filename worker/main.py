@@ -66,7 +66,7 @@ def run(settings: WorkerSettings) -> int:
              embedder.precision, embedder.precision_note or "no precision check", compute_threads)
     settings_with_id = WorkerSettings(**{**settings.__dict__, "worker_id": worker_id,
                                          "compute_threads": compute_threads})
-    loop = WorkerLoop(settings_with_id, embedder, {"model_name": located.name}, on_event=emit)
+    loop = WorkerLoop(settings_with_id, embedder, {"model_name": located.name, "kind": "embed"}, on_event=emit)
     if stop_requested:
         return ExitCode.OK
     code = loop.run()

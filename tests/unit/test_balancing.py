@@ -106,7 +106,7 @@ class Simulation:
         self.dispatch()
         while self.step():
             self.dispatch()
-        assert not self.broker.queue and not self.broker.jobs, "every job is answered"
+        assert not self.broker.queued_texts() and not self.broker.jobs, "every job is answered"
         return self.now
 
     def texts(self, name: str) -> int:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from embed_common import protocol
+from embed_common.models import parse_models
 from embed_common.protocol import PROTOCOL, Command, ErrorCode
 from http_front.errors import ApiError
 from tests.unit.inproc import CrashingWorkerLoop, InprocCluster, fake_vectors
@@ -150,7 +151,7 @@ def test_no_workers_before_any_registers_and_after_the_last_leaves(make_cluster)
 
 
 def test_a_worker_serving_another_model_is_refused(make_cluster) -> None:
-    cluster = make_cluster(model="fake/fake-model")
+    cluster = make_cluster(models=parse_models("fake/fake-model"))
     other = cluster.add_worker(FakeEmbedder(model_id="other/other-model"), wait=False)
     other.thread.join(timeout=15)
     assert other.exit_code == 3  # ExitCode.REFUSED (embed_common/exits.py): restarting will not help

@@ -14,6 +14,7 @@ from typing import Any
 import falcon.testing
 import pytest
 
+from embed_common.models import parse_models
 from embed_common.status import BrokerStatus
 from http_front.app import create_app
 from http_front.routes import COUNTING
@@ -276,7 +277,7 @@ def test_the_data_shows_the_cluster_and_texts_served(served) -> None:
 
 
 def test_a_refused_worker_is_an_event_through_the_real_broker(make_cluster) -> None:
-    cluster = make_cluster(model="fake/fake-model")
+    cluster = make_cluster(models=parse_models("fake/fake-model"))
     cluster.add_worker()
     other = cluster.add_worker(FakeEmbedder(model_id="other/other-model"), wait=False)
     other.thread.join(timeout=15)
