@@ -23,6 +23,7 @@ from embed_common.errors import TABLE
 from embed_common.status import BrokerStatus
 from http_front.errors import OPENAI_PREFIX
 from http_front.parsing import MEDIA_TYPES
+from http_front.served_models import served_models
 from http_front.state import AppState
 from http_front.status_history import SERIES
 
@@ -119,12 +120,14 @@ def operation(route: Documented, bodies: dict[str, Any]) -> dict[str, Any]:
 def build_spec(state: AppState, routes: Iterable[Documented]) -> dict[str, Any]:
     limits = state.limits
     status = state.client.broker_status() or BrokerStatus()
-    model_id, model_name, dim = status.model, status.model_name, status.dim
+    dim = status.dim
     text = {"type": "string", "maxLength": limits.max_text_chars}
     texts = {"type": "array", "items": text, "maxItems": limits.max_texts}
-    model: dict[str, Any] = {"type": "string", "description": "the served model's id or short name"}
-    if model_id:
-        model["enum"] = sorted({model_id, model_name or model_id})
+    model: dict[str, Any] = {"type": "string", "description": "a served model's alias, id or short name"}
+    names = sorted({name for served in served_models(status) if served.kind in ("embed", None)
+                    for name in served.names})
+    if names:
+        model["enum"] = names
     dimensions: dict[str, Any] = {"type": "integer", "minimum": 1,
                                   "description": "keep the first N dimensions, then normalize again"}
     if isinstance(dim, int):
@@ -143,7 +146,8 @@ def build_spec(state: AppState, routes: Iterable[Documented]) -> dict[str, Any]:
             "texts": texts,
             "normalize": {"type": "boolean", "default": True, "description": "L2-normalize the vectors"},
             "truncate": {"type": "boolean", "default": True,
-                         "description": "cut inputs at the model's token limit; false: 422 INPUT_TOO_LONG"}}},
+                         "description": "cut inputs at the model's token limit; false: 422 INPUT_TOO_LONG"},
+            "model": {**model, "description": "which model (default: the first embedding model)"}}},
         "EmbedResponse": {"type": "object", "required": ["vectors"], "properties": {
             "vectors": {"type": "array", "items": {"type": "array", "items": {"type": "number"}}},
             "truncated": {"type": "array", "items": {"type": "integer"},
@@ -153,11 +157,13 @@ def build_spec(state: AppState, routes: Iterable[Documented]) -> dict[str, Any]:
                                                   "shutting_down"]},
             "model": {"type": "string", "nullable": True}, "model_id": {"type": "string", "nullable": True},
             "dim": {"type": "integer", "nullable": True}, "device": {"type": "string", "nullable": True},
-            "workers": {"type": "array", "items": free_object}}},
+            "workers": {"type": "array", "items": free_object},
+            "models": {"type": "array", "items": free_object, "description": "every model, the default first"}}},
         "Info": {"type": "object", "required": ["version", "limits", "workers"], "properties": {
             "model_id": {"type": "string", "nullable": True}, "dim": {"type": "integer", "nullable": True},
             "max_tokens": {"type": "integer", "nullable": True}, "version": {"type": "string"},
-            "limits": free_object, "workers": {"type": "array", "items": free_object}}},
+            "limits": free_object, "workers": {"type": "array", "items": free_object},
+            "models": {"type": "array", "items": free_object, "description": "every model, the default first"}}},
         "Probe": {"type": "object", "required": ["status"], "properties": {"status": {"type": "string"}}},
         "EmbeddingsRequest": {"type": "object", "required": ["input", "model"], "additionalProperties": False,
                               "properties": {
