@@ -91,7 +91,7 @@ TABLE: tuple[Route, ...] = (
           doc=Doc("model, limits and workers", {200: json_answer("Info", "the cluster")})),
     Route("/embed", ("POST",), Embed, auth="key", threads="work", counted="latency", accepts="json",
           doc=Doc("the seed's embedding call", {200: json_answer("EmbedResponse", "one vector per text, in order")},
-                  errors=EMBED_ERRORS, request="EmbedRequest")),
+                  errors=(*EMBED_ERRORS, 404), request="EmbedRequest")),
     # OpenAI's (http_front/openai_api.py)
     Route("/v1/embeddings", ("POST",), Embeddings, auth="key", threads="work", counted="latency", accepts="json",
           doc=Doc("OpenAI-compatible embeddings", {200: json_answer("EmbeddingsResponse", "the embeddings")},
