@@ -35,7 +35,7 @@ def chunk_option(tokens: Any, overlap: Any) -> JobOptions:
     return JobOptions(chunk=ChunkOption(tokens, overlap))
 
 
-def embed_chunked(state: AppState, route: str, texts: list[str], normalize: bool, option: dict[str, Any],
+def embed_chunked(state: AppState, route: str | None, texts: list[str], normalize: bool, option: JobOptions,
                   deadline: float) -> tuple[list[list[int]], list[Any]]:
     """The ``[text index, start, end]`` rows and the vectors of every chunk of ``texts`` (the rows as the
     workers wrote them in JSON)."""

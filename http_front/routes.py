@@ -158,7 +158,7 @@ def find(router: CompiledRouter, path: str) -> Route | None:
     """The row of a request for ``path``: the route ``router`` (the app's) routes it to; else the templated
     route whose fixed part it starts with; else None."""
     found = router.find(path)
-    if found is not None:
+    if found is not None and found[3] is not None:
         return ROUTES[found[3]]
     return next((route for prefix, route in _PREFIXES if path.startswith(prefix)), None)
 

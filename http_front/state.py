@@ -72,12 +72,14 @@ class AppState:
             if self.inflight == 0:
                 self.idle.notify_all()
 
-    def embed(self, route: str, texts: list[str], normalize: bool, options: JobOptions = DEFAULT_OPTIONS,
+    def embed(self, route: str | None, texts: list[str], normalize: bool, options: JobOptions = DEFAULT_OPTIONS,
               timeout: float | None = None, job_chars: int | None = None, as_json: bool = False,
               model: Served | None = None) -> EmbedResult:
-        """Every embedding route's way to the broker: counted in flight (for draining) and in the metrics.
+        """Every embedding route's way to the broker: counted in flight (for draining) and in the metrics, under
+        ``route``, the request's URI template (``req.uri_template``; "unmatched" when None, as for every metric).
         ``as_json``: the answer carries the rows as the workers wrote them (EmbedResult.vectors_json).
         ``model``: which (http_front/served_models.resolve); None: the default."""
+        route = route or "unmatched"
         self.enter()
         started = time.perf_counter()
         try:
