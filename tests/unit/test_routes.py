@@ -49,14 +49,26 @@ def test_probes_are_fixed_paths_and_bodiless() -> None:
     assert all("{" not in route.path and route.methods == ("GET",) and route.accepts == "none" for route in probes)
 
 
-def test_the_derived_sets_are_the_rules_the_front_had() -> None:
-    assert {"/livez", "/readyz", "/health", "/metrics", "/status.json"} == PROBE_PATHS
-    assert COUNTING.latency == {"/embed", "/embed/pdf", "/embed/chunks", "/v1/embeddings"}
-    assert COUNTING.uncounted == {"/status", "/status.json", "/status/assets/{name}"}
-    assert {route.path for route in TABLE if route.auth == "open"} == {
-        "/livez", "/readyz", "/openapi.json", "/status", "/status/assets/{name}"}
-    assert {route.path: route.accepts for route in TABLE if route.accepts != "none"} == {
-        "/embed": "json", "/v1/embeddings": "json", "/embed/chunks": "json", "/embed/pdf": "pdf"}
+# what the five places that decided routes before the table (app.py, auth.OPEN_PATHS, server.PROBE_PATHS,
+# status_page.WORK_ROUTES/UNCOUNTED_ROUTES, openapi.py) said of each route: (auth, threads, counted, accepts)
+BEFORE_THE_TABLE = {
+    "/health": ("key", "probe", "rates", "none"), "/info": ("key", "work", "rates", "none"),
+    "/embed": ("key", "work", "latency", "json"), "/v1/embeddings": ("key", "work", "latency", "json"),
+    "/v1/models": ("key", "work", "rates", "none"), "/v1/models/{model:path}": ("key", "work", "rates", "none"),
+    "/metrics": ("key", "probe", "rates", "none"), "/livez": ("open", "probe", "rates", "none"),
+    "/readyz": ("open", "probe", "rates", "none"), "/openapi.json": ("open", "work", "rates", "none"),
+    "/embed/pdf": ("key", "work", "latency", "pdf"), "/embed/chunks": ("key", "work", "latency", "json"),
+    "/status": ("open", "work", "no", "none"), "/status/assets/{name}": ("open", "work", "no", "none"),
+    "/status.json": ("key", "probe", "no", "none"),
+}
+
+
+def test_the_routes_keep_the_rules_they_had_before_the_table() -> None:
+    assert {path: (ROUTES[path].auth, ROUTES[path].threads, ROUTES[path].counted, ROUTES[path].accepts)
+            for path in BEFORE_THE_TABLE} == BEFORE_THE_TABLE
+    assert {path for path in BEFORE_THE_TABLE if BEFORE_THE_TABLE[path][1] == "probe"} <= PROBE_PATHS
+    assert {path for path in BEFORE_THE_TABLE if BEFORE_THE_TABLE[path][2] == "latency"} <= COUNTING.latency
+    assert {path for path in BEFORE_THE_TABLE if BEFORE_THE_TABLE[path][2] == "no"} <= COUNTING.uncounted
 
 
 def test_a_request_finds_its_row_before_routing(app: falcon.App) -> None:
