@@ -83,8 +83,11 @@ def progress_type(line: str) -> str | None:
 
 
 def start_cluster(model: str, args: list[str], log_dir: Path, timeout: float = 600.0) -> Server:
+    """``up`` on a free port; without the vector cache unless ``args`` names one (a bench that repeats its
+    texts measures the model, not the cache; bench/cache.py measures the cache)."""
     port = free_port()
-    argv = [sys.executable, "-m", "supervisor.cli", "up", "--port", str(port), "--model", model, *args]
+    cache = [] if "--cache" in args else ["--cache", "off"]
+    argv = [sys.executable, "-m", "supervisor.cli", "up", "--port", str(port), "--model", model, *cache, *args]
     server = Server(argv, log_dir / "cluster.log")
     server.port = port
     try:

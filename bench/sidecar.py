@@ -144,7 +144,9 @@ def main(argv: list[str] | None = None) -> int:
         "seed": Side("seed", [sys.executable, str(Path(__file__).parent / "seed_server.py"), "--model", model_path,
                               "--port", "{port}"]),
         "cluster": Side("cluster", [sys.executable, "-m", "supervisor.cli", "up", "--port", "{port}",
-                                    "--model", args.model, *args.cluster_arg]),
+                                    "--model", args.model,  # against the seed: the model, not the cache
+                                    *([] if "--cache" in args.cluster_arg else ["--cache", "off"]),
+                                    *args.cluster_arg]),
     }
     report: dict[str, Any] = {"when": dt.datetime.now().isoformat(timespec="seconds"),
                               "command": " ".join(["python", *sys.argv]), "machine": machine(),

@@ -68,7 +68,7 @@ class Cluster:
         env = {k: v for k, v in os.environ.items() if not k.startswith("EMBED_")}
         env.update({"HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"})
         argv = [sys.executable, "-m", "supervisor.cli", "up", "--port", str(port), "--workers", str(workers),
-                "--device", "cpu"]
+                "--device", "cpu", "--cache", "off"]  # the soak repeats its texts: it measures the workers
         if threads:
             argv += ["--threads", str(threads)]
         self.log = log_path.open("w")

@@ -124,6 +124,7 @@ class Worker:
             "device": info.get("device"),
             "precision": info.get("precision"),
             "backend": info.get("backend"),
+            "fingerprint": info.get("fingerprint"),  # of its model's files: the front's vector cache keys on it
             "compute_threads": info.get("compute_threads"),
             "host": info.get("host"),
             "pid": info.get("pid"),
@@ -514,7 +515,7 @@ class Broker:
                 "queue_ms": round((job.dispatched_at - job.enqueued_at) * 1000, 3),
                 "worker_ms": round((now - job.dispatched_at) * 1000, 3),
             }
-            for extra in ("encoding", "encode_ms", "truncated", "tokens", "chunks"):
+            for extra in ("encoding", "encode_ms", "truncated", "tokens", "row_tokens", "fingerprint", "chunks"):
                 if extra in header:
                     reply[extra] = header[extra]
             self.send("client", job.client, Command.RESULT, reply, *message.payload)

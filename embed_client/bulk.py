@@ -216,8 +216,13 @@ def _run(client: EmbedClient, settings: BulkSettings, store: Store, sources: lis
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     interrupted = files_done < len(sources) and stop.requested
+    hits, looked_up = client.cache_hits
     progress.emit("embed_finished", {"files_done": files_done, "files_total": len(sources), "rows": store.rows,
-                                     "skipped": len(skipped), "interrupted": interrupted, "output": str(store.out)})
+                                     "skipped": len(skipped), "interrupted": interrupted, "output": str(store.out),
+                                     "cache_hits": hits, "cache_lookups": looked_up})
+    if looked_up:
+        log.info("the cluster's vector cache answered %d of %d texts (%.1f%%)", hits, looked_up,
+                 100 * hits / looked_up)
     if interrupted:
         log.warning("stopped: %d of %d files are in %s; run the same command again to go on", files_done,
                     len(sources), store.out)

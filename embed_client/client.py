@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -22,6 +23,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from embed_common.settings import DEFAULT_URL  # standard library only, like this module
+
+HITS_HEADER = "X-Embed-Cache-Hits"  # the server's "HITS/LOOKED_UP" of its vector cache (http_front/embed_cache.py)
 
 NETWORK_ERROR = "NETWORK_ERROR"
 TIMEOUT = "TIMEOUT"
@@ -63,6 +66,8 @@ class EmbedClient:
         self.retry_delay = retry_delay
         self.api_key = api_key
         self.max_texts = max_texts  # cap texts per request below the server's limit
+        self._hits_lock = threading.Lock()
+        self._hits = self._looked_up = 0
         self._limits: Limits | None = None
 
     # -- endpoints --------------------------------------------------------------------------------------
@@ -149,6 +154,19 @@ class EmbedClient:
         batches.append(current)
         return batches
 
+    @property
+    def cache_hits(self) -> tuple[int, int]:
+        """Texts the server's vector cache answered, of those it looked up, over every call so far."""
+        with self._hits_lock:
+            return self._hits, self._looked_up
+
+    def _count_hits(self, header: str | None) -> None:
+        hits, _, looked_up = (header or "").partition("/")
+        if hits.isdigit() and looked_up.isdigit():
+            with self._hits_lock:
+                self._hits += int(hits)
+                self._looked_up += int(looked_up)
+
     # -- transport --------------------------------------------------------------------------------------
     def _call(self, method: str, path: str, payload: Any = None, ok_statuses: tuple[int, ...] = (200,),
               content_type: str = "application/json") -> Any:
@@ -174,6 +192,7 @@ class EmbedClient:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
                 status, body = response.status, response.read()
                 retry_after = None
+                self._count_hits(response.headers.get(HITS_HEADER))
         except urllib.error.HTTPError as exc:
             status, body = exc.code, exc.read()
             retry_after = _seconds(exc.headers.get("Retry-After"))

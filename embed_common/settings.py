@@ -21,7 +21,7 @@ DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 DEFAULT_PORT = 8421
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_URL = f"http://{DEFAULT_HOST}:{DEFAULT_PORT}"
-PARTS = ("up", "broker", "front", "worker", "doctor", "embed")
+PARTS = ("up", "broker", "front", "worker", "doctor", "embed", "cache")
 
 
 def workers_value(raw: str) -> str:
@@ -140,6 +140,10 @@ SETTINGS: tuple[Setting, ...] = (
     S("http-queue", 64, "requests that may wait for a request thread; more get 503 OVERLOADED at once", UP_FRONT,
       positive_int, limit=True),
     S("shutdown-grace", 30.0, "seconds to finish requests on SIGTERM", UP_FRONT, float, planned=True),
+    S("cache", "on", "the vector cache: on (a file in the user's cache directory), off, or the file's PATH",
+      (*UP_FRONT, "cache")),
+    S("cache-max-bytes", 1 << 30, "the vector cache's size bound; least recently used vectors go past it",
+      (*UP_FRONT, "cache"), positive_int),
     S("insecure", False, "allow a non-loopback --host without EMBED_API_KEY (anyone who reaches it may use it)",
       UP_FRONT, switch=True),
     # the broker

@@ -14,6 +14,7 @@ from embed_common.settings import Limits
 from http_front import errors, json_media
 from http_front.auth import ApiKeyAuth
 from http_front.broker_client import BrokerClient
+from http_front.embed_cache import CacheHitsHeader, FrontCache
 from http_front.observability import RequestObservability
 from http_front.pdf_text import PdfPool
 from http_front.routes import COUNTING, RouteLookup, add_routes
@@ -21,9 +22,11 @@ from http_front.state import AppState, ClientGoneCheck
 from http_front.status_history import StatusRecorder
 
 
-def new_state(client: BrokerClient, limits: Limits | None = None, pdf_parsers: PdfPool | None = None) -> AppState:
-    """The state the app's resources share, counting requests by the route table."""
-    return AppState(client, limits or Limits(), COUNTING, pdf_parsers)
+def new_state(client: BrokerClient, limits: Limits | None = None, pdf_parsers: PdfPool | None = None,
+              cache: FrontCache | None = None) -> AppState:
+    """The state the app's resources share, counting requests by the route table; ``cache``: the vector cache
+    every embedding route goes through (http_front/embed_cache.py), None for none."""
+    return AppState(client, limits or Limits(), COUNTING, pdf_parsers, cache)
 
 
 def create_app(client: BrokerClient, limits: Limits | None = None, state: AppState | None = None,
@@ -37,7 +40,8 @@ def create_app(client: BrokerClient, limits: Limits | None = None, state: AppSta
     state = state or new_state(client, limits, pdf_parsers)
     router = CompiledRouter()
     middleware: list[Any] = [RouteLookup(router), json_media.StreamLargeBodies(),
-                             RequestObservability(state.metrics), StatusRecorder(state.history), ClientGoneCheck()]
+                             RequestObservability(state.metrics), StatusRecorder(state.history), ClientGoneCheck(),
+                             CacheHitsHeader()]
     if api_key:
         middleware.append(ApiKeyAuth(api_key))
     app = falcon.App(cors_enable=False, middleware=middleware, router=router)

@@ -55,6 +55,8 @@ class EmbedResult:
     tokens: int = 0
     chunks: list[Any] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    row_tokens: list[int] = field(default_factory=list)  # each row's tokens, where every worker said them
+    row_fingerprints: list[str | None] = field(default_factory=list)  # each row's model, as its worker said it
 
     @property
     def vectors(self) -> np.ndarray:
@@ -84,6 +86,13 @@ class EmbedResult:
             if inner:
                 rows.extend(orjson.Fragment(b"[" + row + b"]") for row in inner.split(b"],["))
         return rows
+
+
+def too_long_error(indices: list[int], max_tokens: int | None) -> ApiError:
+    """INPUT_TOO_LONG naming the request's ``indices`` of inputs over the model's limit."""
+    return ApiError(ErrorCode.INPUT_TOO_LONG, f"{len(indices)} input(s) longer than the model's limit of "
+                    f"{max_tokens} tokens, at indices {indices}; shorten them or allow truncation",
+                    indices=indices, max_tokens=max_tokens)
 
 
 def _json(part: np.ndarray | JsonRows) -> JsonRows:
@@ -374,10 +383,9 @@ class BrokerClient:
                 too_long.extend(job.start + int(i) for i in job.error.details.get("indices", []))
                 max_tokens = job.error.details.get("max_tokens", max_tokens)
         if too_long:
-            raise ApiError(ErrorCode.INPUT_TOO_LONG, f"{len(too_long)} input(s) longer than the model's limit of "
-                           f"{max_tokens} tokens, at indices {too_long}; shorten them or allow truncation",
-                           indices=too_long, max_tokens=max_tokens)
+            raise too_long_error(too_long, max_tokens)
         result = EmbedResult()
+        row_tokens: list[int] | None = []
         rows = 0  # vector rows of the jobs before this one (rows are chunks, when chunked)
         for job in jobs:
             assert job.reply is not None
@@ -390,6 +398,14 @@ class BrokerClient:
                 result.timings[name] = max(result.timings.get(name, 0.0), float(header.get(name, 0.0)))
             result.chunks.extend([job.start + index, start, end] for index, start, end in header.get("chunks", []))
             rows += int(header["n"])
+            tokens = header.get("row_tokens")
+            if row_tokens is not None and isinstance(tokens, list) and len(tokens) == int(header["n"]):
+                row_tokens.extend(tokens)
+            else:
+                row_tokens = None
+            fingerprint = header.get("fingerprint")
+            result.row_fingerprints.extend([fingerprint if isinstance(fingerprint, str) else None] * int(header["n"]))
+        result.row_tokens = row_tokens or []
         return result
 
     # -- the status thread -------------------------------------------------------------------------------

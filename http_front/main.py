@@ -13,6 +13,7 @@ from embed_common.exits import ExitCode
 from embed_common.settings import Limits, default
 from http_front.app import create_app, new_state
 from http_front.broker_client import BrokerClient
+from http_front.embed_cache import open_cache
 from http_front.routes import STATUS_PATH
 from http_front.server import make_server, serve
 
@@ -31,12 +32,14 @@ class FrontSettings:
     shutdown_grace: float = default("shutdown-grace", "front")
     parent_pid: int = 0
     api_key: str | None = field(default=None, repr=False)  # from EMBED_API_KEY; never logged
+    cache: str = default("cache", "front")  # on, off or a path (http_front/embed_cache.py open_cache)
+    cache_max_bytes: int = default("cache-max-bytes", "front")
 
 
 def run(settings: FrontSettings) -> int:
     lifeline.watch_parent(settings.parent_pid)
     client = BrokerClient(settings.broker, on_first_worker=lambda: progress.emit("front_ready", {}))
-    state = new_state(client, settings.limits)
+    state = new_state(client, settings.limits, cache=open_cache(settings.cache, settings.cache_max_bytes))
     app = create_app(client, state=state, api_key=settings.api_key)
     limits = settings.limits
     try:

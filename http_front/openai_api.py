@@ -19,6 +19,7 @@ import numpy as np
 
 from embed_common.models import normalize_rows
 from embed_common.protocol import JobOptions
+from http_front.embed_cache import CACHE_HEADER, header_allows
 from http_front.errors import ApiError
 from http_front.parsing import check_texts, read_json
 from http_front.served_models import EMBED, resolve, served_models
@@ -78,8 +79,9 @@ class Embeddings:
         if dimensions is not None and isinstance(dim, int) and dimensions > dim:
             raise ApiError("BAD_REQUEST", f"'dimensions' is {dimensions}; this model has {dim}", param="dimensions")
         as_json = encoding == "float" and (dimensions is None or dimensions == dim)  # the rows as workers wrote them
+        cache = header_allows(req.get_header(CACHE_HEADER))  # the OpenAI body has no room for it: a header
         result = (self.state.embed(req.uri_template, texts, True, JobOptions(truncate=truncate), as_json=as_json,
-                                   model=model) if texts else None)
+                                   model=model, cache=cache) if texts else None)
         if result is not None and as_json:
             rows = result.rows_json()
         else:

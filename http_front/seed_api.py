@@ -7,6 +7,7 @@ import falcon
 
 from embed_common.protocol import JobOptions
 from http_front import json_media
+from http_front.embed_cache import CACHE_HEADER, header_allows
 from http_front.parsing import flag, read_texts_request
 from http_front.served_models import EMBED, model_param, resolve
 from http_front.state import AppState, cluster_summary, model_facts, readiness
@@ -52,7 +53,7 @@ class Info:
                       "workers": summary["workers"]}
 
 
-EMBED_FIELDS = {"texts", "normalize", "truncate", "model"}
+EMBED_FIELDS = {"texts", "normalize", "truncate", "model", "cache"}
 
 
 class Embed:
@@ -68,7 +69,8 @@ class Embed:
         if not texts:
             resp.media = {"vectors": []}
             return
+        cache = flag(body, "cache", header_allows(req.get_header(CACHE_HEADER)))
         result = self.state.embed(req.uri_template, texts, normalize, JobOptions(truncate=truncate), as_json=True,
-                                  model=model)
+                                  model=model, cache=cache)
         extra = {"truncated": result.truncated} if result.truncated else {}  # only when any, as the seed's
         json_media.answer(resp, extra, "vectors", result.vectors_json())  # the rows as the workers wrote them

@@ -18,6 +18,7 @@ from embed_common.protocol import DEFAULT_OPTIONS, JobOptions
 from embed_common.settings import Limits
 from embed_common.status import BrokerStatus
 from http_front.broker_client import BrokerClient, EmbedResult
+from http_front.embed_cache import CacheCollector, FrontCache
 from http_front.errors import ApiError
 from http_front.observability import Metrics
 from http_front.pdf_text import PdfPool
@@ -48,10 +49,13 @@ class AppState:
     its own, started on the first PDF and stopped by :meth:`close` (one passed in is the caller's to close)."""
 
     def __init__(self, client: BrokerClient, limits: Limits, counting: Counting,
-                 pdf_parsers: PdfPool | None = None) -> None:
+                 pdf_parsers: PdfPool | None = None, cache: FrontCache | None = None) -> None:
         self.client = client
         self.limits = limits
+        self.cache = cache  # the vector cache (http_front/embed_cache.py); None: off
         self.metrics = Metrics(client)
+        if cache is not None:
+            self.metrics.registry.register(CacheCollector(cache))
         self.history = StatusHistory(client, counting)  # the status page's ring buffers
         self.pdf_parsers = pdf_parsers or PdfPool()
         self.draining = False
@@ -74,18 +78,26 @@ class AppState:
 
     def embed(self, route: str | None, texts: list[str], normalize: bool, options: JobOptions = DEFAULT_OPTIONS,
               timeout: float | None = None, job_chars: int | None = None, as_json: bool = False,
-              model: Served | None = None) -> EmbedResult:
+              model: Served | None = None, cache: bool = True) -> EmbedResult:
         """Every embedding route's way to the broker: counted in flight (for draining) and in the metrics, under
-        ``route``, the request's URI template (``req.uri_template``; "unmatched" when None, as for every metric).
+        ``route``, the request's URI template (``req.uri_template``; "unmatched" when None, as for every metric);
+        through the vector cache unless ``cache`` is false (only its misses reach the broker).
         ``as_json``: the answer carries the rows as the workers wrote them (EmbedResult.vectors_json).
         ``model``: which (http_front/served_models.resolve); None: the default."""
         route = route or "unmatched"
         self.enter()
         started = time.perf_counter()
+        alias = model.alias if model is not None else None
+
+        def compute(batch: list[str]) -> EmbedResult:
+            return self.client.embed(batch, normalize, timeout or self.limits.request_timeout, options,
+                                     job_chars=job_chars, gone=CLIENT_GONE.get(), as_json=as_json, model=alias)
+
         try:
-            result = self.client.embed(texts, normalize, timeout or self.limits.request_timeout, options,
-                                       job_chars=job_chars, gone=CLIENT_GONE.get(), as_json=as_json,
-                                       model=model.alias if model is not None else None)
+            if self.cache is not None and cache:
+                result = self.cache.embed(texts, normalize, options, self.client.broker_status(), alias, compute)
+            else:
+                result = compute(texts)
         except ApiError as exc:
             self.metrics.observe_embed_error(route, len(texts), exc.code)
             raise
@@ -97,6 +109,8 @@ class AppState:
     def close(self) -> None:
         """Stop what the app started for itself (the entry point calls it once the server is closed)."""
         self.history.close()
+        if self.cache is not None:
+            self.cache.close()
         for closeable in self.owned:
             closeable.close()
         self.owned.clear()
@@ -148,5 +162,6 @@ def model_facts(state: AppState, status: BrokerStatus | None) -> dict[str, Any]:
         "max_tokens": status.max_tokens,
         "models": summary["models"],
         "version": VERSION,
+        "cache": state.cache.stats() if state.cache is not None else None,
         "limits": {**asdict(state.limits), "max_queue_texts": status.max_queue_texts},
     }

@@ -89,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     remove.add_argument("dir", help="key directory made by keys init")
     remove.add_argument("name", help="the worker's name")
     add_embed(sub)
+    cache = sub.add_parser("cache", help="the front's vector cache: stats (JSON) or clear")
+    cache.add_argument("action", choices=("stats", "clear"))
+    add_settings(EnvArgs(cache), "cache")
     return parser
 
 
@@ -129,12 +132,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_keys(args)
     if args.command == "embed":
         return run_embed(args)
+    if args.command == "cache":
+        return run_cache(args)
     if args.command == "doctor":
         from supervisor.doctor import run_doctor  # imports nothing that may be missing
 
         return run_doctor(args.host, args.port, args.model, args.device, args.json)
     parser.error(f"unknown command {args.command}")
     return ExitCode.USAGE
+
+
+def run_cache(args: argparse.Namespace) -> int:
+    """``embed-cluster cache stats|clear``: the file --cache names, opened beside any front using it."""
+    import json
+
+    from http_front.embed_cache import cache_path, open_cache
+
+    cache = open_cache(args.cache, args.cache_max_bytes)
+    if cache is None:
+        sys.exit(f"embed-cluster: no vector cache ({'--cache off' if args.cache == 'off' else 'cannot open it'})")
+    try:
+        if args.action == "clear":
+            cache.store.clear()
+        print(json.dumps({"path": str(cache_path(args.cache)), **cache.stats()}))
+    finally:
+        cache.close()
+    return 0
 
 
 def run_embed(args: argparse.Namespace) -> int:
@@ -207,7 +230,8 @@ def run_front(args: argparse.Namespace) -> int:
     api_key = check_bind(args.host, args.insecure)
     settings = FrontSettings(broker=args.broker, host=args.host, port=args.port, threads=args.http_threads,
                              limits=table.limits_of(args), shutdown_grace=args.shutdown_grace,
-                             parent_pid=args.parent_pid, api_key=api_key)
+                             parent_pid=args.parent_pid, api_key=api_key, cache=args.cache,
+                             cache_max_bytes=args.cache_max_bytes)
     return run(settings)
 
 

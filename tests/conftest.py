@@ -7,10 +7,12 @@ import contextlib
 import json
 import os
 import queue
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -104,7 +106,16 @@ class Cluster(Process):
     def __init__(self, *args: str, env: dict[str, str] | None = None, port: int | None = None) -> None:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        if "--cache" not in args and "EMBED_CACHE" not in (env or {}):  # on, as by default, and cold: a file
+            self.cache_dir = tempfile.mkdtemp(prefix="embed-test-cache-")  # of its own (no test sees another's)
+            env = {**(env or {}), "EMBED_CACHE": os.path.join(self.cache_dir, "vectors.sqlite")}
         super().__init__(cli("up", "--port", str(self.port), *args), env)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> int:
+        code = super().stop(sig, timeout)
+        if getattr(self, "cache_dir", None):
+            shutil.rmtree(self.cache_dir, ignore_errors=True)
+        return code
 
     def wait_ready(self, timeout: float = 180.0) -> Cluster:
         self.wait_event("model_loaded", timeout=timeout)

@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from embed_common import lifeline, progress
@@ -66,12 +67,26 @@ def run(settings: WorkerSettings) -> int:
              embedder.precision, embedder.precision_note or "no precision check", compute_threads)
     settings_with_id = WorkerSettings(**{**settings.__dict__, "worker_id": worker_id,
                                          "compute_threads": compute_threads})
-    loop = WorkerLoop(settings_with_id, embedder, {"model_name": located.name, "kind": "embed"}, on_event=emit)
+    info = {"model_name": located.name, "kind": "embed", "fingerprint": vectors_fingerprint(located.path, embedder)}
+    loop = WorkerLoop(settings_with_id, embedder, info, on_event=emit)
     if stop_requested:
         return ExitCode.OK
     code = loop.run()
     finish_compute(loop)
     return code
+
+
+def vectors_fingerprint(path: str, embedder: Embedder) -> str:
+    """What decides this worker's vectors besides the text and the job's options: the model's files (all of
+    them, worker/cache.py weights_fingerprint), the backend and the number format. The front's vector cache keys
+    on it (http_front/embed_cache.py); empty when the files cannot be read, and then nothing is cached."""
+    from worker.cache import content_key, weights_fingerprint
+
+    try:
+        return content_key(weights_fingerprint(Path(path)), embedder.backend, embedder.precision)
+    except OSError as exc:
+        log.warning("model files not fingerprinted (its vectors will not be cached): %s", exc)
+        return ""
 
 
 def load_embedder(settings: WorkerSettings, path: str, name: str, device: str, emit: Any) -> Embedder:

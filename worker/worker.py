@@ -424,6 +424,9 @@ class WorkerLoop:
                 "job": job.job_id, "attempt": job.attempt, "n": len(job.ids), "dim": job.dim,
                 "encode_ms": round(job.encode_seconds * 1000, 3), "tokens": job.tokens,
             }
+            header["row_tokens"] = [len(seq) for seq in job.ids]  # what the front's vector cache keeps of each row
+            if self.info.get("fingerprint"):
+                header["fingerprint"] = self.info["fingerprint"]
             if job.truncated:
                 header["truncated"] = job.truncated
             if job.chunks is not None:  # a row per vector: [index of its text in the job, start, end]

@@ -107,6 +107,7 @@ function render(data) {
   const l = data.limits || {};
   $("f-limits").textContent = `${fmtInt(l.max_texts)} texts, ${fmtInt(l.max_text_chars)} chars a text, ` +
     `${fmtInt(l.max_body_bytes)} bytes, ${fmt(l.request_timeout, 0)} s, queue ${fmtInt(l.max_queue_texts)} texts`;
+  $("f-cache").textContent = cacheText(data.cache);
   renderWorkers(data.workers);
   renderEvents(data.events);
   for (const el of document.querySelectorAll("[data-series]")) {
@@ -119,6 +120,14 @@ function render(data) {
     ["s-5xx", history.server_errors_per_s]]);
   chart("chart-queue", t, start, end, [["s-queue", history.queue_texts]], true);
   chart("chart-latency", t, start, end, [["s-p50", history.p50_ms], ["s-p95", history.p95_ms]]);
+}
+
+function cacheText(c) {
+  if (!c) return "off";
+  const looked = c.hits + c.misses;
+  const rate = looked ? `${fmt((100 * c.hits) / looked, 1)}% hits` : "no lookups yet";
+  return `${rate} (${fmtInt(c.hits)} hits, ${fmtInt(c.misses)} misses), ${fmtInt(c.entries)} vectors, ` +
+    `${fmt(c.bytes / 1048576, 1)} of ${fmt(c.max_bytes / 1048576, 0)} MiB, ${fmtInt(c.evictions)} evicted`;
 }
 
 function latest(values) {
