@@ -147,7 +147,10 @@ def build_spec(state: AppState, routes: Iterable[Documented]) -> dict[str, Any]:
             "normalize": {"type": "boolean", "default": True, "description": "L2-normalize the vectors"},
             "truncate": {"type": "boolean", "default": True,
                          "description": "cut inputs at the model's token limit; false: 422 INPUT_TOO_LONG"},
-            "model": {**model, "description": "which model (default: the first embedding model)"}}},
+            "model": {**model, "description": "which model (default: the first embedding model)"},
+            "cache": {"type": "boolean", "default": True,
+                      "description": "false: neither read nor write the vector cache (as the X-Embed-Cache: off "
+                      "header)"}}},
         "EmbedResponse": {"type": "object", "required": ["vectors"], "properties": {
             "vectors": {"type": "array", "items": {"type": "array", "items": {"type": "number"}}},
             "truncated": {"type": "array", "items": {"type": "integer"},
@@ -163,7 +166,9 @@ def build_spec(state: AppState, routes: Iterable[Documented]) -> dict[str, Any]:
             "model_id": {"type": "string", "nullable": True}, "dim": {"type": "integer", "nullable": True},
             "max_tokens": {"type": "integer", "nullable": True}, "version": {"type": "string"},
             "limits": free_object, "workers": {"type": "array", "items": free_object},
-            "models": {"type": "array", "items": free_object, "description": "every model, the default first"}}},
+            "models": {"type": "array", "items": free_object, "description": "every model, the default first"},
+            "cache": {**free_object, "nullable": True, "description": "the vector cache's hits, misses, writes, "
+                      "evictions, entries, bytes and bound; null when it is off"}}},
         "Probe": {"type": "object", "required": ["status"], "properties": {"status": {"type": "string"}}},
         "EmbeddingsRequest": {"type": "object", "required": ["input", "model"], "additionalProperties": False,
                               "properties": {
@@ -263,6 +268,8 @@ def _status_schema(free_object: dict[str, Any]) -> dict[str, Any]:
         "backend": {"type": "array", "items": {"type": "string"}, "nullable": True},
         "max_tokens": integer, "version": {"type": "string"}, "now": {"type": "number"},
         "uptime_s": {"type": "number"}, "limits": free_object, "queue_texts": integer, "queue_jobs": integer,
+        "cache": {**free_object, "nullable": True, "description": "the vector cache's hits, misses, writes, "
+                  "evictions, entries, bytes and bound; null when it is off"},
         "interval": {"type": "number", "description": "seconds between samples"},
         "window": {"type": "number", "description": "seconds of history kept"},
         "history": {"type": "object", "required": ["t", *SERIES], "description": "one column per series, "
