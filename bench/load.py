@@ -12,6 +12,7 @@ import json
 import random
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -21,23 +22,39 @@ class LoadError(RuntimeError):
     pass
 
 
+@dataclass(frozen=True)
+class Api:
+    """How a server is asked for vectors: the route, the request body for some texts, the vectors in its answer."""
+
+    path: str
+    request: Callable[[list[str]], dict]
+    vectors: Callable[[dict], list[list[float]]]
+
+
+EMBED = Api("/embed", lambda texts: {"texts": texts}, lambda answer: answer["vectors"])
+# OpenAI's embeddings route without the /v1 prefix, as infinity-emb serves it (bench/infinity.py)
+OPENAI = Api("/embeddings", lambda texts: {"input": texts, "model": "bench"},
+             lambda answer: [row["embedding"] for row in sorted(answer["data"], key=lambda row: row["index"])])
+
+
 class Client:
     """One keep-alive HTTP connection."""
 
-    def __init__(self, port: int, host: str = "127.0.0.1", timeout: float = 300.0) -> None:
+    def __init__(self, port: int, host: str = "127.0.0.1", timeout: float = 300.0, api: Api = EMBED) -> None:
         self.conn = http.client.HTTPConnection(host, port, timeout=timeout)
+        self.api = api
 
     def embed(self, texts: list[str]) -> tuple[float, list[list[float]]]:
         """(seconds until the whole answer arrived, vectors)."""
-        body = json.dumps({"texts": texts}).encode()
+        body = json.dumps(self.api.request(texts)).encode()
         start = time.perf_counter()
-        self.conn.request("POST", "/embed", body, {"Content-Type": "application/json"})
+        self.conn.request("POST", self.api.path, body, {"Content-Type": "application/json"})
         response = self.conn.getresponse()
         data = response.read()
         seconds = time.perf_counter() - start
         if response.status != 200:
             raise LoadError(f"HTTP {response.status}: {data[:300]!r}")
-        vectors = json.loads(data)["vectors"]
+        vectors = self.api.vectors(json.loads(data))
         if len(vectors) != len(texts):
             raise LoadError(f"{len(vectors)} vectors for {len(texts)} texts")
         return seconds, vectors
@@ -88,7 +105,7 @@ SHAPES = (
 )
 
 
-def run_shape(port: int, texts: list[str], shape: Shape) -> ShapeResult:
+def run_shape(port: int, texts: list[str], shape: Shape, api: Api = EMBED) -> ShapeResult:
     slices = shape.cut(len(texts))
     todo = iter(slices)
     lock = threading.Lock()
@@ -97,7 +114,7 @@ def run_shape(port: int, texts: list[str], shape: Shape) -> ShapeResult:
     errors: list[BaseException] = []
 
     def client_loop() -> None:
-        client = Client(port)
+        client = Client(port, api=api)
         try:
             while not errors:
                 with lock:
@@ -141,6 +158,29 @@ def light_load(port: int, texts: list[str], requests: int, pause: float = 0.05) 
         return latencies
     finally:
         client.close()
+
+
+def interleaved_lone(targets: dict[str, tuple[int, Api]], texts: list[str], n: int,
+                     pause: float = 0.05) -> dict[str, list[float]]:
+    """Latencies (ms) of ``n`` single-text requests to each server, sent in turn to one and then the next (the
+    order reversed every other round, so that none always goes first), ``pause`` seconds apart: a moment of
+    noise from the machine's other users hits them all alike."""
+    clients = {name: Client(port, api=api) for name, (port, api) in targets.items()}
+    try:
+        for client in clients.values():  # warm each connection and server path
+            for text in texts[:3]:
+                client.embed([text])
+        latencies: dict[str, list[float]] = {name: [] for name in clients}
+        for i in range(n):
+            order = list(clients) if i % 2 == 0 else list(reversed(clients))
+            for name in order:
+                time.sleep(pause)
+                seconds, _ = clients[name].embed([texts[i % len(texts)]])
+                latencies[name].append(seconds * 1000)
+        return latencies
+    finally:
+        for client in clients.values():
+            client.close()
 
 
 def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -38,10 +38,10 @@ def child_env() -> dict[str, str]:
 class Server:
     """A child process whose stdout lines are collected; its stderr goes to ``log_path``."""
 
-    def __init__(self, argv: list[str], log_path: Path) -> None:
+    def __init__(self, argv: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
         self.log_path = log_path
         self._log: IO[str] = open(log_path, "w")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(argv, cwd=ROOT, env=child_env(), stdout=subprocess.PIPE, stderr=self._log,
+        self.proc = subprocess.Popen(argv, cwd=ROOT, env=env or child_env(), stdout=subprocess.PIPE, stderr=self._log,
                                      stdin=subprocess.DEVNULL, text=True, bufsize=1)
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)

@@ -125,8 +125,24 @@ def machine() -> dict[str, Any]:
         pass
     from worker.devices import physical_cores
 
+    flags = cpu_flags()
     return {"cpu": model, "logical_cpus": os.cpu_count(), "physical_cores": physical_cores(),
-            "python": platform.python_version(), "platform": platform.platform()}
+            "python": platform.python_version(), "platform": platform.platform(),
+            "flags": sorted(flags & MATRIX_FLAGS), "native_bf16": bool(flags & {"avx512_bf16", "amx_bf16"})}
+
+
+# the CPU flags that decide how fast a matrix product is in each number format
+MATRIX_FLAGS = frozenset({"avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile",
+                          "amx_bf16", "amx_int8", "avx_vnni"})
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (/proc/cpuinfo; empty where it cannot be read)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            return next((set(line.split(":", 1)[1].split()) for line in f if line.startswith("flags")), set())
+    except OSError:
+        return set()
 
 
 def main(argv: list[str] | None = None) -> int:

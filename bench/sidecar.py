@@ -40,7 +40,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `python bench/sidecar.py` from anywhere
 
 from bench import corpus, procs
-from bench.load import SHAPES, Client, cosine_rows, run_shape
+from bench.load import EMBED, SHAPES, cosine_rows, interleaved_lone, run_shape
 from bench.run import DEFAULT_MODEL, RESULTS, machine, reference_path
 
 
@@ -70,9 +70,10 @@ def token_lengths(model_path: str, texts: list[str]) -> list[int]:
     return [len(e.ids) for e in tokenizer.encode_batch(pipeline.cased(texts), add_special_tokens=True)]
 
 
-def matmul_peak() -> dict[str, Any]:
-    out = subprocess.run([sys.executable, str(Path(__file__).parent / "matmul_peak.py")], capture_output=True,
-                         text=True, check=True, env=procs.child_env())
+def matmul_peak(dtype: str = "fp32", n: int = 2048) -> dict[str, Any]:
+    """bench/matmul_peak.py's figure for ``dtype``, measured in a child process (the bench never imports torch)."""
+    out = subprocess.run([sys.executable, str(Path(__file__).parent / "matmul_peak.py"), "--dtype", dtype,
+                          "--n", str(n)], capture_output=True, text=True, check=True, env=procs.child_env())
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -80,15 +81,18 @@ def matmul_peak() -> dict[str, Any]:
 class Side:
     """How to start one of the two servers on a port of its own."""
 
-    def __init__(self, name: str, argv: list[str]) -> None:
+    def __init__(self, name: str, argv: list[str], env: dict[str, str] | None = None,
+                 log_path: Path | None = None) -> None:
         self.name = name
         self.argv = argv
+        self.env = env  # None: procs.child_env()
+        self.log_path = log_path or RESULTS / f"sidecar-{name}.log"
 
     def start(self, port: int) -> tuple[procs.Server, float]:
         """Start it; return it and the seconds to its first 200 from /health."""
         argv = [a.replace("{port}", str(port)) for a in self.argv]
         began = time.monotonic()
-        server = procs.Server(argv, RESULTS / f"sidecar-{self.name}.log")
+        server = procs.Server(argv, self.log_path, self.env)
         server.port = port
         try:
             procs.wait_healthy(port, 600, server, interval=0.02)  # polled often: the seconds are the figure
@@ -104,25 +108,6 @@ def cpu_seconds(pid: int) -> float:
 
 def tree_pss(pid: int) -> dict[str, float]:
     return {role: round(u["pss_mb"], 1) for role, u in procs.usage(pid).items()}
-
-
-def interleaved_lone(ports: dict[str, int], queries: list[str], n: int, pause: float = 0.05) -> dict[str, list]:
-    clients = {name: Client(port) for name, port in ports.items()}
-    try:
-        for client in clients.values():  # warm each connection and server path
-            for text in queries[:3]:
-                client.embed([text])
-        latencies: dict[str, list[float]] = {name: [] for name in clients}
-        for i in range(n):
-            order = list(clients) if i % 2 == 0 else list(reversed(clients))  # neither always goes first
-            for name in order:
-                time.sleep(pause)
-                seconds, _ = clients[name].embed([queries[i % len(queries)]])
-                latencies[name].append(seconds * 1000)
-        return latencies
-    finally:
-        for client in clients.values():
-            client.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -179,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         report["cluster_info"]["workers"] = [{k: w.get(k) for k in ("id", "backend", "compute_threads")}
                                              for w in info.get("workers") or []]
         log("lone text, interleaved ...")
-        lone = interleaved_lone({n: s.port for n, s in servers.items()}, queries, args.light)
+        lone = interleaved_lone({n: (s.port, EMBED) for n, s in servers.items()}, queries, args.light)
         report["lone_ms"] = {n: {"p50": round(statistics.median(v), 2), "p95": round(float(np.percentile(v, 95)), 2)}
                              for n, v in lone.items()}
         log(f"  {report['lone_ms']}")
