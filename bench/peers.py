@@ -11,15 +11,16 @@ The rows (:data:`PEERS`; ``--peers`` takes their names or groups, default all):
 - ``st-fp32``, ``st-bf16`` (group ``st``): in-process ``SentenceTransformer.encode(batch_size=32)``
   (bench/inprocess.py in a child process); st-fp32's vectors are the reference of every cosine;
 - ``up``, ``up-torch`` (group ``cluster``): ``embed-cluster up`` with its defaults, and with
-  ``--backend torch``.
+  ``--backend torch`` (both with the request deadline lifted to the load client's: :data:`UP_DEADLINE`).
 
 The columns: texts/s in the three shapes of bench/load.py (each server in turn, shape by shape, so that the
 machine's drift is shared); the p50 of a lone long text (interleaved: sent to each server in turn); the PSS of
-each server's process tree after the shapes; the median of ``--starts`` timed starts to the first 200 from
-``/health`` (after one untimed start of each, so that each finds a warm disk cache and the cluster its ONNX
-export); the worst cosine of its vectors to st-fp32's. Beside them, the fp32 and bf16 matmul peaks measured in
-the same run (bench/matmul_peak.py) over the model's FLOPs a text, each served figure as a fraction of the bf16
-limit, and issue 19's targets for the default ``up`` with pass or fail (bench/peers_table.py).
+each server's process tree, loaded (the lone texts served) and after the shapes; the median of ``--starts``
+timed starts to the first 200 from ``/health`` (after one untimed start of each, so that each finds a warm disk
+cache and the cluster its ONNX export); the worst cosine of its vectors to st-fp32's. Beside them, the fp32 and
+bf16 matmul peaks measured in the same run (bench/matmul_peak.py) over the model's FLOPs a text, each served
+figure as a fraction of the bf16 limit, and issue 19's targets for the default ``up`` with pass or fail
+(bench/peers_table.py).
 
 On a CPU without native bf16 (no AVX512-BF16 or AMX) the bf16 rows are skipped and say so, unless
 ``--bf16 always``. ``--quick`` is a smoke run (few texts, one start each, small matrices): its figures only show
@@ -88,10 +89,17 @@ def _infinity(dtype: str) -> Callable[[Setup], Launch]:
     return launch
 
 
+ENGINE_FACTS = ("backend", "precision", "device", "engine", "fidelity")  # those of /info's that it has
+
+# The peers have no request deadline; the cluster's (--request-timeout) is lifted to the load client's own, so
+# that a machine busy with other work slows every row alike instead of failing only ours.
+UP_DEADLINE = ("--request-timeout", "300")
+
+
 def _up(*extra: str) -> Callable[[Setup], Launch]:
     def launch(setup: Setup) -> Launch:
         return Launch([sys.executable, "-m", "supervisor.cli", "up", "--port", "{port}", "--model", setup.model,
-                       *setup.up_args, *extra], None, EMBED)
+                       *UP_DEADLINE, *setup.up_args, *extra], None, EMBED)
     return launch
 
 
@@ -131,8 +139,14 @@ class Running:
     peer: Peer
     side: Side
     api: Api
-    server: procs.Server | None = None
+    server: procs.Server | None = None  # the last start's, kept for the measurements
     starts: list[float] = field(default_factory=list)
+
+    @property
+    def live(self) -> procs.Server:
+        if self.server is None:
+            raise RuntimeError(f"{self.peer.name} is not running")
+        return self.server
 
 
 def long_texts(n: int) -> list[str]:
@@ -256,21 +270,23 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for item in running:
             rows[item.peer.name]["start_s"] = item.starts
-        if any(item.peer.name.startswith("up") for item in running):
-            report["cluster_info"] = {item.peer.name: procs.get_json(item.server.port, "/info")  # type: ignore[union-attr]
-                                      for item in running if item.peer.group == "cluster"}
+        for item in running:
+            if item.peer.group == "cluster":  # what it chose to serve on, for the table's notes
+                info = procs.get_json(item.live.port, "/info")
+                rows[item.peer.name]["engine"] = {k: info[k] for k in ENGINE_FACTS if k in info}
         log("lone text, interleaved ...")
-        latencies = interleaved_lone({i.peer.name: (i.server.port, i.api) for i in running  # type: ignore[union-attr]
-                                      }, lone, n_light)
+        latencies = interleaved_lone({i.peer.name: (i.live.port, i.api) for i in running}, lone, n_light)
         for name, values in latencies.items():
             rows[name]["lone_p50_ms"] = round(statistics.median(values), 2)
             rows[name]["lone_p95_ms"] = round(float(np.percentile(values, 95)), 2)
+        for item in running:  # loaded: what a desktop app holds while it idles
+            rows[item.peer.name]["pss_loaded_mb"] = round(sum(tree_pss(item.live.proc.pid).values()), 1)
         for shape in SHAPES:
             log(f"{shape.name} ...")
             for item in list(running):
                 row = rows[item.peer.name]
                 try:
-                    result = run_shape(item.server.port, texts, shape, item.api)  # type: ignore[union-attr]
+                    result = run_shape(item.live.port, texts, shape, item.api)
                 except LoadError as exc:
                     log(f"  {item.peer.name}: failed: {exc}")
                     row["note"] = f"failed under load: {exc}"
@@ -284,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
                     row["min_cosine"] = round(min(worst, row.get("min_cosine", 1.0)), 6)
                 log(f"  {item.peer.name}: {result.texts_per_s:.1f} texts/s")
         for item in running:
-            parts = tree_pss(item.server.proc.pid)  # type: ignore[union-attr]
+            parts = tree_pss(item.live.proc.pid)
             rows[item.peer.name].update(pss_mb=round(sum(parts.values()), 1), pss_parts_mb=parts)
     finally:
         for item in running:

@@ -27,7 +27,7 @@ def test_a_quick_run_measures_the_seed_and_up_side_by_side(tmp_path: Path) -> No
     for row in rows.values():
         assert "note" not in row, row["note"]
         assert set(row["shapes"]) == set(report["shapes"]) and min(row["shapes"].values()) > 0
-        assert row["lone_p50_ms"] > 0 and row["pss_mb"] > 0 and len(row["start_s"]) == 1
+        assert row["lone_p50_ms"] > 0 and row["pss_loaded_mb"] > 0 and row["pss_mb"] > 0 and len(row["start_s"]) == 1
     # no st-fp32 row: the seed's own vectors (sentence-transformers fp32) are the reference
     assert rows["seed"]["min_cosine"] == pytest.approx(1.0, abs=1e-6)
     assert rows["up"]["min_cosine"] > 0.999
@@ -37,4 +37,4 @@ def test_a_quick_run_measures_the_seed_and_up_side_by_side(tmp_path: Path) -> No
     assert table in run.stdout and "| **embed-cluster `up`** |" in table
     verdicts = {line.split("|")[1].strip(): line.split("|")[4].strip()
                 for line in table.splitlines() if line.startswith("| ") and " x the seed design |" in line}
-    assert len(verdicts) == len(report["shapes"]) + 3 and set(verdicts.values()) <= {"pass", "FAIL"}
+    assert len(verdicts) == len(report["shapes"]) + 4 and set(verdicts.values()) <= {"pass", "FAIL"}

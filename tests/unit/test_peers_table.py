@@ -17,7 +17,7 @@ SHAPES = ["1 client x 32 texts", "32 clients x 1 text", "8 clients x 1-64 texts"
 
 def server(name: str, rates: list[float], lone: float, pss: float, starts: list[float], cosine: float) -> dict:
     return {"name": name, "label": f"label of {name}", "shapes": dict(zip(SHAPES, rates, strict=True)),
-            "lone_p50_ms": lone, "pss_mb": pss, "start_s": starts, "min_cosine": cosine}
+            "lone_p50_ms": lone, "pss_loaded_mb": pss * 0.8, "pss_mb": pss, "start_s": starts, "min_cosine": cosine}
 
 
 def report(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -62,7 +62,8 @@ def test_each_ratio_is_the_one_the_issue_names(full: dict[str, Any]) -> None:
     assert got["lone text p50: x the seed design"]["values"]["up"] == pytest.approx(0.2)
     # the best other server is infinity-bf16's 12 ms, not the seed's 20
     assert got["lone text p50: x the best other server"]["values"]["up"] == pytest.approx(4 / 12)
-    assert got["tree PSS after load: x the seed design"]["values"]["up"] == pytest.approx(0.5)
+    assert got["tree PSS, loaded: x the seed design"]["values"]["up"] == pytest.approx(0.5)
+    assert got["tree PSS after the shapes: x the seed design"]["values"]["up"] == pytest.approx(0.5)
     assert got["warm start: x the seed design"]["values"]["up"] == pytest.approx(2.5 / 5.0)  # medians
     assert got["worst cosine to sentence-transformers fp32"]["values"]["up"] == pytest.approx(0.9996)
     # the other embed-cluster rows are shown beside, and judged by nobody
@@ -80,8 +81,9 @@ def test_each_verdict_follows_its_bound(full: dict[str, Any]) -> None:
     up = next(row for row in slower["rows"] if row["name"] == "up")
     up.update(lone_p50_ms=9.0, pss_mb=700.0, min_cosine=0.999)
     got = by_target(slower)
+    assert got["tree PSS, loaded: x the seed design"]["verdict"] == "pass"  # 400 of 800
     assert got["lone text p50: x the seed design"]["verdict"] == "FAIL"
-    assert got["tree PSS after load: x the seed design"]["verdict"] == "FAIL"
+    assert got["tree PSS after the shapes: x the seed design"]["verdict"] == "FAIL"
     assert got["worst cosine to sentence-transformers fp32"]["verdict"] == "FAIL"
 
 
@@ -105,10 +107,11 @@ def test_the_table_has_a_row_per_peer_and_a_column_per_figure(full: dict[str, An
     assert "flags: avx2 amx_bf16; native bf16: yes" in lines
     header = next(line for line in lines if line.startswith("| texts/s |"))
     assert [cell.strip() for cell in header.strip("|").split("|")][1:] == \
-        [*SHAPES, "lone text p50 ms", "tree PSS MB", "warm start s", "worst cosine to ST fp32"]
+        [*SHAPES, "lone text p50 ms", "PSS MB, loaded", "PSS MB, after the shapes", "warm start s",
+         "worst cosine to ST fp32"]
     up = next(line for line in lines if line.startswith("| label of up |"))
     assert [cell.strip() for cell in up.strip("|").split("|")][1:] == \
-        ["260.0", "200.0", "180.0", "4.0", "500", "2.50", "0.999600"]
+        ["260.0", "200.0", "180.0", "4.0", "400", "500", "2.50", "0.999600"]
     st = next(line for line in lines if line.startswith("| st bf16 |"))
     assert [cell.strip() for cell in st.strip("|").split("|")][1:4] == ["200.0", "", ""]
     fraction = next(line for line in lines if line.startswith("| label of up-torch |") and "0.1" in line)
