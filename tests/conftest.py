@@ -22,10 +22,13 @@ from typing import Any
 import pytest
 import requests
 
+from embed_common import events, progress
+
 ROOT = Path(__file__).resolve().parent.parent
 MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+progress.STRICT = True  # an event off the table (embed_common/events.py) raises where it is emitted
 
 
 def free_port() -> int:
@@ -97,6 +100,8 @@ class Process:
         if self.proc.stdout is not None:
             self.proc.stdout.close()
         self._stderr.close()
+        off_table = [wrong for event in self.events for wrong in events.problems(event["type"], event["data"])]
+        assert not off_table, f"events off the table (embed_common/events.py): {off_table}"
         return self.proc.returncode
 
 
