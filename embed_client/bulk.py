@@ -32,7 +32,7 @@ from embed_client.bulk_store import Store, StoreError
 from embed_client.client import HTTP_ERROR, EmbedClient, EmbedError
 from embed_common import progress
 from embed_common.exits import ExitCode
-from embed_common.settings import DEFAULT_URL
+from embed_common.settings import default
 
 log = logging.getLogger(__name__)
 
@@ -43,13 +43,13 @@ REQUEST_CHARS = 50_000  # characters of text a /embed/chunks request carries at 
 class BulkSettings:
     paths: tuple[str, ...]
     out: Path
-    url: str = DEFAULT_URL
-    format: str = "npy"
-    chunk_tokens: int | None = None
-    overlap_tokens: int | None = None
+    url: str = default("url", "embed")
+    format: str = default("format", "embed")
+    chunk_tokens: int | None = default("chunk-tokens", "embed")
+    overlap_tokens: int | None = default("overlap-tokens", "embed")
     normalize: bool = True
-    concurrency: int = 4  # files in flight
-    timeout: float = 120.0  # seconds a request may take (the server's own limit is usually shorter)
+    concurrency: int = default("concurrency", "embed")  # files in flight
+    timeout: float = default("timeout", "embed")  # seconds a request may take (the server's is usually shorter)
     api_key: str | None = None
     progress_bar: bool = True
 

@@ -193,6 +193,19 @@ def values(args: argparse.Namespace, settings: Iterable[Setting]) -> dict[str, A
     return {s.dest: getattr(args, s.dest) for s in settings}
 
 
+def settings_of(cls: type, args: argparse.Namespace, part: str, **given: Any) -> Any:
+    """A part's settings dataclass ``cls`` from parsed arguments: every field named as a setting of ``part`` is
+    that setting's value; ``given`` holds the rest (a field named otherwise, or made from several settings).
+    A field that is neither keeps its dataclass default."""
+    dests = {s.dest for s in for_part(part)}
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(given) - names)
+    if unknown:
+        raise TypeError(f"{cls.__name__} has no field(s) {', '.join(unknown)}")
+    taken = {name: getattr(args, name) for name in names & dests if name not in given}
+    return cls(**taken, **given)
+
+
 def limits_of(args: argparse.Namespace) -> Any:
     """The front's Limits from parsed arguments."""
     return Limits(**values(args, LIMITS))

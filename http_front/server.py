@@ -199,9 +199,10 @@ def raise_open_files_limit(needed: int) -> None:
             log.warning("could not raise the open-files limit from %d to %d", soft, target)
 
 
-def make_server(app: Any, host: str, port: int, threads: int, max_body_bytes: int, max_connections: int = 1000,
-                idle_timeout: float = 30.0, max_queued: int = 64) -> FrontServer:
-    """The server, bound and listening; raises OSError when ``host:port`` cannot be bound."""
+def make_server(app: Any, host: str, port: int, threads: int, max_body_bytes: int, max_connections: int,
+                idle_timeout: float, max_queued: int) -> FrontServer:
+    """The server, bound and listening; raises OSError when ``host:port`` cannot be bound. The limits come from
+    the front's Limits (embed_common/settings.py), which has their defaults."""
     raise_open_files_limit(max_connections + 256)
     adj = Adjustments(host=host, port=port, threads=threads, ident="embed-cluster",
                       max_request_body_size=max_body_bytes, channel_timeout=idle_timeout,

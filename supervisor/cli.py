@@ -119,6 +119,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     check_environment()
+    if getattr(args, "lan", None) and not args.keys:  # up and broker
+        sys.exit("embed-cluster: --lan needs --keys DIR (create it with: embed-cluster keys init DIR)")
     configure_logging(args.log_level)
     if args.command == "up":
         return run_up(args)
@@ -167,10 +169,9 @@ def run_embed(args: argparse.Namespace) -> int:
 
     if args.concurrency < 1:
         sys.exit("embed-cluster: --concurrency must be at least 1")
-    settings = BulkSettings(paths=tuple(args.paths), out=Path(args.output), url=args.url, format=args.format,
-                            chunk_tokens=args.chunk_tokens, overlap_tokens=args.overlap_tokens,
-                            normalize=not args.no_normalize, concurrency=args.concurrency, timeout=args.timeout,
-                            api_key=os.environ.get("EMBED_API_KEY") or None, progress_bar=not args.no_progress)
+    settings = table.settings_of(BulkSettings, args, "embed", paths=tuple(args.paths), out=Path(args.output),
+                                 normalize=not args.no_normalize, progress_bar=not args.no_progress,
+                                 api_key=os.environ.get("EMBED_API_KEY") or None)
     return run(settings)
 
 
@@ -178,14 +179,9 @@ def run_up(args: argparse.Namespace) -> int:
     from embed_common import lifeline
     from supervisor.supervisor import ClusterSettings, Supervisor
 
-    if args.lan and not args.keys:
-        sys.exit("embed-cluster: --lan needs --keys DIR (create it with: embed-cluster keys init DIR)")
     check_bind(args.host, args.insecure)  # the key directory is checked by the supervisor (startup_failed)
-    settings = ClusterSettings(
-        host=args.host, port=args.port, workers=args.workers, model=args.model, device=args.device,
-        precision=args.precision, threads=args.threads, compute_threads=args.compute_threads,
-        backend=args.backend, lan=args.lan, keys=args.keys,
-        shutdown_grace=args.shutdown_grace,
+    settings = table.settings_of(
+        ClusterSettings, args, "up",
         # everything else up takes goes on to the children that take it, as the table says
         extra_front_args=tuple(table.child_argv(args, "front")),
         extra_broker_args=tuple(table.child_argv(args, "broker")),
@@ -201,15 +197,12 @@ def run_broker(args: argparse.Namespace) -> int:
     from broker.main import run
     from embed_common.models import parse_models
 
-    if args.lan and not args.keys:
-        sys.exit("embed-cluster: --lan needs --keys DIR (create it with: embed-cluster keys init DIR)")
     if args.lan:
         check_keys(keys_dir=args.keys)
     lan = f"tcp://{args.lan}" if args.lan and "://" not in args.lan else args.lan
-    settings = BrokerSettings(client_address=args.clients, worker_address=args.workers_address,
-                              lan_address=lan, keys_dir=args.keys,
-                              models=parse_models(args.expect_model) if args.expect_model else (),
-                              max_queue_texts=args.max_queue_texts, job_lease=args.job_lease)
+    settings = table.settings_of(BrokerSettings, args, "broker", client_address=args.clients,
+                                 worker_address=args.workers_address, lan_address=lan, keys_dir=args.keys,
+                                 models=parse_models(args.expect_model) if args.expect_model else ())
     return run(settings, args.parent_pid)
 
 
@@ -228,10 +221,8 @@ def run_front(args: argparse.Namespace) -> int:
     from http_front.main import FrontSettings, run
 
     api_key = check_bind(args.host, args.insecure)
-    settings = FrontSettings(broker=args.broker, host=args.host, port=args.port, threads=args.http_threads,
-                             limits=table.limits_of(args), shutdown_grace=args.shutdown_grace,
-                             parent_pid=args.parent_pid, api_key=api_key, cache=args.cache,
-                             cache_max_bytes=args.cache_max_bytes)
+    settings = table.settings_of(FrontSettings, args, "front", threads=args.http_threads,
+                                 limits=table.limits_of(args), api_key=api_key)
     return run(settings)
 
 
@@ -250,11 +241,7 @@ def run_worker(args: argparse.Namespace) -> int:
             logging.getLogger(__name__).warning(
                 "--broker %s is not on this machine but no --broker-key/--key is given: a broker's --lan port "
                 "speaks CurveZMQ and will not hear this worker", args.broker)
-    settings = WorkerSettings(broker=args.broker, model=args.model, device=args.device,
-                              precision=args.precision, threads=args.threads,
-                              compute_threads=args.compute_threads, backend=args.backend, capacity=args.capacity,
-                              token_budget=args.token_budget, worker_id=args.worker_id,
-                              broker_key=args.broker_key, key=args.key, parent_pid=args.parent_pid)
+    settings = table.settings_of(WorkerSettings, args, "worker")
     return run(settings)
 
 

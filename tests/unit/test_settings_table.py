@@ -70,3 +70,27 @@ def test_a_part_dataclass_starts_from_the_table() -> None:
     assert WorkerSettings("x").model == ClusterSettings().model == table.DEFAULT_MODEL
     assert BrokerSettings("a", "b").max_queue_texts == table.default("max-queue-texts", "broker")
     assert FrontSettings("x").threads == table.default("http-threads", "front")
+
+
+def test_a_parts_settings_are_built_through_the_table() -> None:
+    from broker.broker import BrokerSettings
+    from worker.worker import WorkerSettings
+
+    args = cli.build_parser().parse_args(["worker", "--broker", "tcp://h:1", "--capacity", "64", "--threads", "3",
+                                          "--worker-id", "w7", "--parent-pid", "9"])
+    worker = table.settings_of(WorkerSettings, args, "worker")
+    assert (worker.broker, worker.capacity, worker.threads, worker.worker_id, worker.parent_pid) == (
+        "tcp://h:1", 64, 3, "w7", 9)
+    assert worker.max_batch == WorkerSettings("x").max_batch  # not a setting: the dataclass default
+    args = cli.build_parser().parse_args(["broker", "--max-queue-texts", "5", "--job-lease", "7"])
+    broker = table.settings_of(BrokerSettings, args, "broker", client_address="a", worker_address="b")
+    assert (broker.max_queue_texts, broker.job_lease, broker.client_address) == (5, 7.0, "a")
+    with pytest.raises(TypeError, match="no field"):
+        table.settings_of(BrokerSettings, args, "broker", client_address="a", worker_address="b", colour=1)
+
+
+def test_lan_needs_keys_is_refused_by_up_and_broker_alike(capsys: pytest.CaptureFixture[str]) -> None:
+    for command in ("up", "broker"):
+        with pytest.raises(SystemExit) as stopped:
+            cli.main([command, "--lan", "0.0.0.0:8424"])
+        assert "--lan needs --keys" in str(stopped.value.code), command
