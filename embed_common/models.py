@@ -1,4 +1,4 @@
-"""Model-name rules and vector rows, the same in every part (the default model id: embed_common/settings.py).
+"""Model-name rules and the models a cluster serves, the same in every part (the default: embed_common/settings.py).
 
 A cluster serves one or more models, each with its own pool of workers. ``up --model`` (and the broker's
 ``--expect-model``) take them as one comma-separated list of ``[ALIAS=]ID_OR_PATH``; the first is the default
@@ -10,20 +10,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-import numpy as np
-
 ALIAS = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 def short_name(model_id: str) -> str:
     """The comparable name of a model id or local path (the seed's ``model``): its last path component."""
     return model_id.rstrip("/\\").replace("\\", "/").rsplit("/", 1)[-1]
-
-
-def normalize_rows(vectors: np.ndarray) -> np.ndarray:
-    """Each row scaled to unit length (a zero row stays zero)."""
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return vectors / np.maximum(norms, 1e-12)
 
 
 @dataclass(frozen=True)

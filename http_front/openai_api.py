@@ -17,8 +17,8 @@ from typing import Any
 import falcon
 import numpy as np
 
-from embed_common.models import normalize_rows
 from embed_common.protocol import JobOptions
+from embed_common.vectors import normalize_rows
 from http_front.embed_cache import CACHE_HEADER, header_allows
 from http_front.errors import ApiError
 from http_front.parsing import check_texts, read_json

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from embed_common.models import normalize_rows
+from embed_common.vectors import normalize_rows
 from worker import precision
 from worker.cache import cache_root, content_key, model_fingerprint, package_version
 

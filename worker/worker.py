@@ -24,9 +24,9 @@ import zmq
 
 from embed_common import VERSION, protocol, sockets
 from embed_common.exits import ExitCode
-from embed_common.models import normalize_rows
 from embed_common.protocol import ChunkOption, Command, Encoding, ErrorCode, JobOptions, ProtocolError
 from embed_common.settings import default
+from embed_common.vectors import normalize_rows
 from worker import heap
 from worker.batch_stats import BatchSizes
 from worker.batching import CostModel, PendingJob, Pool, default_cost_model
@@ -57,7 +57,7 @@ class WorkerSettings:
     parent_pid: int = 0
 
 
-class ComputeThread:
+class ComputeThreads:
     """Encodes the jobs it holds in cross-request batches on ``threads`` compute threads over one model;
     reports each finished job through ``done``.
 
@@ -249,7 +249,7 @@ class WorkerLoop:
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         budget = settings.token_budget or default_token_budget(embedder.device)
-        self.compute = ComputeThread(embedder, budget, settings.max_batch, self._wake_w,
+        self.compute = ComputeThreads(embedder, budget, settings.max_batch, self._wake_w,
                                      threads=settings.compute_threads or 1)
         self.capacity = settings.capacity or default_capacity(embedder.device)
         self.sock: zmq.Socket | None = None

@@ -22,7 +22,7 @@ from worker.batching import (
     share_of,
 )
 from worker.embedder import FakeEmbedder, normalize_rows
-from worker.worker import ComputeThread
+from worker.worker import ComputeThreads
 
 
 def job(job_id: str, lengths: list[int], dim: int = 4) -> PendingJob:
@@ -139,7 +139,7 @@ def wake() -> Iterator[socket.socket]:
     w.close()
 
 
-def wait_done(compute: ComputeThread, count: int) -> dict[str, tuple]:
+def wait_done(compute: ComputeThreads, count: int) -> dict[str, tuple]:
     eventually(lambda: len(compute.done) >= count, f"{count} jobs finished", timeout=30, interval=0.005)
     return {job.job_id if job is not None else error["job"]: (job, error) for job, error in compute.done}
 
@@ -157,7 +157,7 @@ def test_compute_thread_answers_every_job_in_order_like_one_at_a_time(wake: sock
     rng = random.Random(1)
     jobs = {f"j{i}": [words(rng, rng.choice([1, 3, 10, 28])) for _ in range(rng.randint(1, 20))] for i in range(15)}
     embedder = FakeEmbedder(dim=8, max_tokens=32, delay_per_token=1e-5)
-    compute = ComputeThread(embedder, token_budget=256, max_batch=16, wake=wake, threads=threads)
+    compute = ComputeThreads(embedder, token_budget=256, max_batch=16, wake=wake, threads=threads)
     for job_id, texts in jobs.items():  # queued before the thread starts: one pool of every job
         compute.submit(header(job_id, texts, normalize=job_id != "j0"))
     compute.start()
@@ -182,7 +182,7 @@ class FailingEmbedder(FakeEmbedder):
 
 
 def test_a_failed_batch_fails_its_jobs_and_the_thread_goes_on(wake: socket.socket) -> None:
-    compute = ComputeThread(FailingEmbedder(dim=4, max_tokens=64), token_budget=4096, max_batch=64, wake=wake)
+    compute = ComputeThreads(FailingEmbedder(dim=4, max_tokens=64), token_budget=4096, max_batch=64, wake=wake)
     compute.submit(header("bad", ["short", " ".join(["long"] * 30)]))
     compute.submit(header("good", ["fine", "also fine"]))
     compute.start()
@@ -198,7 +198,7 @@ def test_a_failed_batch_fails_its_jobs_and_the_thread_goes_on(wake: socket.socke
 
 def test_jobs_from_before_a_reset_are_dropped(wake: socket.socket) -> None:
     embedder = FakeEmbedder(dim=4)
-    compute = ComputeThread(embedder, token_budget=4096, max_batch=64, wake=wake)
+    compute = ComputeThreads(embedder, token_budget=4096, max_batch=64, wake=wake)
     compute.submit(header("stale", ["requeued elsewhere by the broker"]))
     compute.reset()
     compute.submit(header("fresh", ["new registration"]))
@@ -214,7 +214,7 @@ def test_jobs_from_before_a_reset_are_dropped(wake: socket.socket) -> None:
 
 
 def test_input_errors_are_answered_at_submit(wake: socket.socket) -> None:
-    compute = ComputeThread(FakeEmbedder(dim=4, max_tokens=5), token_budget=4096, max_batch=64, wake=wake)
+    compute = ComputeThreads(FakeEmbedder(dim=4, max_tokens=5), token_budget=4096, max_batch=64, wake=wake)
     compute.submit({**header("long", ["a b c d e f g h"]), "options": {"truncate": False}})
     job, error = compute.done.popleft()  # answered on the submitting thread, before any compute
     assert job is None and error["code"] == "INPUT_TOO_LONG" and error["indices"] == [0]
@@ -222,7 +222,7 @@ def test_input_errors_are_answered_at_submit(wake: socket.socket) -> None:
 
 def test_idle_compute_threads_share_one_request_that_fits_one_batch(wake: socket.socket) -> None:
     embedder = FakeEmbedder(dim=4, max_tokens=64, delay_per_token=2e-4)
-    compute = ComputeThread(embedder, token_budget=4096, max_batch=64, wake=wake, threads=2)
+    compute = ComputeThreads(embedder, token_budget=4096, max_batch=64, wake=wake, threads=2)
     compute.start()
     try:
         # both threads idle, as between a search box's queries

@@ -15,7 +15,7 @@ from embed_common.protocol import ChunkOption
 from tests.conftest import eventually
 from worker.chunking import ChunkPlan, chunk_spans, chunk_texts
 from worker.embedder import FakeEmbedder
-from worker.worker import ComputeThread
+from worker.worker import ComputeThreads
 
 
 def spans_of(text: str) -> list[tuple[int, int]]:
@@ -152,7 +152,7 @@ def test_the_chunk_option_rejects_bad_values(options: object, mentions: str) -> 
 
 def run_jobs(embedder: FakeEmbedder, headers: list[dict]) -> dict[str, tuple]:
     wake_r, wake_w = socket.socketpair()
-    compute = ComputeThread(embedder, token_budget=4096, max_batch=64, wake=wake_w)
+    compute = ComputeThreads(embedder, token_budget=4096, max_batch=64, wake=wake_w)
     compute.start()
     try:
         for header in headers:
