@@ -2,13 +2,15 @@
 
 The supervisor reads a child's status by it (a worker the broker REFUSED is not restarted), and every part
 returns one of these, never a bare number (tests/unit/test_exits.py checks the source). To add a code: a row
-here, then ``return ExitCode.NAME`` where it is decided. A signal's death reads as its negative number
+here, ``return ExitCode.NAME`` where it is decided, and ``python -m embed_common.exits`` pasted into
+docs/exit-codes.md (the test says when it is stale). A signal's death reads as its negative number
 (-9: SIGKILL) in the supervisor, as Python's ``returncode`` gives it; that is not ours to number.
 """
 
 from __future__ import annotations
 
 import enum
+import sys
 from dataclasses import dataclass
 
 
@@ -21,7 +23,7 @@ class ExitSpec:
 
 
 TABLE: tuple[ExitSpec, ...] = (
-    ExitSpec("OK", 0, "every command", "done, or stopped when asked (SIGTERM, SIGINT)"),
+    ExitSpec("OK", 0, "every command", "done, or (up, a part) stopped when asked: SIGTERM, SIGINT"),
     ExitSpec("FAILED", 1, "up, front, doctor, embed, any part", "`up` could not start (its `startup_failed` event "
              "says why), the front cannot bind its port, a `doctor` check failed, `embed` skipped a file or the "
              "cluster failed, a part's parent is gone, or a bad setting (the message says which)"),
@@ -35,3 +37,14 @@ TABLE: tuple[ExitSpec, ...] = (
 
 # The codes as an enum (ExitCode.REFUSED == 3), made from the table.
 ExitCode = enum.IntEnum("ExitCode", [(spec.name, spec.code) for spec in TABLE])  # type: ignore[misc]
+
+
+def table_markdown() -> str:
+    """docs/exit-codes.md's table."""
+    rows = ["| code | name | who | meaning |", "|---|---|---|---|"]
+    rows += [f"| {spec.code} | `{spec.name}` | {spec.parts} | {spec.meaning} |" for spec in TABLE]
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    sys.stdout.write(table_markdown() + "\n")

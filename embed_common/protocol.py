@@ -85,7 +85,8 @@ class ProtocolError(ValueError):
     """A frame list that is not a valid message; the receiver logs and drops it."""
 
 
-# Required header fields per command and their types; extra fields are allowed (forward compatible).
+# Required header fields per command and their types; extra fields are allowed (forward compatible). A SUBMIT's
+# or JOB's optional ``options`` map is checked by JobOptions.read (below), field by field.
 FIELDS: dict[Command, dict[str, type | tuple[type, ...]]] = {
     Command.READY: {"model": str, "dim": int, "device": str, "capacity": int},
     Command.WELCOME: {"broker_id": str},

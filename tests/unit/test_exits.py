@@ -6,7 +6,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-from embed_common.exits import TABLE, ExitCode
+from embed_common.exits import TABLE, ExitCode, table_markdown
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("broker", "worker", "http_front", "embed_common", "supervisor", "embed_client")
@@ -53,3 +53,9 @@ def test_the_enum_is_the_table() -> None:
     assert [(c.name, c.value) for c in ExitCode] == [(s.name, s.code) for s in TABLE]
     assert len({s.code for s in TABLE}) == len(TABLE) and all(s.meaning and s.parts for s in TABLE)
     assert ExitCode.OK == 0 and ExitCode.REFUSED == 3  # the numbers a shell, docker and older scripts see
+
+
+def test_the_docs_table_is_the_exit_table() -> None:
+    text = (ROOT / "docs" / "exit-codes.md").read_text()
+    rows = "\n".join(line for line in text.splitlines() if line.startswith("|"))
+    assert rows == table_markdown(), "paste `python -m embed_common.exits` into docs/exit-codes.md"
