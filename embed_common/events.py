@@ -55,16 +55,20 @@ class EventSpec:
 
 TABLE: tuple[EventSpec, ...] = (
     # the seed's events, once for the cluster (a worker prints them for itself; up relays the first worker's)
-    EventSpec("model_cached", "worker", "model: string; worker?: string",
+    # (once per model: ``alias`` names it where the cluster serves several, embed_common/models.py)
+    EventSpec("model_cached", "worker", "model: string; alias?: string; worker?: string",
               "the first worker found the model on disk (bundled, local path or HF cache)"),
-    EventSpec("download_started", "worker", "model: string; worker?: string", "the first worker must download it"),
+    EventSpec("download_started", "worker", "model: string; alias?: string; worker?: string",
+              "the first worker must download it"),
     EventSpec("download_progress", "worker", "model: string; file: string; files_done: number; files_total: number; "
-              "bytes_done: number; bytes_total: number; worker?: string", "after each downloaded file"),
-    EventSpec("model_loaded", "supervisor", "model: string; dimensions: number; worker?: string; device?: string; "
-              "precision?: string; backend?: string; compute_threads?: number; seconds?: number",
-              "the first worker can serve and the front listens (it has seen the ready worker): the cluster is "
-              "ready and `/health` says ok from this line on. A worker prints its own, with its other fields, "
-              "which `up` relays as `worker_loaded`"),
+              "bytes_done: number; bytes_total: number; alias?: string; worker?: string", "after each downloaded file"),
+    EventSpec("model_loaded", "supervisor", "model: string; dimensions: number; "
+              "models?: { alias: string, model: string, kind: string, dimensions: number }[]; worker?: string; "
+              "device?: string; precision?: string; backend?: string; compute_threads?: number; seconds?: number",
+              "a worker of every model can serve and the front listens (it has seen them ready): the cluster is "
+              "ready and `/health` says ok from this line on. `model` is the default model; `models` lists every "
+              "one where there are several. A worker prints its own, with its other fields, which `up` relays "
+              "as `worker_loaded`"),
     # the parts' own events
     EventSpec("broker_listening", "broker", "clients?: string; workers?: string; lan?: string | null",
               "the broker's sockets are bound"),

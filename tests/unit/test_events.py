@@ -36,7 +36,10 @@ def emitted() -> list[tuple[str, str, ast.expr | None]]:
                 name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
                 if name in EMITTERS:
                     where = f"{path.relative_to(ROOT)}:{node.lineno}"
-                    found += [(where, kind, node.args[1]) for kind in _types(node.args[0])]
+                    # emit_once(key, type, data): the supervisor's once-per-key event; the others (type, data)
+                    kind_at = 1 if name == "emit_once" else 0
+                    if len(node.args) > kind_at + 1:
+                        found += [(where, kind, node.args[kind_at + 1]) for kind in _types(node.args[kind_at])]
     return found
 
 

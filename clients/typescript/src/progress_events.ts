@@ -8,10 +8,10 @@ export interface Event<T extends string, D> {
 }
 
 /** the first worker found the model on disk (bundled, local path or HF cache) */
-export type ModelCachedEvent = Event<"model_cached", { model: string; worker?: string }>;
+export type ModelCachedEvent = Event<"model_cached", { model: string; alias?: string; worker?: string }>;
 
 /** the first worker must download it */
-export type DownloadStartedEvent = Event<"download_started", { model: string; worker?: string }>;
+export type DownloadStartedEvent = Event<"download_started", { model: string; alias?: string; worker?: string }>;
 
 /** after each downloaded file */
 export type DownloadProgressEvent = Event<"download_progress", {
@@ -21,17 +21,19 @@ export type DownloadProgressEvent = Event<"download_progress", {
   files_total: number;
   bytes_done: number;
   bytes_total: number;
+  alias?: string;
   worker?: string;
 }>;
 
 /**
- * the first worker can serve and the front listens (it has seen the ready worker): the cluster is ready and
- * /health says ok from this line on. A worker prints its own, with its other fields, which up relays as
- * worker_loaded
+ * a worker of every model can serve and the front listens (it has seen them ready): the cluster is ready and
+ * /health says ok from this line on. model is the default model; models lists every one where there are
+ * several. A worker prints its own, with its other fields, which up relays as worker_loaded
  */
 export type ModelLoadedEvent = Event<"model_loaded", {
   model: string;
   dimensions: number;
+  models?: { alias: string, model: string, kind: string, dimensions: number }[];
   worker?: string;
   device?: string;
   precision?: string;
