@@ -118,7 +118,9 @@ TABLE: tuple[EventSpec, ...] = (
               "files_total: number; rows_total: number; texts_per_s: number", "a file is done (or skipped: "
               "`error`)", printer="embed"),
     EventSpec("embed_finished", "embed", "files_done: number; files_total: number; rows: number; skipped: number; "
-              "interrupted: boolean; output: string", "the run is over", printer="embed"),
+              "interrupted: boolean; output: string; cache_hits: number; cache_lookups: number",
+              "the run is over (cache_hits of cache_lookups texts answered by the cluster's vector cache)",
+              printer="embed"),
 )
 
 EVENTS: dict[str, EventSpec] = {spec.type: spec for spec in TABLE}
