@@ -190,13 +190,35 @@ def real_embedder() -> Any:
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[Cluster]:
-    """One real cluster (bundled model, one CPU worker) shared by the tests of a module."""
-    c = Cluster("--workers", "1")
+def cluster_args() -> tuple[str, ...]:
+    """The ``embed-cluster up`` arguments of the module's ``cluster``; a module that needs others overrides
+    this fixture (and ``cluster_env`` for its environment)."""
+    return ("--workers", "1")
+
+
+@pytest.fixture(scope="module")
+def cluster_env() -> dict[str, str]:
+    return {}
+
+
+@pytest.fixture(scope="module")
+def cluster(cluster_args: tuple[str, ...], cluster_env: dict[str, str]) -> Iterator[Cluster]:
+    """One real cluster (the bundled model; one CPU worker unless ``cluster_args`` say otherwise) shared by the
+    tests of a module; it must stop cleanly at the end."""
+    c = Cluster(*cluster_args, env=cluster_env)
     try:
         yield c.wait_ready()
     finally:
-        c.stop()
+        assert c.stop() == 0, c.log()
+
+
+@pytest.fixture(scope="session")
+def pool(reference_model: Any) -> Any:
+    """Distinct short texts a load draws from, with the reference model's vectors of each (tests/integration/
+    faults.py ``TextPool``), computed once for the session."""
+    from tests.integration.faults import TextPool, short_texts
+
+    return TextPool(short_texts(240, seed=5), reference_model)
 
 
 _WORDS = ("the cluster embeds every text it accepts exactly once while workers come and go "

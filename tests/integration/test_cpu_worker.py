@@ -15,7 +15,6 @@ import json
 import os
 import shutil
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -69,12 +68,13 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def cluster(cache: Path) -> Iterator[Cluster]:
-    c = Cluster(env=cache_env(cache))
-    try:
-        yield c.wait_ready()
-    finally:
-        assert c.stop() == 0, c.log()
+def cluster_args() -> tuple[str, ...]:
+    return ()
+
+
+@pytest.fixture(scope="module")
+def cluster_env(cache: Path) -> dict[str, str]:
+    return cache_env(cache)
 
 
 def test_the_second_start_reuses_the_export(cluster: Cluster, cache: Path) -> None:

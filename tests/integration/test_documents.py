@@ -9,7 +9,6 @@ import os
 import re
 import signal
 import subprocess
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -30,13 +29,9 @@ PAGES: list[list[str] | None] = [NON_ASCII, ["A short second page. It has two se
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[Cluster]:
-    """One real cluster for the module, with small PDF limits so that tests reach them cheaply."""
-    c = Cluster("--workers", "1", "--pdf-timeout", "3", "--max-pdf-pages", "300")
-    try:
-        yield c.wait_ready()
-    finally:
-        c.stop()
+def cluster_args() -> tuple[str, ...]:
+    """Small PDF limits, so that tests reach them cheaply."""
+    return ("--workers", "1", "--pdf-timeout", "3", "--max-pdf-pages", "300")
 
 
 def post_pdf(cluster: Cluster, pdf: bytes, **params: Any) -> Any:

@@ -12,8 +12,6 @@ import signal
 import socket
 import statistics
 import threading
-from collections.abc import Iterator
-from typing import Any
 
 import msgpack
 import pytest
@@ -34,7 +32,6 @@ from tests.integration.faults import (
     part_pid,
     post_embed,
     rss_mib,
-    short_texts,
     wait_workers,
 )
 
@@ -45,18 +42,8 @@ MAX_BODY_BYTES = 1_000_000
 
 
 @pytest.fixture(scope="module")
-def pool(reference_model: Any) -> TextPool:
-    return TextPool(short_texts(240, seed=5), reference_model)
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[Cluster]:
-    c = Cluster("--workers", "1", "--max-queue-texts", str(MAX_QUEUE_TEXTS), "--max-body-bytes",
-                str(MAX_BODY_BYTES))
-    try:
-        yield c.wait_ready()
-    finally:
-        assert c.stop() == 0, c.log()
+def cluster_args() -> tuple[str, ...]:
+    return ("--workers", "1", "--max-queue-texts", str(MAX_QUEUE_TEXTS), "--max-body-bytes", str(MAX_BODY_BYTES))
 
 
 

@@ -7,20 +7,14 @@ import os
 import signal
 import socket
 import time
-from typing import Any
 
 import pytest
 import requests
 
 from tests.conftest import Cluster, eventually
-from tests.integration.faults import Load, TextPool, alive, busy_worker, check_outcomes, children_of, short_texts
+from tests.integration.faults import Load, TextPool, alive, busy_worker, check_outcomes, children_of
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def pool(reference_model: Any) -> TextPool:
-    return TextPool(short_texts(160, seed=7), reference_model)
 
 
 def wait_gone(pids: list[int], timeout: float) -> float:

@@ -7,8 +7,6 @@ from __future__ import annotations
 import itertools
 import os
 import signal
-from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
@@ -21,7 +19,6 @@ from tests.integration.faults import (
     check_outcomes,
     health,
     next_event,
-    short_texts,
     wait_workers,
 )
 
@@ -29,17 +26,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def pool(reference_model: Any) -> TextPool:
-    return TextPool(short_texts(240, seed=3), reference_model)
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[Cluster]:
-    c = Cluster("--workers", "2", "--threads", "1")
-    try:
-        yield c.wait_ready()
-    finally:
-        assert c.stop() == 0, c.log()
+def cluster_args() -> tuple[str, ...]:
+    return ("--workers", "2", "--threads", "1")
 
 
 def worker_pids(cluster: Cluster) -> set[int]:

@@ -21,7 +21,7 @@ import requests
 
 from embed_common.jobs import job_starts
 from tests.conftest import Cluster, eventually
-from tests.integration.faults import Load, TextPool, broker_counter, check_outcomes, post_embed, short_texts
+from tests.integration.faults import Load, TextPool, broker_counter, check_outcomes, post_embed
 
 pytestmark = pytest.mark.slow
 
@@ -34,19 +34,9 @@ PROBES = ("/livez", "/readyz", "/health", "/metrics")
 
 
 @pytest.fixture(scope="module")
-def pool(reference_model: Any) -> TextPool:
-    return TextPool(short_texts(200, seed=12), reference_model)
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Any:
-    c = Cluster("--workers", "1", "--precision", "fp32", "--max-connections", str(MAX_CONNECTIONS),
-                "--http-queue", str(HTTP_QUEUE), "--max-body-bytes", str(MAX_BODY),
-                "--idle-timeout", str(IDLE_TIMEOUT))
-    try:
-        yield c.wait_ready()
-    finally:
-        c.stop()
+def cluster_args() -> tuple[str, ...]:
+    return ("--workers", "1", "--precision", "fp32", "--max-connections", str(MAX_CONNECTIONS),
+            "--http-queue", str(HTTP_QUEUE), "--max-body-bytes", str(MAX_BODY), "--idle-timeout", str(IDLE_TIMEOUT))
 
 
 def timed_get(url: str, timeout: float = 10.0) -> tuple[float, requests.Response]:

@@ -20,16 +20,11 @@ import requests
 
 from supervisor.supervisor import detect_devices
 from tests.conftest import Cluster, Process, cli, eventually, free_port
-from tests.integration.faults import Load, TextPool, alive, busy_worker, check_outcomes, children_of, short_texts
+from tests.integration.faults import Load, TextPool, alive, busy_worker, check_outcomes, children_of
 
 pytestmark = pytest.mark.slow
 
 FAIL_WITHIN = 10.0  # seconds from start to exit for a start-up fault ("within seconds", on a busy machine)
-
-
-@pytest.fixture(scope="module")
-def pool(reference_model: Any) -> TextPool:
-    return TextPool(short_texts(160, seed=5), reference_model)
 
 
 def processes_of(parent_pid: int) -> list[int]:
