@@ -212,15 +212,6 @@ def cluster(cluster_args: tuple[str, ...], cluster_env: dict[str, str]) -> Itera
         assert c.stop() == 0, c.log()
 
 
-@pytest.fixture(scope="session")
-def pool(reference_model: Any) -> Any:
-    """Distinct short texts a load draws from, with the reference model's vectors of each (tests/integration/
-    faults.py ``TextPool``), computed once for the session."""
-    from tests.integration.faults import TextPool, short_texts
-
-    return TextPool(short_texts(240, seed=5), reference_model)
-
-
 _WORDS = ("the cluster embeds every text it accepts exactly once while workers come and go "
           "der schnelle braune Fuchs springt über den faulen Hund "
           "la recherche sémantique trouve des documents proches par le sens "
