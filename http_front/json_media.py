@@ -6,8 +6,8 @@
   (EmbedResult.vectors_json), and single rows as ``orjson.Fragment`` (EmbedResult.rows_json).
 - waitress copies a body it is given as bytes into a buffer of its own and copies it out again to send it; a
   body given as a file (``wsgi.file_wrapper``) is sent from where it lies. :class:`StreamLargeBodies` turns a
-  large answer (a vector answer is hundreds of KiB) into such a file. ``python -m bench.head --tree`` measures
-  the front's CPU per request against a checkout from before it (the README's Scale out section).
+  large answer (a vector answer is hundreds of KiB) into such a file. ``python -m bench.head`` measures
+  the front's CPU per request (docs/head-node.md).
 """
 
 from __future__ import annotations

@@ -45,7 +45,7 @@ def run(settings: FrontSettings) -> int:
     try:
         server = make_server(app, settings.host, settings.port, settings.threads, limits.max_body_bytes,
                              limits.max_connections, limits.idle_timeout, limits.http_queue)
-    except OSError as exc:  # the shared start-up contract: one event, one line, exit 1 (README, Reliability)
+    except OSError as exc:  # the shared start-up contract: one event, one line, exit 1 (docs/reliability.md)
         reason = f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}"
         progress.emit("startup_failed", {"code": "PORT_IN_USE", "reason": reason, "part": "front"})
         # one line on stderr for the cluster: under a supervisor, it logs the event as an error

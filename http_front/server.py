@@ -1,4 +1,4 @@
-"""waitress, hardened for hostile and heavy clients (README, Reliability):
+"""waitress, hardened for hostile and heavy clients (docs/reliability.md):
 
 - its own protocol-level errors (body over the limit, malformed HTTP) answered in our JSON error shape instead
   of plain text, so that a client sees the same ``{"error": {"code", "message"}}`` whether the app or the

@@ -76,8 +76,8 @@ class Child:
 def plan_devices(device: str, workers: str) -> list[str]:
     """One device per worker: ``auto`` is one worker per GPU, else one for MPS, else one CPU worker, whatever
     the cores and ``--threads``: it runs a forward pass on every core at once (compute threads over one copy of
-    the model, worker/worker.py), where a second process would hold a second runtime and model (README,
-    Performance: `python bench/sidecar.py`)."""
+    the model, worker/worker.py), where a second process would hold a second runtime and model (docs/performance.md:
+    `python bench/sidecar.py`)."""
     found = detect_devices() if device == "auto" else [device if device != "cuda" else "cuda:0"]
     if workers == "auto":
         return found
@@ -282,7 +282,7 @@ class Supervisor:
         self.should_exit.set()
 
     def fail_startup(self, data: dict[str, Any]) -> None:
-        """The shared start-up contract (README, Reliability): one ``startup_failed`` event, one log line,
+        """The shared start-up contract (docs/reliability.md): one ``startup_failed`` event, one log line,
         then everything stops and ``up`` exits 1."""
         if self.startup_failure is not None:
             return

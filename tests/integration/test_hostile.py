@@ -1,7 +1,7 @@
 """Hostile and heavy HTTP clients against a real cluster (bundled model, one CPU worker), issue 12's cases 1-3
 and the front's overload and client-gone defences: idle sockets past waitress's old limit, an over-limit body
 from a client that sends all before it reads, probes under 48 busy clients, more embed requests than the front
-can hold, a client that leaves before its answer. Each prints the figures the README's Reliability section
+can hold, a client that leaves before its answer. Each prints the figures docs/reliability.md
 quotes (run with ``-s`` to see them). Start-up faults and shutdown: tests/integration/test_hostile_lifecycle.py.
 """
 

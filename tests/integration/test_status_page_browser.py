@@ -6,7 +6,7 @@ SIGKILLed shows restarting and then ready again; the worker table keeps its layo
 screenshots at 1280x800 and at phone width (390 pixels).
 
 Skipped, saying why, only when chromium, node or tests/browser/node_modules is missing; `.ci/run` installs them
-and sets REQUIRE_BROWSER_TEST=1, under which a missing one fails the test instead. To refresh the README's
+and sets REQUIRE_BROWSER_TEST=1, under which a missing one fails the test instead. To refresh docs/status-page.md's
 screenshot:
 ``STATUS_SCREENSHOT=docs/status-page.png python -m pytest tests/integration/test_status_page_browser.py``.
 """

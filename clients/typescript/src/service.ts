@@ -274,7 +274,7 @@ export class EmbedClusterService {
       throw new SidecarError("PYTHON_NOT_FOUND",
         `embed-cluster not found (looked in ${commandCandidates(cwd, undefined).join(", ")} and on PATH); `
         + "install it in a .venv beside the app or pass `command`",
-        { fix: "install embed-cluster in a .venv beside the app (its README, \"Install and run\"), or pass `command`" });
+        { fix: "install embed-cluster in a .venv beside the app (its README, \"Quick start\"), or pass `command`" });
     }
     return command;
   }

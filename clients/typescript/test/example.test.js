@@ -1,4 +1,4 @@
-// The README's Electron-style script is examples/electron-main.ts, word for word, and it runs as written:
+// The package README's Electron-style script is examples/electron-main.ts, word for word, and it runs as written:
 // compiled by `npm run build`, started as an app would be (embed-cluster found on PATH), against the real cluster.
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
@@ -7,14 +7,14 @@ import { tmpdir } from "node:os";
 import { delimiter, dirname, join, resolve } from "node:path";
 import { describe, it } from "node:test";
 
-import { clusterCommand, freePort, packageDir, repoDir } from "./helpers.js";
+import { clusterCommand, freePort, packageDir } from "./helpers.js";
 
 const example = resolve(packageDir, "examples/electron-main.ts");
 
 function readmeScript() {
-  const readme = readFileSync(resolve(repoDir, "README.md"), "utf8");
+  const readme = readFileSync(resolve(packageDir, "README.md"), "utf8");
   const start = readme.indexOf("## From TypeScript / Electron");
-  assert.ok(start >= 0, "README has a section \"From TypeScript / Electron\"");
+  assert.ok(start >= 0, "clients/typescript/README.md has a section \"From TypeScript / Electron\"");
   const section = readme.slice(start, readme.indexOf("\n## ", start + 1));
   const blocks = [...section.matchAll(/```ts\n([\s\S]*?)```/g)].map((m) => m[1]);
   const script = blocks.find((block) => block.includes("startSidecar()") && block.includes("stopSidecar()"));

@@ -11,7 +11,7 @@ export const repoDir = resolve(packageDir, "../..");
 export function clusterCommand() {
   const command = process.env.EMBED_CLUSTER_COMMAND || resolve(repoDir, ".venv/bin/embed-cluster");
   if (!existsSync(command)) {
-    throw new Error(`${command} does not exist: create the Python venv first (README, "Install and run") `
+    throw new Error(`${command} does not exist: create the Python venv first (README, "Quick start") `
       + "or set EMBED_CLUSTER_COMMAND");
   }
   return command;
