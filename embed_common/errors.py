@@ -31,14 +31,14 @@ TABLE: tuple[ErrorSpec, ...] = (
     ErrorSpec("INVALID_JSON", 400, "the body is not JSON"),
     ErrorSpec("BAD_REQUEST", 400, "`texts` missing or not a list of strings, `normalize`/`truncate` not a boolean, "
               "an unknown field, a limit exceeded", generic=True),
-    ErrorSpec("UNAUTHORIZED", 401, "the server has an API key and the request did not carry it (see below)",
+    ErrorSpec("UNAUTHORIZED", 401, "the server has an API key and the request did not carry it",
               generic=True),
     ErrorSpec("NOT_FOUND", 404, "no such route", generic=True),
     ErrorSpec("MODEL_NOT_FOUND", 404, "`/v1/...`: the request names a model this cluster does not serve"),
     ErrorSpec("METHOD_NOT_ALLOWED", 405, "the route does not take this method", generic=True),
     ErrorSpec("PAYLOAD_TOO_LARGE", 413, "body over `max_body_bytes` (refused before reading when Content-Length "
               "says so)", generic=True),
-    ErrorSpec("PDF_TOO_LARGE", 413, "`/embed/pdf`: over `max_pdf_pages` or `pdf_timeout` (see \"Documents\")"),
+    ErrorSpec("PDF_TOO_LARGE", 413, "`/embed/pdf`: over `max_pdf_pages` or `pdf_timeout`"),
     ErrorSpec("UNSUPPORTED_MEDIA_TYPE", 415, "`/embed/pdf` takes the PDF itself, as `application/pdf`",
               generic=True),
     ErrorSpec("INPUT_TOO_LONG", 422, "an input over the model's token limit with `\"truncate\": false`"),

@@ -224,3 +224,18 @@ def child_argv(args: argparse.Namespace, part: str) -> list[str]:
         elif value is not None:
             argv += [s.flag, str(value)]
     return argv
+
+
+def markdown_table() -> str:
+    """The README's configuration table, from this one (``python -m embed_common.settings`` prints it)."""
+    lines = ["| Option | Variable | Default | Commands | What |", "|---|---|---|---|---|"]
+    for s in SETTINGS:
+        if s.help == argparse.SUPPRESS:
+            continue
+        shown = "off" if s.switch else "" if s.default in (None, "") else f"`{s.default}`"
+        lines.append(f"| `{s.flag}` | `{s.env}` | {shown} | {', '.join(s.parts)} | {s.help} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(markdown_table())
