@@ -156,6 +156,12 @@ def _read_bool(raw: Any) -> bool:
     return raw
 
 
+def _read_text(raw: Any) -> str:
+    if not isinstance(raw, str):
+        raise ProtocolError("must be a string")
+    return raw
+
+
 def _read_encoding(raw: Any) -> Encoding:
     try:
         return Encoding(raw)
@@ -183,6 +189,15 @@ class JobOptions:
     encoding: Encoding = field(default=Encoding.F32, metadata=row(
         _read_encoding, "how the RESULT's vectors frame is written", example=Encoding.JSON,
         write=lambda encoding: encoding.value))
+    query: str | None = field(default=None, metadata=row(
+        _read_text, "a rerank job (a reranker's worker only): score each text as a document against this query; "
+        "the RESULT holds one number a text (dim 1)", example="what is a cross-encoder?"))
+    raw_scores: bool = field(default=False, metadata=row(
+        _read_bool, "a rerank job's scores as the model's raw logits, without its activation (CrossEncoder."
+        "predict applies it)", example=True))
+    prompt: str | None = field(default=None, metadata=row(
+        _read_text, "put before each text (and counted in its tokens), as sentence-transformers' encode(prompt=...) "
+        "does", example="query: "))
 
     @classmethod
     def read(cls, raw: Any) -> JobOptions:

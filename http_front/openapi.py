@@ -194,6 +194,36 @@ def build_spec(state: AppState, routes: Iterable[Documented]) -> dict[str, Any]:
         "ModelList": {"type": "object", "required": ["object", "data"], "properties": {
             "object": {"type": "string", "enum": ["list"]},
             "data": {"type": "array", "items": {"$ref": "#/components/schemas/Model"}}}},
+        # http_front/rerank_api.py
+        "RerankRequest": {"type": "object", "required": ["query", "texts"], "additionalProperties": False,
+                          "properties": {
+            "query": text, "texts": texts, "model": {"type": "string", "description": "a reranker (default: the "
+                                                                                         "first)"},
+            "raw_scores": {"type": "boolean", "default": False, "description": "logits, without the activation"},
+            "return_text": {"type": "boolean", "default": False},
+            "truncate": {"type": "boolean", "default": True, "description": "false: 422 INPUT_TOO_LONG"},
+            "truncation_direction": {"type": "string", "enum": ["right", "Right"]}}},
+        "RerankResponse": {"type": "array", "items": {"type": "object", "required": ["index", "score"],
+                                                      "properties": {
+            "index": {"type": "integer"}, "score": {"type": "number"}, "text": {"type": "string"}}}},
+        "CohereRerankRequest": {"type": "object", "required": ["query", "documents"], "additionalProperties": False,
+                                "properties": {
+            "query": text, "model": {"type": "string"},
+            "documents": {"type": "array", "maxItems": limits.max_texts,
+                          "items": {"oneOf": [text, {"type": "object", "additionalProperties": True}]}},
+            "top_n": {"type": "integer", "minimum": 1}, "return_documents": {"type": "boolean", "default": False},
+            "rank_fields": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+            "max_chunks_per_doc": {"type": "integer", "minimum": 1},
+            "max_tokens_per_doc": {"type": "integer", "minimum": 1}, "priority": {"type": "integer"}}},
+        "CohereRerankResponse": {"type": "object", "required": ["results"], "properties": {
+            "id": {"type": "string"}, "model": {"type": "string", "nullable": True},
+            "results": {"type": "array", "items": {"type": "object", "required": ["index", "relevance_score"],
+                                                   "properties": {
+                "index": {"type": "integer"}, "relevance_score": {"type": "number"},
+                "document": {"type": "object", "properties": {"text": {"type": "string"}}}}}},
+            "usage": {"type": "object", "properties": {"prompt_tokens": {"type": "integer"},
+                                                       "total_tokens": {"type": "integer"}}},
+            "meta": free_object}},
         # http_front/documents.py
         "ChunksRequest": {"type": "object", "required": ["texts"], "additionalProperties": False, "properties": {
             "texts": texts, **CHUNK_OPTIONS,

@@ -50,6 +50,7 @@ from http_front.documents import EmbedChunks, EmbedPdf
 from http_front.observability import MetricsResource
 from http_front.openai_api import Embeddings, Model, Models
 from http_front.openapi import CHUNK_OPTIONS, EMBED_ERRORS, Doc, OpenApiSpec, json_answer, openapi_path, text_answer
+from http_front.rerank_api import CohereRerank, Rerank
 from http_front.seed_api import Embed, Health, Info, Livez, Readyz
 from http_front.state import AppState
 from http_front.status_history import Counting
@@ -101,6 +102,19 @@ TABLE: tuple[Route, ...] = (
     Route("/v1/models/{model:path}", ("GET",), Model, auth="key", threads="work", counted="rates",  # ids hold a /
           accepts="none", doc=Doc("one model, OpenAI-style", {200: json_answer("Model", "the model")},
                                   errors=(404, 503), parameters=(_path_parameter("model"),))),
+    # rerankers (http_front/rerank_api.py): TEI's shape, and Cohere's (which Jina's and many RAG tools share)
+    Route("/rerank", ("POST",), Rerank, auth="key", threads="work", counted="latency", accepts="json",
+          doc=Doc("scores of texts against a query by a reranker (TEI's shape)",
+                  {200: json_answer("RerankResponse", "the texts' indices and scores, best first")},
+                  errors=(*EMBED_ERRORS, 404), request="RerankRequest")),
+    Route("/v1/rerank", ("POST",), CohereRerank, auth="key", threads="work", counted="latency", accepts="json",
+          doc=Doc("Cohere/Jina-compatible rerank",
+                  {200: json_answer("CohereRerankResponse", "the documents' indices and scores, best first")},
+                  errors=(*EMBED_ERRORS, 404), request="CohereRerankRequest")),
+    Route("/v2/rerank", ("POST",), CohereRerank, auth="key", threads="work", counted="latency", accepts="json",
+          doc=Doc("Cohere/Jina-compatible rerank (the path of Cohere's v2 client)",
+                  {200: json_answer("CohereRerankResponse", "the documents' indices and scores, best first")},
+                  errors=(*EMBED_ERRORS, 404), request="CohereRerankRequest")),
     # operations (http_front/observability.py, and these routes themselves)
     Route("/metrics", ("GET",), lambda state: MetricsResource(state.metrics), auth="key", threads="probe",
           counted="rates", accepts="none",

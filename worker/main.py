@@ -12,6 +12,7 @@ from typing import Any
 
 from embed_common import lifeline, progress
 from embed_common.exits import ExitCode
+from worker import model_config
 from worker.embedder import Embedder
 from worker.worker import WorkerLoop, WorkerSettings
 
@@ -60,14 +61,15 @@ def run(settings: WorkerSettings) -> int:
                                "reason": f"could not load {settings.model}: {type(exc).__name__}: {exc}"})
         return ExitCode.LOAD_FAILED
     compute_threads = default_compute_threads(device, settings.compute_threads, settings.threads)
-    emit("model_loaded", {"model": located.name, "dimensions": embedder.dim, "device": device,
+    info = {"model_name": located.name, **model_config.ready_info(located.path)}  # kind, prompts
+    emit("model_loaded", {"model": located.name, "kind": info["kind"], "dimensions": embedder.dim, "device": device,
                           "precision": embedder.precision, "backend": embedder.backend,
                           "compute_threads": compute_threads, "seconds": round(time.monotonic() - started, 2)})
     log.info("model %s loaded on %s (%s, %s, %s, %d compute threads)", settings.model, device, embedder.backend,
              embedder.precision, embedder.precision_note or "no precision check", compute_threads)
     settings_with_id = WorkerSettings(**{**settings.__dict__, "worker_id": worker_id,
                                          "compute_threads": compute_threads})
-    info = {"model_name": located.name, "kind": "embed", "fingerprint": vectors_fingerprint(located.path, embedder)}
+    info["fingerprint"] = vectors_fingerprint(located.path, embedder)
     loop = WorkerLoop(settings_with_id, embedder, info, on_event=emit)
     if stop_requested:
         return ExitCode.OK
@@ -92,7 +94,10 @@ def vectors_fingerprint(path: str, embedder: Embedder) -> str:
 def load_embedder(settings: WorkerSettings, path: str, name: str, device: str, emit: Any) -> Embedder:
     """The ONNX Runtime embedder (worker/onnx_backend.py) where the backend is onnx, or auto on a CPU at a
     precision it takes (auto, fp32); else the sentence-transformers one. ``--backend onnx`` on a model the ONNX
-    path cannot take fails the load; ``auto`` falls back to torch and says why (``backend_fallback``)."""
+    path cannot take fails the load; ``auto`` falls back to torch and says why (``backend_fallback``). A
+    reranker (worker/model_config.py) is a CrossEncoder on torch (worker/cross_encoder.py)."""
+    if model_config.model_kind(path) == model_config.RERANK:
+        return load_reranker(settings, path, device)
     backend = settings.backend
     if backend == "auto":
         backend = "onnx" if device == "cpu" and settings.precision in ("auto", "fp32") else "torch"
@@ -115,6 +120,16 @@ def load_embedder(settings: WorkerSettings, path: str, name: str, device: str, e
     if device == "cpu":
         threads = intra_op_threads(threads, compute_threads(device, settings.compute_threads, threads))
     return SentenceTransformerEmbedder(path, settings.model, device, settings.precision, threads or None)
+
+
+def load_reranker(settings: WorkerSettings, path: str, device: str) -> Embedder:
+    from worker.cross_encoder import CrossEncoderScorer
+    from worker.devices import compute_threads, intra_op_threads
+
+    threads = settings.threads
+    if device == "cpu":
+        threads = intra_op_threads(threads, compute_threads(device, settings.compute_threads, threads))
+    return CrossEncoderScorer(path, settings.model, device, threads or None)
 
 
 def finish_compute(loop: WorkerLoop) -> None:

@@ -31,6 +31,7 @@ from worker import heap
 from worker.batch_stats import BatchSizes
 from worker.batching import CostModel, PendingJob, Pool, default_cost_model
 from worker.chunking import ChunkPlan, chunk_texts
+from worker.cross_encoder import PairScorer
 from worker.embedder import PROBE_TEXTS, Embedder
 
 log = logging.getLogger(__name__)
@@ -185,6 +186,8 @@ class ComputeThreads:
                 if job.remaining == 0 and job.generation == self.generation:
                     if job.normalize:
                         job.vectors = normalize_rows(job.vectors)
+                    elif job.options.query is not None and not job.options.raw_scores:
+                        job.vectors = self.scorer_activation(job.vectors)
                     self._finish(job, None)
             self.pool.drop(lambda job: job.remaining == 0)
             self.texts_done += len(batch)
@@ -204,9 +207,18 @@ class ComputeThreads:
         except ProtocolError as exc:
             raise InputError(ErrorCode.BAD_REQUEST.value, str(exc)) from None
         texts, chunks = header["texts"], None
+        scorer = self.embedder if isinstance(self.embedder, PairScorer) else None
+        if (options.query is not None) != (scorer is not None):
+            raise InputError(ErrorCode.BAD_REQUEST.value, "this worker's model is a reranker: it scores a query "
+                             "against texts" if scorer is not None else "this worker's model does not rerank")
         if options.chunk is not None:  # embed each text's chunks instead of the text: see worker/chunking.py
-            texts, chunks = self.chunk(texts, options.chunk)
-        tokenized = self.embedder.tokenize(texts)
+            texts, chunks = self.chunk(texts, options.chunk, options.prompt)
+        if options.prompt:  # as sentence-transformers does: the prompt before the text, its tokens pooled too
+            texts = [options.prompt + text for text in texts]
+        if scorer is not None and options.query is not None:
+            tokenized = scorer.tokenize_pairs(options.query, texts)
+        else:
+            tokenized = self.embedder.tokenize(texts)
         if tokenized.truncated and not options.truncate:
             # the indices are this job's; the front offsets them to the request's
             raise InputError(ErrorCode.INPUT_TOO_LONG.value,
@@ -215,12 +227,20 @@ class ComputeThreads:
         return PendingJob(header["job"], header["attempt"], header["normalize"], tokenized.ids,
                           tokenized.truncated, self.embedder.dim, options, chunks=chunks)
 
-    def chunk(self, texts: list[str], option: ChunkOption) -> tuple[list[str], list[list[int]]]:
-        plan = ChunkPlan.from_option(option, self.embedder.max_tokens - self.embedder.special_tokens)
+    def chunk(self, texts: list[str], option: ChunkOption, prompt: str | None = None
+              ) -> tuple[list[str], list[list[int]]]:
+        """Each text's chunks; with a ``prompt``, chunks that leave room for it within the model's limit."""
+        prompt_tokens = len(self.embedder.token_spans(prompt)) if prompt else 0
+        plan = ChunkPlan.from_option(option, self.embedder.max_tokens - self.embedder.special_tokens - prompt_tokens)
         try:
             return chunk_texts(texts, self.embedder.token_spans, plan)
         except NotImplementedError:  # a slow (pure Python) tokenizer gives no character offsets
             raise InputError(ErrorCode.BAD_REQUEST.value, "this model's tokenizer cannot chunk text") from None
+
+    def scorer_activation(self, scores: Any) -> Any:
+        """A reranker's activation on a job's raw scores (CrossEncoder.predict's)."""
+        assert isinstance(self.embedder, PairScorer)
+        return self.embedder.activate(scores)
 
     def _finish(self, job: PendingJob | None, error: dict[str, Any] | None) -> None:
         self.done.append((job, error))

@@ -1,7 +1,8 @@
-"""Several models in one real cluster: the bundled MiniLM (the default) and a copy of it with query/document
-prompts, each served by its own worker and compared with in-process sentence-transformers on the same files;
-routing by model with no job given to another model's worker; a worker killed in one model's pool while the
-other serves on. One cluster for the module (CI time); the kill test runs last.
+"""Several models in one real cluster: the bundled MiniLM (the default), a copy of it with query/document
+prompts and a tiny cross-encoder, each served by its own worker and compared with in-process
+sentence-transformers on the same files (vectors, rerank scores and order); routing by model with no job given
+to another model's worker; the OpenAI and Cohere SDKs; a worker killed in one model's pool while the other
+serves on. One cluster for the module (CI time); the kill test runs last.
 """
 
 from __future__ import annotations
@@ -17,23 +18,25 @@ import openai
 import pytest
 
 from tests.conftest import Cluster, cosine_rows, eventually, sample_texts
-from tests.model_files import minilm_with_prompts
+from tests.model_files import minilm_with_prompts, tiny_cross_encoder
 
 pytestmark = pytest.mark.slow
 
 DEFAULT = "sentence-transformers/all-MiniLM-L6-v2"
 SECOND = "second"  # the alias of the copy with prompts
+RERANKER = "reranker"
+QUERY = "how do workers share the load of a request?"
 
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("models")
-    return {"prompts": minilm_with_prompts(root)}
+    return {"prompts": minilm_with_prompts(root), "reranker": tiny_cross_encoder(root)}
 
 
 @pytest.fixture(scope="module")
 def cluster(files: dict[str, Path]) -> Iterator[Cluster]:
-    c = Cluster("--workers", "1", "--model", f"{DEFAULT},{SECOND}={files['prompts']}")
+    c = Cluster("--workers", "1", "--model", f"{DEFAULT},{SECOND}={files['prompts']},{RERANKER}={files['reranker']}")
     try:
         yield c.wait_ready(timeout=400)
     finally:
@@ -47,6 +50,13 @@ def second_model(files: dict[str, Path]) -> Any:
     return SentenceTransformer(str(files["prompts"]), device="cpu")
 
 
+@pytest.fixture(scope="module")
+def cross_encoder(files: dict[str, Path]) -> Any:
+    from sentence_transformers import CrossEncoder
+
+    return CrossEncoder(str(files["reranker"]), device="cpu")
+
+
 def served_by_model(cluster: Cluster) -> dict[str, int]:
     served: dict[str, int] = {}
     for worker in cluster.get("/health").json()["workers"]:
@@ -57,16 +67,19 @@ def served_by_model(cluster: Cluster) -> dict[str, int]:
 def test_every_model_is_listed(cluster: Cluster, files: dict[str, Path]) -> None:
     health = cluster.get("/health").json()
     assert health["status"] == "ok" and health["model"] == "all-MiniLM-L6-v2"  # the seed's fields: the default
-    assert [(m["alias"], m["model_id"], m["workers"]) for m in health["models"]] == [
-        ("all-MiniLM-L6-v2", DEFAULT, 1), (SECOND, str(files["prompts"]), 1)]
+    assert [(m["alias"], m["model_id"], m["kind"], m["workers"]) for m in health["models"]] == [
+        ("all-MiniLM-L6-v2", DEFAULT, "embed", 1), (SECOND, str(files["prompts"]), "embed", 1),
+        (RERANKER, str(files["reranker"]), "rerank", 1)]
     info = cluster.get("/info").json()
-    assert [m["alias"] for m in info["models"]] == ["all-MiniLM-L6-v2", SECOND] and info["dim"] == 384
-    assert [m["id"] for m in cluster.get("/v1/models").json()["data"]] == [DEFAULT, str(files["prompts"])]
+    assert [m["alias"] for m in info["models"]] == ["all-MiniLM-L6-v2", SECOND, RERANKER] and info["dim"] == 384
+    assert [m["id"] for m in cluster.get("/v1/models").json()["data"]] == [DEFAULT, str(files["prompts"]),
+                                                                          str(files["reranker"])]
     assert cluster.get(f"/v1/models/{SECOND}").json()["id"] == str(files["prompts"])
     loaded = [e for e in cluster.events if e["type"] == "model_loaded"]
-    assert len(loaded) == 1 and [m["alias"] for m in loaded[0]["data"]["models"]] == ["all-MiniLM-L6-v2", SECOND]
+    assert [m["alias"] for m in loaded[0]["data"]["models"]] == ["all-MiniLM-L6-v2", SECOND, RERANKER]
+    assert len(loaded) == 1 and [m["kind"] for m in loaded[0]["data"]["models"]] == ["embed", "embed", "rerank"]
     cached = [e["data"].get("alias") for e in cluster.events if e["type"] == "model_cached"]
-    assert sorted(cached) == sorted(["all-MiniLM-L6-v2", SECOND])  # once per model
+    assert sorted(cached) == sorted(["all-MiniLM-L6-v2", SECOND, RERANKER])  # once per model
 
 
 def test_requests_name_their_model_and_only_its_workers_serve_them(cluster: Cluster, reference_model: Any,
@@ -79,7 +92,8 @@ def test_requests_name_their_model_and_only_its_workers_serve_them(cluster: Clus
     assert cosine_rows(second, second_model.encode(texts[:30])).min() > 0.999
     by_id = cluster.post("/embed", json={"texts": texts[:5], "model": DEFAULT})
     assert by_id.status_code == 200
-    expected = {"all-MiniLM-L6-v2": before["all-MiniLM-L6-v2"] + 45, SECOND: before[SECOND] + 30}
+    expected = {"all-MiniLM-L6-v2": before["all-MiniLM-L6-v2"] + 45, SECOND: before[SECOND] + 30,
+                RERANKER: before[RERANKER]}
     eventually(lambda: served_by_model(cluster) == expected, lambda: f"served {served_by_model(cluster)}", 10)
     missing = cluster.post("/embed", json={"texts": ["x"], "model": "no-such-model"})
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "MODEL_NOT_FOUND"
@@ -96,6 +110,54 @@ def test_the_openai_sdk_names_the_second_model(cluster: Cluster, second_model: A
     assert cosine_rows(vectors, second_model.encode(texts)).min() > 0.999
     tokens = second_model.tokenizer(texts, truncation=True, max_length=second_model.max_seq_length)["input_ids"]
     assert reply.usage.prompt_tokens == sum(map(len, tokens))
+
+
+def test_rerank_scores_and_order_equal_in_process(cluster: Cluster, cross_encoder: Any) -> None:
+    texts = sample_texts(150, seed=7)  # three jobs, spread over the reranker's worker and batched as texts are
+    expected = cross_encoder.predict([(QUERY, t) for t in texts])
+    r = cluster.post("/rerank", json={"query": QUERY, "texts": texts, "return_text": True})
+    assert r.status_code == 200, r.text
+    answer = r.json()
+    assert sorted(a["index"] for a in answer) == list(range(150))
+    assert [a["index"] for a in answer] == [int(i) for i in np.argsort(-expected, kind="stable")]
+    assert np.allclose([a["score"] for a in answer], expected[[a["index"] for a in answer]], atol=1e-5)
+    assert all(a["text"] == texts[a["index"]] for a in answer)
+    raw = cluster.post("/rerank", json={"query": QUERY, "texts": texts[:10], "raw_scores": True}).json()
+    import torch
+
+    logits = cross_encoder.predict([(QUERY, t) for t in texts[:10]], activation_fn=torch.nn.Identity())
+    assert np.allclose([a["score"] for a in sorted(raw, key=lambda a: a["index"])], logits, atol=1e-5)
+
+
+def test_rerank_asks_the_right_kind_of_model(cluster: Cluster) -> None:
+    wrong = cluster.post("/rerank", json={"query": QUERY, "texts": ["x"], "model": SECOND})
+    assert wrong.status_code == 400 and "not a reranker" in wrong.json()["error"]["message"]
+    embed = cluster.post("/embed", json={"texts": ["x"], "model": RERANKER})
+    assert embed.status_code == 400 and "not an embedding model" in embed.json()["error"]["message"]
+    missing = cluster.post("/v1/rerank", json={"query": QUERY, "documents": ["x"], "model": "no-such"})
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "MODEL_NOT_FOUND"
+
+
+def test_the_cohere_sdk_reranks(cluster: Cluster, cross_encoder: Any, files: dict[str, Path]) -> None:
+    import cohere
+    import httpx
+
+    texts = sample_texts(30, seed=8)
+    expected = cross_encoder.predict([(QUERY, t) for t in texts])
+    with httpx.Client(timeout=60) as http:  # the SDKs' own would be left open
+        reply = cohere.Client(api_key="unused", base_url=cluster.url, httpx_client=http).rerank(
+            model=RERANKER, query=QUERY, documents=texts, top_n=5, return_documents=True)
+        v2 = cohere.ClientV2(api_key="unused", base_url=cluster.url, httpx_client=http).rerank(
+            model=RERANKER, query=QUERY, documents=texts, top_n=3)
+    best = [int(i) for i in np.argsort(-expected, kind="stable")[:5]]
+    assert [r.index for r in reply.results] == best
+    assert np.allclose([r.relevance_score for r in reply.results], expected[best], atol=1e-5)
+    assert [r.document.text for r in reply.results] == [texts[i] for i in best]
+    raw = cluster.post("/v1/rerank", json={"model": str(files["reranker"]), "query": QUERY, "documents": texts})
+    tokens = cross_encoder.tokenizer([QUERY] * 30, texts, truncation=True,
+                                     max_length=cross_encoder.max_seq_length)["input_ids"]
+    assert raw.json()["usage"]["total_tokens"] == sum(map(len, tokens))
+    assert [r.index for r in v2.results] == best[:3]  # Cohere's v2 client posts to /v2/rerank
 
 
 def test_a_worker_killed_in_one_pool_the_other_serves_on(cluster: Cluster) -> None:
