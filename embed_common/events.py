@@ -64,7 +64,7 @@ TABLE: tuple[EventSpec, ...] = (
               "bytes_done: number; bytes_total: number; alias?: string; worker?: string", "after each downloaded file"),
     EventSpec("model_loaded", "supervisor", "model: string; dimensions: number; "
               "models?: { alias: string, model: string, kind: string, dimensions: number }[]; worker?: string; "
-              "device?: string; precision?: string; backend?: string; compute_threads?: number; seconds?: number",
+              "kind?: string; device?: string; precision?: string; backend?: string; compute_threads?: number; seconds?: number",
               "a worker of every model can serve and the front listens (it has seen them ready): the cluster is "
               "ready and `/health` says ok from this line on. `model` is the default model; `models` lists every "
               "one where there are several. A worker prints its own, with its other fields, which `up` relays "
@@ -80,8 +80,9 @@ TABLE: tuple[EventSpec, ...] = (
     EventSpec("worker_started", "supervisor", "worker: string; pid: number; device: string",
               "`up` started a worker process"),
     EventSpec("worker_loaded", "supervisor", "worker: string; model: string; dimensions: number; device: string; "
-              "precision: string; backend?: string; compute_threads?: number; seconds: number",
-              "a worker loaded its model (`backend`: onnx, the CPU default, or torch)"),
+              "precision: string; kind?: string; backend?: string; compute_threads?: number; seconds: number",
+              "a worker loaded its model (`kind`: embed, or rerank for a cross-encoder; `backend`: onnx, the CPU "
+              "default, or torch)"),
     EventSpec("model_preparing", "worker", f"model: string; step: string; worker?: string; {OPEN}",
               "a first start prepares the model before loading it (`step`: onnx_export, the export for ONNX "
               "Runtime, once: later starts reuse it)"),

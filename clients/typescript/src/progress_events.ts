@@ -35,6 +35,7 @@ export type ModelLoadedEvent = Event<"model_loaded", {
   dimensions: number;
   models?: { alias: string, model: string, kind: string, dimensions: number }[];
   worker?: string;
+  kind?: string;
   device?: string;
   precision?: string;
   backend?: string;
@@ -66,13 +67,17 @@ export type FrontReadyEvent = Event<"front_ready", Record<string, never>>;
 /** up started a worker process */
 export type WorkerStartedEvent = Event<"worker_started", { worker: string; pid: number; device: string }>;
 
-/** a worker loaded its model (backend: onnx, the CPU default, or torch) */
+/**
+ * a worker loaded its model (kind: embed, or rerank for a cross-encoder; backend: onnx, the CPU default, or
+ * torch)
+ */
 export type WorkerLoadedEvent = Event<"worker_loaded", {
   worker: string;
   model: string;
   dimensions: number;
   device: string;
   precision: string;
+  kind?: string;
   backend?: string;
   compute_threads?: number;
   seconds: number;
