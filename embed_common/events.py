@@ -64,7 +64,8 @@ TABLE: tuple[EventSpec, ...] = (
               "bytes_done: number; bytes_total: number; alias?: string; worker?: string", "after each downloaded file"),
     EventSpec("model_loaded", "supervisor", "model: string; dimensions: number; "
               "models?: { alias: string, model: string, kind: string, dimensions: number }[]; worker?: string; "
-              "kind?: string; device?: string; precision?: string; backend?: string; compute_threads?: number; seconds?: number",
+              "kind?: string; device?: string; precision?: string; backend?: string; compute_threads?: number; "
+              "seconds?: number",
               "a worker of every model can serve and the front listens (it has seen them ready): the cluster is "
               "ready and `/health` says ok from this line on. `model` is the default model; `models` lists every "
               "one where there are several. A worker prints its own, with its other fields, which `up` relays "

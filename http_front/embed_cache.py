@@ -68,6 +68,15 @@ def entry_key(fingerprint: str, recipe_bytes: bytes, text: str) -> bytes:
     return key.digest()
 
 
+def model_dim(status: BrokerStatus | None, alias: str | None) -> int:
+    """The dimensions of model ``alias``'s vectors (None: the default model's; 0: not known yet)."""
+    if status is None:
+        return 0
+    pool = next((m for m in status.models if m.get("alias") == alias), None) if alias is not None else None
+    dim = pool.get("dim") if pool is not None else status.dim
+    return dim if isinstance(dim, int) else 0
+
+
 def serving_fingerprints(status: BrokerStatus | None, alias: str | None = None) -> list[str]:
     """The model fingerprints of the workers of model ``alias``'s pool serving now (None: the default model's,
     the status's first); none when any of them has none."""
@@ -156,7 +165,7 @@ class FrontCache:
         fingerprints = serving_fingerprints(status, alias)
         if not fingerprints:
             return compute(texts)
-        dim = status.dim or 0 if status is not None else 0  # only an answer of no rows at all reads it
+        dim = model_dim(status, alias)  # only an answer of no rows at all reads it
         chunked = options.chunk is not None
         keys = {fp: [entry_key(fp, recipe_bytes, t) for t in texts] for fp in fingerprints}
         found = self.store.get([k for ks in keys.values() for k in ks])

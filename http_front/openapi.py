@@ -210,9 +210,9 @@ def build_spec(state: AppState, routes: Iterable[Documented]) -> dict[str, Any]:
                                 "properties": {
             "query": text, "model": {"type": "string"},
             "documents": {"type": "array", "maxItems": limits.max_texts,
-                          "items": {"oneOf": [text, {"type": "object", "additionalProperties": True}]}},
+                          "items": {"oneOf": [text, {"type": "object", "required": ["text"],
+                                                     "properties": {"text": text}}]}},
             "top_n": {"type": "integer", "minimum": 1}, "return_documents": {"type": "boolean", "default": False},
-            "rank_fields": {"type": "array", "items": {"type": "string"}, "minItems": 1},
             "max_chunks_per_doc": {"type": "integer", "minimum": 1},
             "max_tokens_per_doc": {"type": "integer", "minimum": 1}, "priority": {"type": "integer"}}},
         "CohereRerankResponse": {"type": "object", "required": ["results"], "properties": {

@@ -13,7 +13,7 @@ from http_front.errors import ApiError
 
 EMBED = "embed"
 RERANK = "rerank"
-KIND_NAMES = {EMBED: "an embedding model", RERANK: "a reranker (cross-encoder)"}
+KIND_NAMES = {EMBED: "an embedding model", RERANK: "a reranker (cross-encoder)"}  # each with its article
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,8 @@ def served_models(status: BrokerStatus | None) -> list[Served]:
 def resolve(status: BrokerStatus | None, requested: str | None, kind: str = EMBED) -> Served:
     """The model a request names (None: the first served of ``kind``); MODEL_NOT_FOUND when none is called so,
     BAD_REQUEST when it is not of ``kind``. Before the broker has said what it serves, a request that names no
-    model goes to the broker's default pool; one that names a model gets NO_WORKERS."""
+    model goes to the broker's default pool; one that names a model gets NO_WORKERS. A route whose kind the
+    cluster does not serve at all (a rerank with no reranker) gets MODEL_NOT_FOUND too."""
     models = served_models(status)
     if requested is None:
         found = next((m for m in models if m.kind == kind), None) or next((m for m in models if m.kind is None), None)
@@ -82,7 +83,7 @@ def resolve(status: BrokerStatus | None, requested: str | None, kind: str = EMBE
             return found
         if not models or not any(m.model_id for m in models):
             return Served(None, None, None, kind)  # the broker says (its default pool, or NO_WORKERS)
-        raise ApiError("BAD_REQUEST", f"this cluster serves no {KIND_NAMES.get(kind, kind)}; it serves "
+        raise ApiError("MODEL_NOT_FOUND", f"this cluster serves no {KIND_NAMES.get(kind, kind)[3:]}; it serves "
                        f"{', '.join(describe(m) for m in models)}", param="model")
     found = next((m for m in models if requested in m.names), None)
     if found is None:
