@@ -181,7 +181,7 @@ class FrontCache:
             counted[1] += len(texts)
         if len(misses) == len(texts):  # all misses: the broker's answer as it is
             result = compute(texts)
-            self._remember(texts, per_text(result, len(texts), chunked), recipe_bytes, result)
+            self._remember(texts, result, recipe_bytes, chunked)
             return result
         computed: EmbedResult | None = None
         parts: list[TextRows | None] = [None if hit is None else TextRows.of(hit) for hit in hits]
@@ -195,31 +195,31 @@ class FrontCache:
                 raise too_long_error([misses[int(i)] for i in exc.details.get("indices", [])],
                                      exc.details.get("max_tokens")) from None
             fresh = per_text(computed, len(misses), chunked)
-            self._remember(miss_texts, fresh, recipe_bytes, computed)
+            self._remember(miss_texts, computed, recipe_bytes, chunked, fresh)
             for i, rows in zip(misses, fresh, strict=True):
                 parts[i] = rows
         return answer(parts, computed, dim, chunked)  # type: ignore[arg-type]
 
-    def _remember(self, texts: list[str], parts: list[TextRows], recipe_bytes: bytes, result: EmbedResult) -> None:
-        """Queue the computed texts' rows to be written under their workers' fingerprints (decoded from the
-        workers' JSON on the writer thread, off the request's path)."""
-        if len(result.row_tokens) != sum(len(p.rows) for p in parts):
-            return  # a worker that does not say its rows' tokens: nothing written
-        keep = [(i, entry_key(p.fingerprint, recipe_bytes, texts[i])) for i, p in enumerate(parts)
-                if p.fingerprint and p.rows and not (p.spans is not None and p.truncated)]
-        if not keep:
-            return
+    def _remember(self, texts: list[str], result: EmbedResult, recipe_bytes: bytes, chunked: bool,
+                  parts: list[TextRows] | None = None) -> None:
+        """Queue the computed texts' rows to be written under their workers' fingerprints. The rows are
+        grouped by text (``parts``, when the answer needed them already), keyed and joined on the writer thread,
+        off the request's path."""
 
         def entries() -> list[Row]:  # on the writer thread
+            grouped = parts if parts is not None else per_text(result, len(texts), chunked)
+            if len(result.row_tokens) != sum(len(p.rows) for p in grouped):
+                return []  # a worker that does not say its rows' tokens: nothing written
             made = []
-            for i, key in keep:
-                part = parts[i]
+            for text, part in zip(texts, grouped, strict=True):
+                if not part.fingerprint or not part.rows or (part.spans is not None and part.truncated):
+                    continue  # rows of no one model, no rows, or a chunk cut at the limit: not kept
                 spans = None if part.spans is None else np.array(part.spans, dtype=np.int32).reshape(-1, 2)
-                made.append((key, Entry(_join([_json_row(r) for r in part.rows]), part.tokens, part.truncated,
-                                        spans)))
+                made.append((entry_key(part.fingerprint, recipe_bytes, text),
+                             Entry(_join([_json_row(r) for r in part.rows]), part.tokens, part.truncated, spans)))
             return made
 
-        self.store.put_later(entries, len(keep))
+        self.store.put_later(entries, len(texts))
 
 
 def per_text(result: EmbedResult, count: int, chunked: bool) -> list[TextRows]:
