@@ -119,10 +119,13 @@ class Load:
 
 
 def post_embed(session: requests.Session, url: str, texts: list[str], pool: TextPool, client: int = 0,
-               timeout: float = CLIENT_TIMEOUT) -> Outcome:
+               timeout: float = CLIENT_TIMEOUT, cache: bool = False) -> Outcome:
+    """One /embed request's outcome. It passes by the clusters' vector cache (on, as by default) unless
+    ``cache``: the faults are the workers' and the broker's, and a request answered from the cache would never
+    meet them (tests/integration/test_cache.py loads a cluster through its cache while its front is killed)."""
     sent = time.monotonic()
     try:
-        r = session.post(url + "/embed", json={"texts": texts}, timeout=timeout)
+        r = session.post(url + "/embed", json={"texts": texts, "cache": cache}, timeout=timeout)
     except requests.RequestException as exc:
         return Outcome(client, sent, time.monotonic(), len(texts), exception=type(exc).__name__)
     outcome = Outcome(client, sent, time.monotonic(), len(texts), r.status_code,
