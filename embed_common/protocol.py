@@ -38,6 +38,7 @@ worker <-> broker (the broker's *worker* sockets)
 from __future__ import annotations
 
 import enum
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -162,11 +163,14 @@ def _read_text(raw: Any) -> str:
     return raw
 
 
+_ENCODINGS = {encoding.value: encoding for encoding in Encoding}  # a dict lookup: Encoding(s) costs far more
+
+
 def _read_encoding(raw: Any) -> Encoding:
-    try:
-        return Encoding(raw)
-    except ValueError:
-        raise ProtocolError(f"must be one of {', '.join(e.value for e in Encoding)}") from None
+    encoding = _ENCODINGS.get(raw) if isinstance(raw, str) else None
+    if encoding is None:
+        raise ProtocolError(f"must be one of {', '.join(_ENCODINGS)}")
+    return encoding
 
 
 def row(read: Callable[[Any], Any], meaning: str, example: Any,
@@ -207,24 +211,29 @@ class JobOptions:
             return DEFAULT_OPTIONS
         if not isinstance(raw, dict):
             raise ProtocolError("'options' must be a map")
-        unknown = sorted(str(name) for name in raw if name not in OPTION_ROWS)
-        if unknown:
+        if not raw.keys() <= OPTION_ROWS.keys():
+            unknown = sorted(str(name) for name in raw if name not in OPTION_ROWS)
             raise ProtocolError(f"unknown job option(s) {', '.join(unknown)[:80]}")
         values = {}
         for name, value in raw.items():
             try:
-                values[name] = OPTION_ROWS[name].metadata["read"](value)
+                values[name] = _READERS[name](value)
             except ProtocolError as exc:
                 raise ProtocolError(f"job option {name!r}: {exc}") from None
         return cls(**values)
 
-    def wire(self) -> dict[str, Any]:
-        """The ``options`` map of a header: the options not at their default (empty: send none)."""
+    @functools.cached_property
+    def _wire(self) -> dict[str, Any]:
         return {name: option.metadata["write"](getattr(self, name)) for name, option in OPTION_ROWS.items()
                 if getattr(self, name) != option.default}
 
+    def wire(self) -> dict[str, Any]:
+        """The ``options`` map of a header: the options not at their default (empty: send none). Made once."""
+        return self._wire
+
 
 OPTION_ROWS = {row.name: row for row in fields(JobOptions)}
+_READERS = {name: row.metadata["read"] for name, row in OPTION_ROWS.items()}
 DEFAULT_OPTIONS = JobOptions()
 
 # Commands that carry a vectors payload frame.

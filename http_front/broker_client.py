@@ -299,7 +299,7 @@ class BrokerClient:
                                   "timeout_ms": int(timeout * 1000)}
         if model is not None:
             header["model"] = model
-        if options.wire():
+        if options.wire():  # made once per request's options
             header["options"] = options.wire()
         # first: what cannot be encoded is never pending
         job = _Job(job_id, start, protocol.encode(Command.SUBMIT, header, protocol.encode_texts(texts)))
