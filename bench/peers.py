@@ -11,7 +11,7 @@ The rows (:data:`PEERS`; ``--peers`` takes their names or groups, default all):
 - ``st-fp32``, ``st-bf16`` (group ``st``): in-process ``SentenceTransformer.encode(batch_size=32)``
   (bench/inprocess.py in a child process); st-fp32's vectors are the reference of every cosine;
 - ``up``, ``up-torch`` (group ``cluster``): ``embed-cluster up`` with its defaults, and with
-  ``--backend torch`` (both with the request deadline lifted to the load client's: :data:`UP_DEADLINE`).
+  ``--backend torch`` (both with the vector cache off and the request deadline lifted: :data:`UP_FAIR`).
 
 The columns: texts/s in the three shapes of bench/load.py (each server in turn, shape by shape, so that the
 machine's drift is shared); the p50 of a lone long text (interleaved: sent to each server in turn); the PSS of
@@ -91,15 +91,16 @@ def _infinity(dtype: str) -> Callable[[Setup], Launch]:
 
 ENGINE_FACTS = ("backend", "precision", "device", "engine", "fidelity")  # those of /info's that it has
 
-# The peers have no request deadline; the cluster's (--request-timeout) is lifted to the load client's own, so
-# that a machine busy with other work slows every row alike instead of failing only ours.
-UP_DEADLINE = ("--request-timeout", "300")
+# Every row computes every text: the cluster's vector cache is off, as infinity-emb's is (bench/infinity.py),
+# since the shapes send the same texts again. The peers have no request deadline; the cluster's is lifted to
+# the load client's own, so that a machine busy with other work slows every row alike instead of failing ours.
+UP_FAIR = ("--cache", "off", "--request-timeout", "300")
 
 
 def _up(*extra: str) -> Callable[[Setup], Launch]:
     def launch(setup: Setup) -> Launch:
         return Launch([sys.executable, "-m", "supervisor.cli", "up", "--port", "{port}", "--model", setup.model,
-                       *UP_DEADLINE, *setup.up_args, *extra], None, EMBED)
+                       *UP_FAIR, *setup.up_args, *extra], None, EMBED)
     return launch
 
 
