@@ -22,10 +22,10 @@ from embed_common.vectors import normalize_rows
 from http_front.embed_cache import CACHE_HEADER, header_allows
 from http_front.errors import ApiError
 from http_front.parsing import check_texts, read_json
-from http_front.served_models import EMBED, resolve, served_models
+from http_front.served_models import EMBED, PROMPT_FIELDS, prompt_of, resolve, served_models
 from http_front.state import AppState
 
-FIELDS = {"input", "model", "encoding_format", "dimensions", "user", "truncate"}
+FIELDS = {"input", "model", "encoding_format", "dimensions", "user", "truncate", *PROMPT_FIELDS}
 OWNER = "embed-cluster"
 
 
@@ -80,8 +80,9 @@ class Embeddings:
             raise ApiError("BAD_REQUEST", f"'dimensions' is {dimensions}; this model has {dim}", param="dimensions")
         as_json = encoding == "float" and (dimensions is None or dimensions == dim)  # the rows as workers wrote them
         cache = header_allows(req.get_header(CACHE_HEADER))  # the OpenAI body has no room for it: a header
-        result = (self.state.embed(req.uri_template, texts, True, JobOptions(truncate=truncate), as_json=as_json,
-                                   model=model, cache=cache) if texts else None)
+        options = JobOptions(truncate=truncate, prompt=prompt_of(model, body))
+        result = (self.state.embed(req.uri_template, texts, True, options, as_json=as_json, model=model, cache=cache)
+                  if texts else None)
         if result is not None and as_json:
             rows = result.rows_json()
         else:

@@ -23,7 +23,7 @@ from embed_common.errors import TABLE
 from embed_common.status import BrokerStatus
 from http_front.errors import OPENAI_PREFIX
 from http_front.parsing import MEDIA_TYPES
-from http_front.served_models import served_models
+from http_front.served_models import INPUT_TYPES, served_models
 from http_front.state import AppState
 from http_front.status_history import SERIES
 
@@ -133,6 +133,14 @@ def build_spec(state: AppState, routes: Iterable[Documented]) -> dict[str, Any]:
     if isinstance(dim, int):
         dimensions["maximum"] = dim
     free_object = {"type": "object", "additionalProperties": True}
+    prompts: dict[str, Any] = {  # http_front/served_models.py prompt_of
+        "prompt": {"type": "string", "description": "text put before each input (wins over prompt_name)"},
+        "input_type": {"type": "string", "enum": sorted(INPUT_TYPES),
+                       "description": "the model's query or document prompt, where it has one"}}
+    prompt_names = sorted({name for served in served_models(status) for name in served.prompts})
+    if prompt_names:  # a model's own (GET /info: models[].prompts); none served: no prompt_name to give
+        prompts["prompt_name"] = {"type": "string", "enum": prompt_names, "description": "one of the model's "
+                                  "prompts"}
     schemas = {
         "Error": {"type": "object", "required": ["error"], "properties": {"error": {
             "type": "object", "required": ["code", "message"], "additionalProperties": True,
@@ -150,7 +158,7 @@ def build_spec(state: AppState, routes: Iterable[Documented]) -> dict[str, Any]:
             "model": {**model, "description": "which model (default: the first embedding model)"},
             "cache": {"type": "boolean", "default": True,
                       "description": "false: neither read nor write the vector cache (as the X-Embed-Cache: off "
-                      "header)"}}},
+                      "header)"}, **prompts}},
         "EmbedResponse": {"type": "object", "required": ["vectors"], "properties": {
             "vectors": {"type": "array", "items": {"type": "array", "items": {"type": "number"}}},
             "truncated": {"type": "array", "items": {"type": "integer"},
@@ -177,7 +185,8 @@ def build_spec(state: AppState, routes: Iterable[Documented]) -> dict[str, Any]:
             "encoding_format": {"type": "string", "enum": ["float", "base64"], "default": "float"},
             "dimensions": dimensions,
             "user": {"type": "string"},
-            "truncate": {"type": "boolean", "default": True, "description": "extension: false refuses to cut"}}},
+            "truncate": {"type": "boolean", "default": True, "description": "extension: false refuses to cut"},
+            **prompts}},
         "EmbeddingsResponse": {"type": "object", "required": ["object", "data", "model", "usage"], "properties": {
             "object": {"type": "string", "enum": ["list"]},
             "data": {"type": "array", "items": {"type": "object", "required": ["object", "index", "embedding"],

@@ -9,7 +9,7 @@ from embed_common.protocol import JobOptions
 from http_front import json_media
 from http_front.embed_cache import CACHE_HEADER, header_allows
 from http_front.parsing import flag, read_texts_request
-from http_front.served_models import EMBED, model_param, resolve
+from http_front.served_models import EMBED, PROMPT_FIELDS, model_param, prompt_of, resolve
 from http_front.state import AppState, cluster_summary, model_facts, readiness
 
 
@@ -53,7 +53,7 @@ class Info:
                       "workers": summary["workers"]}
 
 
-EMBED_FIELDS = {"texts", "normalize", "truncate", "model", "cache"}
+EMBED_FIELDS = {"texts", "normalize", "truncate", "model", "cache", *PROMPT_FIELDS}
 
 
 class Embed:
@@ -70,7 +70,7 @@ class Embed:
             resp.media = {"vectors": []}
             return
         cache = flag(body, "cache", header_allows(req.get_header(CACHE_HEADER)))
-        result = self.state.embed(req.uri_template, texts, normalize, JobOptions(truncate=truncate), as_json=True,
-                                  model=model, cache=cache)
+        options = JobOptions(truncate=truncate, prompt=prompt_of(model, body))
+        result = self.state.embed(req.uri_template, texts, normalize, options, as_json=True, model=model, cache=cache)
         extra = {"truncated": result.truncated} if result.truncated else {}  # only when any, as the seed's
         json_media.answer(resp, extra, "vectors", result.vectors_json())  # the rows as the workers wrote them

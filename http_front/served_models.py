@@ -109,3 +109,36 @@ def model_param(body: dict[str, Any], name: str = "model") -> str | None:
     if value is not None and not isinstance(value, str):
         raise ApiError("BAD_REQUEST", f"'{name}' must be a string", param=name)
     return value
+
+
+PROMPT_FIELDS = {"prompt_name", "prompt", "input_type"}
+INPUT_TYPES = {"query": ("query",), "search_query": ("query",), "document": ("document", "passage"),
+               "search_document": ("document", "passage"), "passage": ("passage", "document")}
+
+
+def prompt_of(model: Served, body: dict[str, Any]) -> str | None:
+    """The prompt a request's texts are encoded with, as sentence-transformers' ``encode`` picks it: ``prompt``
+    (the text itself) first, else ``prompt_name`` (one of the model's ``prompts``), else an ``input_type``
+    (query or document, and Cohere's search_query / search_document) mapped to the model's prompt of that name
+    where it has one, else the model's ``default_prompt_name``; None: no prompt."""
+    prompt, name, input_type = body.get("prompt"), body.get("prompt_name"), body.get("input_type")
+    for field_name, value in (("prompt", prompt), ("prompt_name", name), ("input_type", input_type)):
+        if value is not None and not isinstance(value, str):
+            raise ApiError("BAD_REQUEST", f"'{field_name}' must be a string", param=field_name)
+    if prompt is not None:
+        return prompt or None
+    if name is not None:
+        if name not in model.prompts:
+            known = ", ".join(sorted(model.prompts)) or "none"
+            raise ApiError("BAD_REQUEST", f"the model has no prompt {name[:100]!r} (its prompts: {known})",
+                           param="prompt_name")
+        return model.prompts[name] or None
+    if input_type is not None:
+        if input_type not in INPUT_TYPES:
+            raise ApiError("BAD_REQUEST", f"'input_type' must be one of {', '.join(sorted(INPUT_TYPES))}",
+                           param="input_type")
+        found = next((model.prompts[n] for n in INPUT_TYPES[input_type] if n in model.prompts), None)
+        return found or None
+    if model.default_prompt_name is not None:
+        return model.prompts.get(model.default_prompt_name) or None
+    return None

@@ -112,6 +112,37 @@ def test_the_openai_sdk_names_the_second_model(cluster: Cluster, second_model: A
     assert reply.usage.prompt_tokens == sum(map(len, tokens))
 
 
+def test_prompts_equal_encode_with_the_same_prompt(cluster: Cluster, second_model: Any) -> None:
+    texts = sample_texts(12, seed=10)
+    cases = [({"prompt_name": "query"}, {"prompt_name": "query"}),
+             ({"input_type": "document"}, {"prompt_name": "document"}),  # mapped to the model's own prompt
+             ({"prompt": "Represent this: "}, {"prompt": "Represent this: "}),
+             ({}, {})]  # none asked for, and the model has no default_prompt_name: none
+    for fields, encode_kwargs in cases:
+        served = np.asarray(cluster.embed(texts, model=SECOND, **fields))
+        assert cosine_rows(served, second_model.encode(texts, **encode_kwargs)).min() > 0.999, fields
+    with_prompt = np.asarray(cluster.embed(texts, model=SECOND, prompt_name="query"))
+    assert cosine_rows(with_prompt, second_model.encode(texts)).min() < 0.999  # the prompt changes the vectors
+    bad = cluster.post("/embed", json={"texts": ["x"], "model": SECOND, "prompt_name": "nope"})
+    assert bad.status_code == 400 and "query" in bad.json()["error"]["message"]
+
+
+def test_prompt_tokens_count_in_the_usage_and_the_window(cluster: Cluster, second_model: Any) -> None:
+    texts = sample_texts(6, seed=11)
+    r = cluster.post("/v1/embeddings", json={"model": SECOND, "input": texts, "input_type": "query"})
+    assert r.status_code == 200, r.text
+    tokens = second_model.tokenizer(["query: " + t for t in texts], truncation=True,
+                                    max_length=second_model.max_seq_length)["input_ids"]
+    assert r.json()["usage"]["prompt_tokens"] == sum(map(len, tokens))
+    vectors = np.asarray([d["embedding"] for d in r.json()["data"]])
+    assert cosine_rows(vectors, second_model.encode(texts, prompt_name="query")).min() > 0.999
+    words = second_model.max_seq_length - 2  # one token a word: exactly the window without a prompt
+    exact = " ".join(["word"] * words)
+    assert cluster.post("/embed", json={"texts": [exact], "model": SECOND, "truncate": False}).status_code == 200
+    over = cluster.post("/embed", json={"texts": [exact], "model": SECOND, "truncate": False, "prompt_name": "query"})
+    assert over.status_code == 422 and over.json()["error"]["code"] == "INPUT_TOO_LONG"
+
+
 def test_rerank_scores_and_order_equal_in_process(cluster: Cluster, cross_encoder: Any) -> None:
     texts = sample_texts(150, seed=7)  # three jobs, spread over the reranker's worker and batched as texts are
     expected = cross_encoder.predict([(QUERY, t) for t in texts])
