@@ -66,11 +66,12 @@ class Embed:
         normalize = flag(body, "normalize", True)
         truncate = flag(body, "truncate", True)
         model = resolve(self.state.client.broker_status(), model_param(body), EMBED)
+        prompt = prompt_of(model, body)
         if not texts:
             resp.media = {"vectors": []}
             return
         cache = flag(body, "cache", header_allows(req.get_header(CACHE_HEADER)))
-        options = JobOptions(truncate=truncate, prompt=prompt_of(model, body))
+        options = JobOptions(truncate=truncate, prompt=prompt)
         result = self.state.embed(req.uri_template, texts, normalize, options, as_json=True, model=model, cache=cache)
         extra = {"truncated": result.truncated} if result.truncated else {}  # only when any, as the seed's
         json_media.answer(resp, extra, "vectors", result.vectors_json())  # the rows as the workers wrote them
