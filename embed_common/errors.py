@@ -33,13 +33,18 @@ TABLE: tuple[ErrorSpec, ...] = (
               "an unknown field, a limit exceeded", generic=True),
     ErrorSpec("UNAUTHORIZED", 401, "the server has an API key and the request did not carry it",
               generic=True),
+    ErrorSpec("HOST_NOT_ALLOWED", 403, "the `Host` header names no host this front answers to (on a loopback "
+              "bind: `localhost`, `127.0.0.1`, `[::1]`; and `--allowed-hosts`): a DNS-rebinding page"),
+    ErrorSpec("ORIGIN_NOT_ALLOWED", 403, "a web page of an origin not in `--allowed-origins` sent the request "
+              "(its `Origin` header)"),
     ErrorSpec("NOT_FOUND", 404, "no such route", generic=True),
     ErrorSpec("MODEL_NOT_FOUND", 404, "`/v1/...`: the request names a model this cluster does not serve"),
     ErrorSpec("METHOD_NOT_ALLOWED", 405, "the route does not take this method", generic=True),
     ErrorSpec("PAYLOAD_TOO_LARGE", 413, "body over `max_body_bytes` (refused before reading when Content-Length "
               "says so)", generic=True),
     ErrorSpec("PDF_TOO_LARGE", 413, "`/embed/pdf`: over `max_pdf_pages` or `pdf_timeout`"),
-    ErrorSpec("UNSUPPORTED_MEDIA_TYPE", 415, "`/embed/pdf` takes the PDF itself, as `application/pdf`",
+    ErrorSpec("UNSUPPORTED_MEDIA_TYPE", 415, "the body's `Content-Type` is not what the route takes: "
+              "`application/json` (or `+json`) for the JSON routes, `application/pdf` for `/embed/pdf`",
               generic=True),
     ErrorSpec("INPUT_TOO_LONG", 422, "an input over the model's token limit with `\"truncate\": false`"),
     ErrorSpec("PDF_INVALID", 422, "`/embed/pdf`: not a PDF, corrupt or truncated"),

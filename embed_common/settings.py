@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -44,6 +45,30 @@ def positive_float(raw: str) -> float:
     if value <= 0:
         raise ValueError(raw)
     return value
+
+
+HOST_NAME = re.compile(r"^(\*|[a-z0-9_-][a-z0-9_.-]*|\[[0-9a-f:.]+\])$")  # a name, an IPv4 or an [IPv6]
+
+
+def host_names(raw: str) -> tuple[str, ...]:
+    """``--allowed-hosts``: comma-separated names (no port: any port is allowed), or ``*`` for any Host."""
+    names = tuple(dict.fromkeys(n.strip().lower() for n in raw.split(",") if n.strip()))
+    if not all(HOST_NAME.match(name) for name in names):
+        raise ValueError(raw)
+    return names
+
+
+def web_origins(raw: str) -> tuple[str, ...]:
+    """``--allowed-origins``: comma-separated ``scheme://host[:port]`` (what a browser's Origin header says),
+    ``*`` for any page, or ``null`` (what file:// pages and sandboxed frames send: any of them)."""
+    origins = tuple(dict.fromkeys(o.strip().lower().rstrip("/") for o in raw.split(",") if o.strip()))
+    for origin in origins:
+        scheme, sep, netloc = origin.partition("://")
+        if origin in ("*", "null"):
+            continue
+        if not sep or not scheme.isalpha() or not netloc or any(c in netloc for c in "/@?# "):
+            raise ValueError(raw)
+    return origins
 
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -144,6 +169,12 @@ SETTINGS: tuple[Setting, ...] = (
       (*UP_FRONT, "cache")),
     S("cache-max-bytes", 1 << 30, "the vector cache's size bound; least recently used vectors go past it",
       (*UP_FRONT, "cache"), positive_int),
+    # the front's request policy (http_front/request_policy.py; docs/security.md)
+    S("allowed-hosts", None, "Host names the front answers to besides localhost, 127.0.0.1 and [::1] "
+      "(comma-separated, any port; * for any); checked on a loopback bind, and on any other where given",
+      UP_FRONT, host_names),
+    S("allowed-origins", None, "web origins (scheme://host[:port], comma-separated; * for any) whose pages "
+      "may call the API (CORS); by default none but the status page's own", UP_FRONT, web_origins),
     S("insecure", False, "allow a non-loopback --host without EMBED_API_KEY (anyone who reaches it may use it)",
       UP_FRONT, switch=True),
     # the broker
@@ -221,6 +252,8 @@ def child_argv(args: argparse.Namespace, part: str) -> list[str]:
         value = getattr(args, s.dest)
         if s.switch:
             argv += [s.flag] if value else []
+        elif isinstance(value, tuple):  # a list setting (--allowed-hosts): given back as it is written
+            argv += [s.flag, ",".join(value)]
         elif value is not None:
             argv += [s.flag, str(value)]
     return argv

@@ -17,6 +17,7 @@ from http_front.broker_client import BrokerClient
 from http_front.embed_cache import CacheHitsHeader, FrontCache
 from http_front.observability import RequestObservability
 from http_front.pdf_text import PdfPool
+from http_front.request_policy import Access, RequestPolicy
 from http_front.routes import COUNTING, RouteLookup, add_routes
 from http_front.state import AppState, ClientGoneCheck
 from http_front.status_history import StatusRecorder
@@ -30,18 +31,20 @@ def new_state(client: BrokerClient, limits: Limits | None = None, pdf_parsers: P
 
 
 def create_app(client: BrokerClient, limits: Limits | None = None, state: AppState | None = None,
-               api_key: str | None = None, pdf_parsers: PdfPool | None = None) -> falcon.App:
+               api_key: str | None = None, pdf_parsers: PdfPool | None = None,
+               access: Access | None = None) -> falcon.App:
     """The app; pass ``state`` (from :func:`new_state`) to keep a handle on it (the entry point drains it on
     shutdown), else ``limits`` and ``pdf_parsers`` make one. With ``api_key`` every request but those to the
     open routes needs it (http_front/auth.py). ``pdf_parsers``: the processes that read PDFs
-    (http_front/pdf_text.py); by default a pool of the state's own, started on the first PDF."""
+    (http_front/pdf_text.py); by default a pool of the state's own, started on the first PDF. ``access``: the Host
+    names and web origins let in (http_front/request_policy.py); by default any Host, and no other origin."""
     if state is not None and (limits is not None or pdf_parsers is not None):
         raise TypeError("pass either state, or limits and pdf_parsers to make one")
     state = state or new_state(client, limits, pdf_parsers)
     router = CompiledRouter()
     middleware: list[Any] = [RouteLookup(router), json_media.StreamLargeBodies(),
                              RequestObservability(state.metrics), StatusRecorder(state.history), ClientGoneCheck(),
-                             CacheHitsHeader()]
+                             CacheHitsHeader(), RequestPolicy(access or Access())]
     if api_key:
         middleware.append(ApiKeyAuth(api_key))
     app = falcon.App(cors_enable=False, middleware=middleware, router=router)

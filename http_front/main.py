@@ -14,6 +14,7 @@ from embed_common.settings import Limits, default
 from http_front.app import create_app, new_state
 from http_front.broker_client import BrokerClient
 from http_front.embed_cache import open_cache
+from http_front.request_policy import Access
 from http_front.routes import STATUS_PATH
 from http_front.server import make_server, serve
 
@@ -34,13 +35,16 @@ class FrontSettings:
     api_key: str | None = field(default=None, repr=False)  # from EMBED_API_KEY; never logged
     cache: str = default("cache", "front")  # on, off or a path (http_front/embed_cache.py open_cache)
     cache_max_bytes: int = default("cache-max-bytes", "front")
+    allowed_hosts: tuple[str, ...] | None = None  # more Host names (http_front/request_policy.py)
+    allowed_origins: tuple[str, ...] | None = None  # web origins let in, with CORS
 
 
 def run(settings: FrontSettings) -> int:
     lifeline.watch_parent(settings.parent_pid)
     client = BrokerClient(settings.broker, on_first_worker=lambda: progress.emit("front_ready", {}))
     state = new_state(client, settings.limits, cache=open_cache(settings.cache, settings.cache_max_bytes))
-    app = create_app(client, state=state, api_key=settings.api_key)
+    access = Access.of(settings.host, settings.allowed_hosts, settings.allowed_origins)
+    app = create_app(client, state=state, api_key=settings.api_key, access=access)
     limits = settings.limits
     try:
         server = make_server(app, settings.host, settings.port, settings.threads, limits.max_body_bytes,

@@ -44,10 +44,7 @@ def read_json(req: falcon.Request, limits: Limits) -> Any:
 
 
 def read_pdf(req: falcon.Request, max_bytes: int) -> bytes:
-    media_type = (req.content_type or "").split(";", 1)[0].strip().lower()
-    if media_type != MEDIA_TYPES["pdf"]:
-        raise ApiError("UNSUPPORTED_MEDIA_TYPE", "send the PDF itself as the body, with Content-Type: "
-                       f"application/pdf (got {media_type or 'none'!r})")
+    """The PDF of the body (its media type is checked before, by http_front/request_policy.py)."""
     data = read_body(req, max_bytes)
     if not data:
         raise ApiError("PDF_INVALID", "the body is empty")

@@ -201,17 +201,20 @@ def status_and_code(response: bytes) -> tuple[int, str | None]:
 @pytest.mark.parametrize(
     ("request_bytes", "status", "code"),
     [
-        pytest.param(b"POST /embed HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
-                     b"Connection: close\r\n\r\n" % (50 * MAX_BODY_BYTES), 413, "PAYLOAD_TOO_LARGE",
+        pytest.param(b"POST /embed HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\nConnection: close\r\n\r\n" % (50 * MAX_BODY_BYTES), 413,
+                     "PAYLOAD_TOO_LARGE",
                      id="content-length-over-the-limit-refused-before-the-body"),
-        pytest.param(b"POST /embed HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+        pytest.param(b"POST /embed HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n"
+                     b"Connection: close\r\n\r\n"
                      + b"%x\r\n" % (MAX_BODY_BYTES // 4) + b"[" * (MAX_BODY_BYTES // 4) + b"\r\n"
                      + (b"%x\r\n" % (MAX_BODY_BYTES)) + b" " * MAX_BODY_BYTES + b"\r\n0\r\n\r\n",
                      413, "PAYLOAD_TOO_LARGE", id="chunked-body-over-the-limit"),
         pytest.param(b"GARBAGE\x00\xff /\r\n\r\n", 400, "BAD_REQUEST", id="garbage-request-line"),
-        pytest.param(b"POST /embed HTTP/1.1\r\nHost: x\r\nContent-Length: nope\r\nConnection: close\r\n\r\n",
+        pytest.param(b"POST /embed HTTP/1.1\r\nHost: localhost\r\nContent-Length: nope\r\nConnection: close\r\n\r\n",
                      400, "BAD_REQUEST", id="bad-content-length"),
-        pytest.param(b"POST /embed HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\nConnection: close\r\n\r\n"
+        pytest.param(b"POST /embed HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 10\r\nConnection: close\r\n\r\n"
                      b"\xff\xfe\x00{\x80\x81garb", 400, "INVALID_JSON", id="binary-body"),
     ],
 )
@@ -224,7 +227,7 @@ def test_malformed_http_is_a_json_error_and_the_front_keeps_serving(cluster: Clu
 
 
 def test_a_client_that_hangs_up_mid_body_is_forgotten(cluster: Cluster, pool: TextPool) -> None:
-    head = b"POST /embed HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 5000\r\n\r\n"
+    head = b"POST /embed HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 5000\r\n\r\n"
     response = raw_http(cluster, head + b'{"texts": ["cut', hang_up=True)
     assert response == b"" or status_and_code(response)[0] == 400, response[:200]
     outcome = post_embed(requests.Session(), cluster.url, pool.texts[:3], pool)

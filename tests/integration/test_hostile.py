@@ -203,7 +203,7 @@ def test_jobs_of_a_client_that_went_away_are_dropped_before_compute(cluster: Clu
         holder.start()
     eventually(lambda: submitted_since(len(holders) * jobs), "the holders' jobs reached the broker", timeout=30)
     with socket.create_connection(("127.0.0.1", cluster.port), timeout=10) as s:  # its jobs, then gone
-        s.sendall(b"POST /embed HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        s.sendall(b"POST /embed HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
                   b"Content-Length: %d\r\n\r\n" % len(body) + body)
         eventually(lambda: submitted_since((len(holders) + 1) * jobs), "the front queued the request's jobs",
                    timeout=30)

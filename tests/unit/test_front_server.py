@@ -112,7 +112,7 @@ def test_an_over_limit_body_sent_whole_before_reading_gets_the_413_json(listenin
     server, _ = listening
     body = b"x" * (4 * 1024 * 1024)  # far past the limit and the socket buffers
     with socket.create_connection(("127.0.0.1", server.effective_port), timeout=10) as s:
-        s.sendall(b"POST /embed HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        s.sendall(b"POST /embed HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
                   b"Content-Length: %d\r\n\r\n" % len(body) + body)  # all of it, then read
         answer = b""
         while chunk := s.recv(65536):

@@ -209,9 +209,9 @@ def test_health_lists_down_workers_and_the_front_refuses_input_it_cannot_send(ma
     health = eventually(lambda: (r := app.simulate_get("/health")).json["workers_down"] and r, "down in /health")
     assert health.status_code == 200 and health.json["status"] == "ok"  # another worker serves
     assert health.json["workers_down"][0] == down("worker-1", "failed")
-    deep = app.simulate_post("/embed", body=b"[" * 50_000 + b"]" * 50_000)
+    deep = app.simulate_post("/embed", body=b"[" * 50_000 + b"]" * 50_000, content_type="application/json")
     assert (deep.status_code, deep.json["error"]["code"]) == (400, "INVALID_JSON")
-    lone = app.simulate_post("/embed", body=b'{"texts": ["ok", "\\udc80"]}')
+    lone = app.simulate_post("/embed", body=b'{"texts": ["ok", "\\udc80"]}', content_type="application/json")
     assert (lone.status_code, lone.json["error"]["code"]) == (400, "BAD_REQUEST")
     assert "texts[1]" in lone.json["error"]["message"]
     assert cluster.client.pending_jobs() == 0  # nothing left behind
