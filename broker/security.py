@@ -19,7 +19,7 @@ import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
 from embed_common import sockets
-from embed_common.curve import ALLOWED_DIR, BROKER_SECRET, ZAP_DOMAIN, KeyFileError, load_keys
+from embed_common.curve import ALLOWED_DIR, BROKER_SECRET, ZAP_DOMAIN, KeyFileError, check_server_keys, load_keys
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +85,7 @@ def lan_router(context: zmq.Context, address: str, keys_dir: str | None) -> zmq.
     if not keys_dir:
         raise KeyFileError("a LAN address needs a key directory (embed-cluster keys init DIR)")
     keys = Path(keys_dir)
+    check_server_keys(keys)  # the key pair, and directories no one else can write to
     public, secret = load_keys(keys / BROKER_SECRET, need_secret=True)
     allow_list = AllowList(keys / ALLOWED_DIR)
     auth = LanAuthenticator(context, allow_list)

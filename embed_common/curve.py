@@ -37,8 +37,24 @@ class KeyFileError(ValueError):
     """A key file or directory that is missing or not a key in pyzmq's certificate format."""
 
 
+def check_private(path: Path) -> None:
+    """Refuse a secret key file that others can read, or a key directory that others can write, as ssh refuses
+    an unprotected private key: another user of the machine could join as a worker (or as the broker) with it,
+    or put their own key on the allow-list. POSIX only (Windows has no such mode bits)."""
+    if os.name != "posix":
+        return
+    mode = path.stat().st_mode & 0o777
+    if path.is_dir() and mode & 0o022:
+        raise KeyFileError(f"the key directory {path} is writable by others (mode {mode:o}); "
+                           f"fix it with: chmod go-w {path}")
+    if path.is_file() and mode & 0o077:
+        raise KeyFileError(f"the secret key file {path} is readable or writable by others (mode {mode:o}), so it "
+                           f"is no secret: fix it with: chmod 600 {path}")
+
+
 def load_keys(path: str | os.PathLike[str], need_secret: bool) -> tuple[bytes, bytes | None]:
-    """(public, secret) z85 keys from a certificate file; a clear :class:`KeyFileError` when that fails."""
+    """(public, secret) z85 keys from a certificate file; a clear :class:`KeyFileError` when that fails (a
+    secret key file that others may read, too: :func:`check_private`)."""
     path = Path(path)
     if not path.is_file():
         raise KeyFileError(f"key file {path} does not exist")
@@ -48,12 +64,19 @@ def load_keys(path: str | os.PathLike[str], need_secret: bool) -> tuple[bytes, b
         raise KeyFileError(f"{path} is not a CurveZMQ key file: {exc}") from None
     if need_secret and not secret:
         raise KeyFileError(f"{path} holds no secret key: use a .key_secret file")
+    if secret:
+        check_private(path)
     return public, secret
 
 
 def check_server_keys(keys_dir: str | os.PathLike[str]) -> None:
-    """Raise :class:`KeyFileError` unless ``keys_dir`` holds the broker's key pair (``keys init`` makes it)."""
-    load_keys(Path(keys_dir) / BROKER_SECRET, need_secret=True)
+    """Raise :class:`KeyFileError` unless ``keys_dir`` holds the broker's key pair (``keys init`` makes it) and
+    neither it nor its allow-list can be written by others."""
+    keys = Path(keys_dir)
+    load_keys(keys / BROKER_SECRET, need_secret=True)
+    for directory in (keys, keys / ALLOWED_DIR):
+        if directory.is_dir():
+            check_private(directory)
 
 
 def check_client_keys(broker_key: str, key: str) -> None:

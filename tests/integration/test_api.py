@@ -171,7 +171,8 @@ def test_models_and_openai_shaped_errors(api: Cluster, sdk: openai.OpenAI) -> No
     with openai.OpenAI(base_url=api.url + "/v1", api_key="wrong", max_retries=0) as stranger, \
             pytest.raises(openai.AuthenticationError):
         stranger.embeddings.create(model=MODEL, input="x")
-    r = requests.post(api.url + "/v1/embeddings", headers=AUTH, data=b"{oops", timeout=30)
+    r = requests.post(api.url + "/v1/embeddings", headers={**AUTH, "Content-Type": "application/json"}, data=b"{oops",
+                      timeout=30)
     assert r.status_code == 400 and set(r.json()["error"]) >= {"message", "type", "code", "param"}
     r = requests.post(api.url + "/v1/embeddings", headers=AUTH, json={"model": MODEL, "input": [[1, 2]]}, timeout=30)
     assert r.status_code == 400 and "token arrays" in r.json()["error"]["message"]

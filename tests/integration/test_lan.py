@@ -142,6 +142,7 @@ def lan(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lan]:
     for argv in (("init", str(keys)), ("add-worker", str(keys), "box-b"), ("add-worker", str(keys), "box-c")):
         subprocess.run(cli("keys", *argv), check=True, capture_output=True, timeout=60)
     zmq.auth.create_certificates(root, "stranger")  # a key pair the broker has never heard of
+    (root / "stranger.key_secret").chmod(0o600)  # pyzmq writes it as the umask says
     host = LanHost()
     processes: list[Process] = []
     try:

@@ -107,6 +107,37 @@ def test_cli_keys_commands_and_their_errors(tmp_path: Path, capsys: pytest.Captu
         cli_main(["broker", "--lan", "127.0.0.1:1", "--keys", str(tmp_path)])
 
 
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o660])
+def test_a_secret_key_others_can_read_is_refused_as_ssh_does(key_dir: Path, mode: int) -> None:
+    key_files.add_worker(str(key_dir), "box")
+    for secret in (key_dir / "box.key_secret", key_dir / "broker.key_secret"):
+        secret.chmod(mode)
+        with pytest.raises(SystemExit, match=rf"{secret.name} is readable or writable by others.*chmod 600"):
+            cli_main(["worker", "--broker", "tcp://127.0.0.1:1", "--broker-key", f"{key_dir}/broker.key",
+                      "--key", str(key_dir / "box.key_secret")] if secret.name == "box.key_secret" else
+                     ["broker", "--lan", "127.0.0.1:1", "--keys", str(key_dir)])
+        with pytest.raises(KeyFileError, match="readable or writable by others"):
+            curve.load_keys(secret, need_secret=True)
+        secret.chmod(0o600)
+    curve.check_server_keys(key_dir)
+    curve.check_client_keys(str(key_dir / "broker.key"), str(key_dir / "box.key_secret"))
+    (key_dir / "broker.key").chmod(0o644)  # a public key may be read by anyone
+    curve.load_keys(key_dir / "broker.key", need_secret=False)
+
+
+@pytest.mark.parametrize("where", ["", "allowed"])
+def test_a_key_directory_others_can_write_is_refused(key_dir: Path, where: str) -> None:
+    """Another user who can write there could put their own key on the allow-list, or replace the broker's."""
+    directory = key_dir / where if where else key_dir
+    directory.chmod(0o777)
+    with pytest.raises(KeyFileError, match=rf"{directory} is writable by others.*chmod go-w"):
+        curve.check_server_keys(key_dir)
+    with pytest.raises(KeyFileError, match="writable by others"):
+        security.lan_router(zmq.Context.instance(), "tcp://127.0.0.1:*", str(key_dir))
+    directory.chmod(0o755)
+    curve.check_server_keys(key_dir)
+
+
 class Peer:
     """A CurveZMQ client of the LAN router, the way a worker's socket is configured."""
 
@@ -147,6 +178,7 @@ def test_only_allowed_keys_get_through_and_the_list_is_read_on_every_connection(
         assert received(router, b"hello from box")
 
         zmq.auth.create_certificates(key_dir, "stranger")  # a pair that is not on the list
+        (key_dir / "stranger.key_secret").chmod(0o600)  # pyzmq writes it as the umask says
         stranger = Peer(context, address, key_dir, key_dir / "stranger.key_secret")
         stranger.sock.send(b"hello from a stranger")
         eventually(lambda: len(refusals(caplog)) >= 2, "both sides log the refusal", DEADLINE)
@@ -159,6 +191,7 @@ def test_only_allowed_keys_get_through_and_the_list_is_read_on_every_connection(
         stranger.close()
 
         (key_dir / "late.key_secret").write_bytes((key_dir / "stranger.key_secret").read_bytes())
+        (key_dir / "late.key_secret").chmod(0o600)
         (key_dir / "allowed" / "late.key").write_bytes((key_dir / "stranger.key").read_bytes())
         late = Peer(context, address, key_dir, key_dir / "late.key_secret")  # the stranger's key, now allowed
         late.sock.send(b"let in without a restart")
@@ -181,6 +214,7 @@ def test_a_revoked_key_is_refused_from_its_next_connection(key_dir: Path, contex
     try:
         key_files.remove_worker(str(key_dir), "box")
         secret.write_bytes(kept)  # the worker machine still has its copy
+        secret.chmod(0o600)
         peer = Peer(context, address, key_dir, secret)
         peer.sock.send(b"after revocation")
         eventually(lambda: refusals(caplog), "the router logs the refusal", DEADLINE)
