@@ -17,7 +17,8 @@ each answered from the error table before a body is read (so before any work), a
 
 :class:`RequestPolicy` is the Falcon middleware. It decides by the request's row of the route table
 (``req.context.route``, put there before routing by http_front/routes.py ``RouteLookup``: its ``methods`` and
-``accepts``), so everything is decided in ``process_request``, before the API key, the routing and the responder.
+``accepts``). Host and Origin are decided in ``process_request``, before the API key (a preflight carries none)
+and the routing; the media type in ``process_resource``, after the key and before the responder reads the body.
 """
 
 from __future__ import annotations
@@ -114,6 +115,11 @@ class RequestPolicy:
             if req.method == "OPTIONS" and req.get_header("Access-Control-Request-Method") and route is not None:
                 self.preflight(req, resp, route.methods)
                 return
+
+    def process_resource(self, req: falcon.Request, resp: falcon.Response, resource: object,
+                         params: dict[str, Any]) -> None:
+        """The media type, once the request is routed (and past the API key), before its responder reads it."""
+        route = req.context.get("route")
         body = MEDIA_TYPES.get(route.accepts) if route is not None else None
         if body is not None and req.method in BODY_METHODS:
             given = media_type(req.content_type)
