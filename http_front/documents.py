@@ -62,7 +62,8 @@ class EmbedPdf:
         deadline = time.monotonic() + limits.request_timeout
         self.state.enter()  # counted in flight while it is parsed too: a drain waits for it
         try:
-            pages = self.parsers.extract(data, limits.max_pdf_pages, min(limits.pdf_timeout, limits.request_timeout))
+            pages = self.parsers.extract(data, limits.max_pdf_pages, min(limits.pdf_timeout, limits.request_timeout),
+                                         max_chars=limits.max_body_bytes)  # as much text as a JSON body holds
             with_text = [i for i, text in enumerate(pages) if text.strip()]
             rows, vectors = embed_chunked(self.state, req.uri_template, [pages[i] for i in with_text], normalize,
                                           option, deadline)

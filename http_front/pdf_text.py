@@ -40,8 +40,10 @@ class PdfError(Exception):
         self.code = code
 
 
-def extract_pages(data: bytes, max_pages: int) -> list[str]:
-    """The extracted text of every page (``""`` for a page without a text layer)."""
+def extract_pages(data: bytes, max_pages: int, max_chars: int | None = None) -> list[str]:
+    """The extracted text of every page (``""`` for a page without a text layer); PDF_TOO_LARGE past
+    ``max_pages`` pages or ``max_chars`` characters of text (a small file of highly compressed text streams
+    holds far more text than its size: it is refused as it is read, not after)."""
     from pypdf import PdfReader
     from pypdf.errors import DependencyError, FileNotDecryptedError
 
@@ -60,7 +62,15 @@ def extract_pages(data: bytes, max_pages: int) -> list[str]:
         pages = len(reader.pages)
         if pages > max_pages:
             raise PdfError("PDF_TOO_LARGE", f"the PDF has {pages} pages; the limit is {max_pages}")
-        return [page.extract_text() or "" for page in reader.pages]
+        texts: list[str] = []
+        total = 0
+        for page in reader.pages:
+            texts.append(page.extract_text() or "")
+            total += len(texts[-1])
+            if max_chars is not None and total > max_chars:
+                raise PdfError("PDF_TOO_LARGE", f"the PDF holds more than {max_chars} characters of text, the "
+                               "most one request may carry (max_body_bytes)")
+        return texts
     except PdfError:
         raise
     except FileNotDecryptedError:
@@ -70,12 +80,16 @@ def extract_pages(data: bytes, max_pages: int) -> list[str]:
     except RecursionError:
         raise PdfError("PDF_INVALID", "the PDF's structure is nested too deeply to read") from None
     except Exception as exc:  # pypdf raises many types for corrupt files; the class name is enough to tell
+        # pypdf's own bounds (a stream's decompressed size, the page tree's depth, ...); named, not imported:
+        if type(exc).__name__ == "LimitReachedError":  # older pypdf versions lack the class
+            raise PdfError("PDF_TOO_LARGE", "the PDF goes past a limit of the parser (a compression bomb, or "
+                           f"a structure nested too deeply): {str(exc)[:200]}") from None
         raise PdfError("PDF_INVALID", f"the PDF is corrupt or truncated ({type(exc).__name__})") from None
 
 
 def serve(conn: Connection, memory_bytes: int) -> None:
-    """A parser process: say ``("ready",)``, then read ``(data, max_pages)`` and answer ``("ok", pages)`` or
-    ``("error", code, message)``, until the front goes away."""
+    """A parser process: say ``("ready",)``, then read ``(data, max_pages, max_chars)`` and answer
+    ``("ok", pages)`` or ``("error", code, message)``, until the front goes away."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the front decides
     import pypdf  # noqa: F401 - imported before the first PDF's clock starts
 
@@ -87,11 +101,11 @@ def serve(conn: Connection, memory_bytes: int) -> None:
     conn.send(("ready",))
     while True:
         try:
-            data, max_pages = conn.recv()
+            data, max_pages, max_chars = conn.recv()
         except (EOFError, OSError):  # the front is gone
             return
         try:
-            reply: tuple[Any, ...] = ("ok", extract_pages(data, max_pages))
+            reply: tuple[Any, ...] = ("ok", extract_pages(data, max_pages, max_chars))
         except PdfError as exc:
             reply = ("error", exc.code, str(exc))
         del data
@@ -123,8 +137,9 @@ class PdfPool:
         self._lock = threading.Lock()
         self.replaced = 0  # parsers killed for overrunning or found dead
 
-    def extract(self, data: bytes, max_pages: int, timeout: float) -> list[str]:
-        """Every page's text; raises ApiError (PDF_*, or OVERLOADED when every parser stays busy)."""
+    def extract(self, data: bytes, max_pages: int, timeout: float, max_chars: int | None = None) -> list[str]:
+        """Every page's text (:func:`extract_pages`); raises ApiError (PDF_*, or OVERLOADED when every parser
+        stays busy)."""
         try:
             parser = self._idle.get(timeout=timeout)
         except queue.Empty:
@@ -133,7 +148,7 @@ class PdfPool:
             if parser is None or not parser.process.is_alive():
                 old, parser = parser, None
                 parser = self._replace(old)
-            parser.conn.send((data, max_pages))
+            parser.conn.send((data, max_pages, max_chars))
             if not parser.conn.poll(timeout):
                 self._retire(parser, "overran its time limit")
                 parser = None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import textwrap
+import zlib
 
 
 def to_unicode(chars: set[str], every_code: bool = False) -> bytes:
@@ -65,6 +66,11 @@ def build_pdf(pages: list[list[str] | None], slow: bool = False) -> bytes:
                        "/Resources << /Font << /F1 3 0 R >> /XObject << /Im1 6 0 R >> >> >>".encode())
         kids.append(f"{len(objects)} 0 R")
     objects[1] = f"<< /Type /Pages /Kids [{' '.join(kids)}] /Count {len(kids)} >>".encode()
+    return assemble(objects)
+
+
+def assemble(objects: list[bytes]) -> bytes:
+    """A PDF of these objects (numbered from 1; the first is the catalog), with its cross-reference table."""
     out = bytearray(b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n")
     offsets = []
     for number, body in enumerate(objects, start=1):
@@ -86,3 +92,70 @@ def encrypt(pdf: bytes, user_password: str, algorithm: str = "AES-256") -> bytes
     out = io.BytesIO()
     writer.write(out)
     return out.getvalue()
+
+
+# -- hostile files (tests/unit/test_hostile_pdfs.py, tests/integration/test_documents.py) ---------------------
+
+HELVETICA = b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>"
+
+
+def _pages(contents: list[bytes]) -> bytes:
+    """A PDF whose pages show these content streams (as they are: compressed ones carry their /Filter)."""
+    objects = [b"<< /Type /Catalog /Pages 2 0 R >>", b"", HELVETICA]
+    kids = []
+    for content in contents:
+        objects.append(content)
+        objects.append(f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents {len(objects)} 0 R "
+                       "/Resources << /Font << /F1 3 0 R >> >> >>".encode())
+        kids.append(f"{len(objects)} 0 R")
+    objects[1] = f"<< /Type /Pages /Kids [{' '.join(kids)}] /Count {len(kids)} >>".encode()
+    return assemble(objects)
+
+
+def compressed_text(chars: int) -> bytes:
+    """A FlateDecode content stream that shows ``chars`` characters of text (a few KiB a million)."""
+    line = b"(" + b"ab " * 30 + b") Tj T* "
+    content = b"BT /F1 10 Tf 12 TL 50 770 Td " + line * (chars // 90 + 1) + b"ET"
+    return _stream(zlib.compress(content, 9), " /Filter /FlateDecode")
+
+
+def text_bomb(pages: int, chars_per_page: int) -> bytes:
+    """A small file whose pages hold far more text than its size: highly compressible text streams."""
+    return _pages([compressed_text(chars_per_page)] * pages)
+
+
+def flate_bomb(expanded_bytes: int) -> bytes:
+    """One page whose content stream is ``expanded_bytes`` of zeros compressed (about 1000:1)."""
+    squeezer, parts = zlib.compressobj(1), []
+    block = bytes(1 << 20)
+    for _ in range(expanded_bytes >> 20):
+        parts.append(squeezer.compress(block))
+    parts.append(squeezer.flush())
+    return _pages([_stream(b"".join(parts), " /Filter /FlateDecode")])
+
+
+def nested_pdf(depth: int) -> bytes:
+    """One page whose resources hold an array nested ``depth`` deep (a parser that recurses runs out of stack)."""
+    deep = b"[" * depth + b"]" * depth
+    objects = [b"<< /Type /Catalog /Pages 2 0 R >>", b"<< /Type /Pages /Kids [4 0 R] /Count 1 >>",
+               _stream(b"BT /F1 10 Tf 50 770 Td (deep) Tj ET"),
+               b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 3 0 R /Resources << /Font << /F1 "
+               b"5 0 R >> /Deep " + deep + b" >> >>", HELVETICA]
+    return assemble(objects)
+
+
+def nested_pages(depth: int) -> bytes:
+    """A page tree ``depth`` nodes deep above its one page (a reader that walks it by recursion runs out)."""
+    objects = [b"<< /Type /Catalog /Pages 2 0 R >>"]
+    for _ in range(depth):
+        number = len(objects) + 1
+        objects.append(f"<< /Type /Pages /Kids [{number + 1} 0 R] /Count 1 >>".encode())
+    objects.append(b"<< /Type /Page /MediaBox [0 0 612 792] >>")
+    return assemble(objects)
+
+
+def looped_pages() -> bytes:
+    """A page tree whose node lists itself among its kids (a reader that follows it never ends)."""
+    objects = [b"<< /Type /Catalog /Pages 2 0 R >>", b"<< /Type /Pages /Kids [2 0 R 3 0 R] /Count 2 >>",
+               b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] >>"]
+    return assemble(objects)

@@ -18,7 +18,7 @@ import pytest
 
 from http_front.pdf_text import extract_pages
 from tests.conftest import Cluster, cli, cosine_rows, eventually, sample_texts
-from tests.pdfs import build_pdf, encrypt, wrap
+from tests.pdfs import build_pdf, encrypt, flate_bomb, looped_pages, nested_pages, text_bomb, wrap
 
 pytestmark = pytest.mark.slow
 
@@ -102,6 +102,11 @@ ERRORS = [
     ("too many pages", lambda: build_pdf([["p"]] * 301), PDF, 413, "PDF_TOO_LARGE"),
     ("over the body limit", lambda: b"%PDF-1.7\n" + b"0" * (16 * 1024 * 1024), PDF, 413, "PAYLOAD_TOO_LARGE"),
     ("wrong content type", lambda: build_pdf(PAGES), {"Content-Type": "text/plain"}, 415, "UNSUPPORTED_MEDIA_TYPE"),
+    # hostile files (tests/unit/test_hostile_pdfs.py reads them in process): each is refused, and quickly
+    ("compression bomb", lambda: flate_bomb(128 << 20), PDF, 413, "PDF_TOO_LARGE"),
+    ("text bomb", lambda: text_bomb(pages=4, chars_per_page=2_000_000), PDF, 413, "PDF_TOO_LARGE"),  # the 3 s
+    ("page tree nested deep", lambda: nested_pages(20_000), PDF, 413, "PDF_TOO_LARGE"),
+    ("page tree in a loop", looped_pages, PDF, 422, "PDF_INVALID"),
 ]
 
 

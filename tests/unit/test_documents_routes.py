@@ -38,9 +38,9 @@ class ParsedHere:
     """A PdfPool without processes: each PDF read by ``extract_pages`` on the calling thread, its PdfError
     answered as the pool answers a parser's error reply."""
 
-    def extract(self, data: bytes, max_pages: int, timeout: float) -> list[str]:
+    def extract(self, data: bytes, max_pages: int, timeout: float, max_chars: int | None = None) -> list[str]:
         try:
-            return extract_pages(data, max_pages)
+            return extract_pages(data, max_pages, max_chars)
         except PdfError as exc:
             raise ApiError(exc.code, str(exc)) from None
 
