@@ -42,7 +42,8 @@ TABLE: tuple[ErrorSpec, ...] = (
     ErrorSpec("METHOD_NOT_ALLOWED", 405, "the route does not take this method", generic=True),
     ErrorSpec("PAYLOAD_TOO_LARGE", 413, "body over `max_body_bytes` (refused before reading when Content-Length "
               "says so)", generic=True),
-    ErrorSpec("PDF_TOO_LARGE", 413, "`/embed/pdf`: over `max_pdf_pages` or `pdf_timeout`"),
+    ErrorSpec("PDF_TOO_LARGE", 413, "`/embed/pdf`: over `max_pdf_pages` or `pdf_timeout`, more text than "
+              "`max_body_bytes` characters, or past a limit of the parser (a compression bomb)"),
     ErrorSpec("UNSUPPORTED_MEDIA_TYPE", 415, "the body's `Content-Type` is not what the route takes: "
               "`application/json` (or `+json`) for the JSON routes, `application/pdf` for `/embed/pdf`",
               generic=True),
