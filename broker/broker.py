@@ -485,7 +485,7 @@ class Broker:
         rows = len(chunks) if job.options.chunk is not None and isinstance(chunks, list) else job.count
         if header["n"] != rows:
             return f"{header['n']} vectors for {rows} inputs"
-        dim = (job.pool.reference or {}).get("dim")
+        dim = 0 if job.options.tokenize else (job.pool.reference or {}).get("dim")  # a tokenize job: no vectors
         if dim is not None and header["n"] and header["dim"] != dim:
             return f"{header['dim']} dimensions, the model has {dim}"
         return None
@@ -515,7 +515,8 @@ class Broker:
                 "queue_ms": round((job.dispatched_at - job.enqueued_at) * 1000, 3),
                 "worker_ms": round((now - job.dispatched_at) * 1000, 3),
             }
-            for extra in ("encoding", "encode_ms", "truncated", "tokens", "row_tokens", "fingerprint", "chunks"):
+            for extra in ("encoding", "encode_ms", "truncated", "tokens", "row_tokens", "fingerprint", "chunks",
+                          "counts", "ids"):
                 if extra in header:
                     reply[extra] = header[extra]
             self.send("client", job.client, Command.RESULT, reply, *message.payload)

@@ -199,6 +199,10 @@ class JobOptions:
     raw_scores: bool = field(default=False, metadata=row(
         _read_bool, "a rerank job's scores as the model's raw logits, without its activation (CrossEncoder."
         "predict applies it)", example=True))
+    tokenize: bool = field(default=False, metadata=row(
+        _read_bool, "count tokens instead of encoding: the RESULT holds no vectors (dim 0) but counts, each text's "
+        "tokens (the prompt's and the special tokens included, none cut), and the ids the model would be fed",
+        example=True))
     prompt: str | None = field(default=None, metadata=row(
         _read_text, "put before each text (and counted in its tokens), as sentence-transformers' encode(prompt=...) "
         "does", example="query: "))

@@ -56,6 +56,8 @@ class EmbedResult:
     chunks: list[Any] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     row_tokens: list[int] = field(default_factory=list)  # each row's tokens, where every worker said them
+    counts: list[int] = field(default_factory=list)  # a tokenize request's: each text's tokens, none cut
+    ids: list[list[int]] = field(default_factory=list)  # and the ids the model would be fed
     row_fingerprints: list[str | None] = field(default_factory=list)  # each row's model, as its worker said it
 
     @property
@@ -398,6 +400,10 @@ class BrokerClient:
                 result.timings[name] = max(result.timings.get(name, 0.0), float(header.get(name, 0.0)))
             result.chunks.extend([job.start + index, start, end] for index, start, end in header.get("chunks", []))
             rows += int(header["n"])
+            counts, ids = header.get("counts"), header.get("ids")
+            if isinstance(counts, list) and isinstance(ids, list):  # a tokenize job's
+                result.counts.extend(int(c) for c in counts)
+                result.ids.extend(ids)
             tokens = header.get("row_tokens")
             if row_tokens is not None and isinstance(tokens, list) and len(tokens) == int(header["n"]):
                 row_tokens.extend(tokens)

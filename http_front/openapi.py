@@ -233,6 +233,18 @@ def build_spec(state: AppState, routes: Iterable[Documented]) -> dict[str, Any]:
             "usage": {"type": "object", "properties": {"prompt_tokens": {"type": "integer"},
                                                        "total_tokens": {"type": "integer"}}},
             "meta": free_object}},
+        # http_front/tokenize_api.py
+        "TokenizeRequest": {"type": "object", "required": ["texts"], "additionalProperties": False, "properties": {
+            "texts": texts, "model": {**model, "description": "which model (default: the first embedding model)"},
+            "return_ids": {"type": "boolean", "default": False, "description": "the ids the model is fed too"},
+            **prompts}},
+        "TokenizeResponse": {"type": "object", "required": ["counts", "max_tokens", "truncated"], "properties": {
+            "model": {"type": "string", "nullable": True},
+            "max_tokens": {"type": "integer", "nullable": True, "description": "the window: a longer text is cut"},
+            "counts": {"type": "array", "items": {"type": "integer"},
+                       "description": "each text's tokens, its prompt's and the special tokens included, none cut"},
+            "truncated": {"type": "array", "items": {"type": "integer"}, "description": "texts over the window"},
+            "ids": {"type": "array", "items": {"type": "array", "items": {"type": "integer"}}}}},
         # http_front/documents.py
         "ChunksRequest": {"type": "object", "required": ["texts"], "additionalProperties": False, "properties": {
             "texts": texts, **CHUNK_OPTIONS,

@@ -55,6 +55,7 @@ from http_front.seed_api import Embed, Health, Info, Livez, Readyz
 from http_front.state import AppState
 from http_front.status_history import Counting
 from http_front.status_page import ASSETS, StatusAsset, StatusData, StatusPage
+from http_front.tokenize_api import Tokenize
 
 Auth = Literal["key", "open"]
 Threads = Literal["probe", "work"]
@@ -115,6 +116,10 @@ TABLE: tuple[Route, ...] = (
           doc=Doc("Cohere/Jina-compatible rerank (the path of Cohere's v2 client)",
                   {200: json_answer("CohereRerankResponse", "the documents' indices and scores, best first")},
                   errors=(*EMBED_ERRORS, 404), request="CohereRerankRequest")),
+    Route("/tokenize", ("POST",), Tokenize, auth="key", threads="work", counted="rates", accepts="json",
+          doc=Doc("each text's token count (and ids) for a model, and its window",
+                  {200: json_answer("TokenizeResponse", "one count per text, in order")},
+                  errors=(*EMBED_ERRORS, 404), request="TokenizeRequest")),
     # operations (http_front/observability.py, and these routes themselves)
     Route("/metrics", ("GET",), lambda state: MetricsResource(state.metrics), auth="key", threads="probe",
           counted="rates", accepts="none",

@@ -69,6 +69,7 @@ class PendingJob:
     dim: int
     options: JobOptions = DEFAULT_OPTIONS
     chunks: list[list[int]] | None = None  # for a chunked job: [text index, start, end] of each row
+    counts: list[int] | None = None  # for a tokenize job: each text's tokens, none cut (it encodes nothing)
     vectors: np.ndarray = field(init=False)
     remaining: int = field(init=False)
     encode_seconds: float = 0.0

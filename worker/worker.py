@@ -99,7 +99,7 @@ class ComputeThreads:
         except InputError as exc:
             self.reject(header, exc.code, str(exc), **exc.details)
             return
-        if job.remaining == 0:  # a chunked job whose texts hold no tokens: nothing to encode
+        if job.remaining == 0 or job.counts is not None:  # no tokens to encode, or a tokenize job: answered now
             self._finish(job, None)
             return
         job.generation = generation
@@ -224,6 +224,10 @@ class ComputeThreads:
             raise InputError(ErrorCode.INPUT_TOO_LONG.value,
                              f"{len(tokenized.truncated)} input(s) longer than {self.embedder.max_tokens} tokens",
                              indices=tokenized.truncated, max_tokens=self.embedder.max_tokens)
+        if options.tokenize:  # counted as the chunker counts (token_spans), with the special tokens
+            counts = [len(self.embedder.token_spans(text)) + self.embedder.special_tokens for text in texts]
+            return PendingJob(header["job"], header["attempt"], False, tokenized.ids, tokenized.truncated, 0,
+                              options, chunks=chunks, counts=counts)
         return PendingJob(header["job"], header["attempt"], header["normalize"], tokenized.ids,
                           tokenized.truncated, self.embedder.dim, options, chunks=chunks)
 
@@ -451,6 +455,9 @@ class WorkerLoop:
                 header["truncated"] = job.truncated
             if job.chunks is not None:  # a row per vector: [index of its text in the job, start, end]
                 header["chunks"] = job.chunks
+            if job.counts is not None:  # a tokenize job: its counts and the ids the model would be fed
+                header["counts"] = job.counts
+                header["ids"] = job.ids
             encoding = job.options.encoding
             if encoding is not Encoding.F32:
                 header["encoding"] = encoding.value

@@ -143,6 +143,25 @@ def test_prompt_tokens_count_in_the_usage_and_the_window(cluster: Cluster, secon
     assert over.status_code == 422 and over.json()["error"]["code"] == "INPUT_TOO_LONG"
 
 
+def test_token_counts_equal_the_tokenizers(cluster: Cluster, second_model: Any, reference_model: Any) -> None:
+    texts = [*sample_texts(10, seed=12), " ".join(["long"] * 400), ""]
+    r = cluster.post("/tokenize", json={"texts": texts, "return_ids": True})
+    assert r.status_code == 200, r.text
+    answer = r.json()
+    tokenizer, window = reference_model.tokenizer, reference_model.max_seq_length
+    assert answer["max_tokens"] == window and answer["model"] == DEFAULT
+    assert answer["counts"] == [len(ids) for ids in tokenizer(texts)["input_ids"]]  # none cut
+    assert answer["ids"] == tokenizer(texts, truncation=True, max_length=window)["input_ids"]  # what it is fed
+    assert answer["truncated"] == [i for i, count in enumerate(answer["counts"]) if count > window] and \
+        10 in answer["truncated"]
+    prompted = cluster.post("/tokenize", json={"texts": texts[:3], "model": SECOND, "prompt_name": "query"}).json()
+    assert prompted["counts"] == [len(ids) for ids in second_model.tokenizer(["query: " + t for t in texts[:3]])[
+        "input_ids"]]
+    chunks = cluster.post("/embed/chunks", json={"texts": [texts[0] * 8], "chunk_tokens": 20}).json()["chunks"]
+    counted = cluster.post("/tokenize", json={"texts": [c["text"] for c in chunks]}).json()["counts"]
+    assert len(chunks) > 1 and max(counted) - 2 <= 20  # the chunker cuts by the same counts ([CLS], [SEP] aside)
+
+
 def test_rerank_scores_and_order_equal_in_process(cluster: Cluster, cross_encoder: Any) -> None:
     texts = sample_texts(150, seed=7)  # three jobs, spread over the reranker's worker and batched as texts are
     expected = cross_encoder.predict([(QUERY, t) for t in texts])
