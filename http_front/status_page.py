@@ -17,7 +17,10 @@ import falcon
 from http_front.state import AppState, model_facts, readiness
 
 ASSETS = {"status.js": "text/javascript; charset=utf-8", "status.css": "text/css; charset=utf-8"}
-CSP = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:"
+# its own script, style and data only; never in a frame (another page could overlay the key form: clickjacking);
+# its key form submits nowhere (were the script not to run, the key would not go into a URL, the history, a log)
+CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; "
+       "frame-ancestors 'none'; form-action 'none'; base-uri 'none'")
 
 
 @functools.cache
@@ -33,6 +36,8 @@ class StatusPage:
         resp.data = _asset("status.html")
         resp.content_type = "text/html; charset=utf-8"
         resp.set_header("Content-Security-Policy", CSP)
+        resp.set_header("X-Frame-Options", "DENY")  # frame-ancestors for browsers that predate it
+        resp.set_header("Referrer-Policy", "no-referrer")
         resp.set_header("Cache-Control", "no-cache")
 
 

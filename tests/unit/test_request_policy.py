@@ -211,3 +211,20 @@ def test_a_json_route_takes_json(apps: dict[str, falcon.testing.TestClient], pat
 def test_the_pdf_route_takes_only_pdf(apps: dict[str, falcon.testing.TestClient]) -> None:
     r = apps["loopback"].simulate_post("/embed/pdf", json=BODY)
     assert (r.status_code, code(r)) == (415, "UNSUPPORTED_MEDIA_TYPE") and PDF in r.json["error"]["message"]
+
+
+# -- the status page's key ----------------------------------------------------------------------------------
+
+
+def test_the_status_page_keeps_its_key_form_to_itself(apps: dict[str, falcon.testing.TestClient]) -> None:
+    """Never framed by another page (which could overlay the key form), a form that submits nowhere (the key
+    never goes into a URL), no referrer; and every answer says it is what its Content-Type says."""
+    page = apps["keyed"].simulate_get("/status")
+    assert page.status_code == 200
+    csp = {d.strip().split(" ", 1)[0]: d.strip() for d in page.headers["Content-Security-Policy"].split(";")}
+    assert csp["frame-ancestors"] == "frame-ancestors 'none'" and csp["form-action"] == "form-action 'none'"
+    assert csp["default-src"] == "default-src 'none'" and csp["script-src"] == "script-src 'self'"
+    assert page.headers["X-Frame-Options"] == "DENY" and page.headers["Referrer-Policy"] == "no-referrer"
+    assert 'type="password"' in page.text and 'autocomplete="off"' in page.text
+    for path in ("/status", "/status.json", "/embed", "/nowhere"):
+        assert apps["keyed"].simulate_get(path).headers["X-Content-Type-Options"] == "nosniff", path
