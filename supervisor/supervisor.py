@@ -25,7 +25,7 @@ from embed_common import progress
 from embed_common.exits import ExitCode
 from embed_common.lifeline import WORKER_STOP_GRACE
 from embed_common.models import ModelSpec, parse_models
-from embed_common.settings import default
+from embed_common.settings import ENV_ONLY, default
 from supervisor.broker_link import BrokerLink
 from worker.devices import compute_threads, detect_devices, gpu_driver_present
 
@@ -85,6 +85,16 @@ def plan_devices(device: str, workers: str) -> list[str]:
     if device == "cuda":
         found = detect_devices()
     return [found[i % len(found)] for i in range(count)]
+
+
+def child_env(kind: str) -> dict[str, str]:
+    """A child's environment: ours, but the secrets (the API key) only for the front, the one part that reads
+    them (a worker runs a model's code, which need not see them)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if kind != "front":
+        for name in ENV_ONLY:
+            env.pop(name, None)
+    return env
 
 
 class Supervisor:
@@ -213,7 +223,7 @@ class Supervisor:
     def start(self, child: Child) -> None:
         child.proc = subprocess.Popen(child.argv, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
                                       text=True, encoding="utf-8", errors="replace", bufsize=1,
-                                      env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                      env=child_env(child.kind))
         child.started_at = time.monotonic()
         child.starts += 1
         child.restart_at = None
