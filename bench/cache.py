@@ -199,9 +199,10 @@ def main(argv: list[str] | None = None) -> int:
         log(f"cache file: {report['file_rows']} rows, {report['file_mb']} MB in {time.perf_counter() - started:.0f}s")
         (work / "on").mkdir()
         (work / "off").mkdir()
-        on = procs.start_cluster(MODEL, ["--workers", "1", "--cache", str(path), "--cache-max-bytes",
+        patient = ["--workers", "1", "--request-timeout", "600"]  # a busy machine: no 504 ends a shape
+        on = procs.start_cluster(MODEL, [*patient, "--cache", str(path), "--cache-max-bytes",
                                          str(4 * megabytes * 1_000_000)], work / "on")
-        off = procs.start_cluster(MODEL, ["--workers", "1", "--cache", "off"], work / "off")
+        off = procs.start_cluster(MODEL, [*patient, "--cache", "off"], work / "off")
         try:
             log("all-hit latency ...")
             report["hits"] = hit_latency(on.port, selected, 50 if args.quick else 200)
