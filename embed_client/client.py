@@ -5,7 +5,10 @@
 - every failure is an :class:`EmbedError` whose ``kind`` is one of the seed's ``NETWORK_ERROR``, ``TIMEOUT``,
   ``HTTP_ERROR``, ``PARSE_ERROR``;
 - :meth:`EmbedClient.embed` splits a big list into requests within the server's limits (read once from
-  ``/info``) and reassembles the vectors in input order.
+  ``/info``) and reassembles the vectors in input order; :meth:`EmbedClient.rerank` and
+  :meth:`EmbedClient.tokenize` do the same (a split rerank's results are ranked together again);
+- ``model`` names one of the cluster's models (alias, id or short name; None: the default), and the prompt
+  options (``prompt_name``, ``prompt``, ``input_type``) pick the model's prompt as sentence-transformers does.
 
 Standard library only (and embed_common.settings, which is too), so that it imports anywhere.
 """
@@ -84,15 +87,61 @@ class EmbedClient:
     def info(self) -> dict[str, Any]:
         return self._call("GET", "/info")
 
-    def embed(self, texts: list[str], normalize: bool = True) -> list[list[float]]:
+    def embed(self, texts: list[str], normalize: bool = True, model: str | None = None,
+              prompt_name: str | None = None, prompt: str | None = None,
+              input_type: str | None = None) -> list[list[float]]:
+        """The texts' vectors, in order; ``model`` and the prompt options as the module says."""
+        options = _given(model=model, prompt_name=prompt_name, prompt=prompt, input_type=input_type)
         vectors: list[list[float]] = []
         for batch in self._split(texts):
-            body = self._call("POST", "/embed", {"texts": batch, "normalize": normalize})
+            body = self._call("POST", "/embed", {"texts": batch, "normalize": normalize, **options})
             got = body.get("vectors") if isinstance(body, dict) else None
             if not isinstance(got, list) or len(got) != len(batch):
                 raise EmbedError(PARSE_ERROR, f"expected {len(batch)} vectors, got {type(got).__name__}")
             vectors.extend(got)
         return vectors
+
+    def rerank(self, query: str, texts: list[str], model: str | None = None, top_n: int | None = None,
+               raw_scores: bool = False, return_text: bool = False) -> list[dict[str, Any]]:
+        """``/rerank``: ``[{"index", "score", ["text"]}]``, best first (the first ``top_n``), each ``index`` the
+        text's in ``texts``; scores as ``CrossEncoder.predict`` gives them (``raw_scores``: its logits)."""
+        options = {"raw_scores": raw_scores, "return_text": return_text, **_given(model=model)}
+        ranked: list[dict[str, Any]] = []
+        offset = 0
+        for batch in self._split(texts):
+            body = self._call("POST", "/rerank", {"query": query, "texts": batch, **options})
+            if not isinstance(body, list) or len(body) != len(batch) or not all(
+                    isinstance(r, dict) and isinstance(r.get("index"), int) and isinstance(r.get("score"), (int, float))
+                    for r in body):
+                raise EmbedError(PARSE_ERROR, f"expected {len(batch)} ranked texts")
+            ranked.extend({**r, "index": r["index"] + offset} for r in body)
+            offset += len(batch)
+        ranked.sort(key=lambda r: (-r["score"], r["index"]))  # best first; equal scores in input order
+        return ranked[:top_n] if top_n is not None else ranked
+
+    def tokenize(self, texts: list[str], model: str | None = None, return_ids: bool = False,
+                 prompt_name: str | None = None, prompt: str | None = None,
+                 input_type: str | None = None) -> dict[str, Any]:
+        """``/tokenize``: ``{"model", "max_tokens", "counts", "truncated", ["ids"]}``, each text's token count as
+        the model counts it (its prompt's and special tokens included, none cut) and its window."""
+        options = {"return_ids": return_ids,
+                   **_given(model=model, prompt_name=prompt_name, prompt=prompt, input_type=input_type)}
+        answer: dict[str, Any] = {"model": None, "max_tokens": None, "counts": [], "truncated": []}
+        if return_ids:
+            answer["ids"] = []
+        offset = 0
+        for batch in self._split(texts) or [[]]:
+            body = self._call("POST", "/tokenize", {"texts": batch, **options})
+            if not isinstance(body, dict) or not isinstance(body.get("counts"), list) \
+                    or len(body["counts"]) != len(batch):
+                raise EmbedError(PARSE_ERROR, f"expected {len(batch)} token counts")
+            answer.update(model=body.get("model"), max_tokens=body.get("max_tokens"))
+            answer["counts"].extend(body["counts"])
+            answer["truncated"].extend(i + offset for i in body.get("truncated") or [])
+            if return_ids:
+                answer["ids"].extend(body.get("ids") or [])
+            offset += len(batch)
+        return answer
 
     def embed_chunks(self, texts: list[str], chunk_tokens: int | None = None, overlap_tokens: int | None = None,
                      normalize: bool = True) -> dict[str, list[Any]]:
@@ -217,6 +266,11 @@ class EmbedClient:
         message = error.get("message") if isinstance(error, dict) else body[:200].decode(errors="replace")
         raise EmbedError(HTTP_ERROR, f"{method} {path} -> {status}: {message}", status=status, code=code,
                          retry_after=retry_after)
+
+
+def _given(**options: Any) -> dict[str, Any]:
+    """The options that were given (None: the server's default)."""
+    return {name: value for name, value in options.items() if value is not None}
 
 
 def _chunk_options(chunk_tokens: int | None, overlap_tokens: int | None, normalize: bool) -> dict[str, Any]:

@@ -210,6 +210,21 @@ def test_the_cohere_sdk_reranks(cluster: Cluster, cross_encoder: Any, files: dic
     assert [r.index for r in v2.results] == best[:3]  # Cohere's v2 client posts to /v2/rerank
 
 
+def test_the_python_client_names_models_prompts_rerank_and_tokenize(cluster: Cluster, second_model: Any,
+                                                                     cross_encoder: Any) -> None:
+    from embed_client.client import EmbedClient
+
+    client = EmbedClient(cluster.url, max_texts=16)  # small requests: the client splits and merges
+    texts = sample_texts(40, seed=13)
+    vectors = np.asarray(client.embed(texts[:5], model=SECOND, prompt_name="query"))
+    assert cosine_rows(vectors, second_model.encode(texts[:5], prompt_name="query")).min() > 0.999
+    ranked = client.rerank(QUERY, texts, model=RERANKER, top_n=20)
+    expected = cross_encoder.predict([(QUERY, t) for t in texts])
+    assert [r["index"] for r in ranked] == [int(i) for i in np.argsort(-expected, kind="stable")[:20]]
+    counts = client.tokenize(texts, model=SECOND)["counts"]
+    assert counts == [len(ids) for ids in second_model.tokenizer(texts)["input_ids"]]
+
+
 def test_a_worker_killed_in_one_pool_the_other_serves_on(cluster: Cluster) -> None:
     workers = cluster.get("/health").json()["workers"]
     victim = next(w for w in workers if w["model"] == SECOND)

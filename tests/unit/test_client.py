@@ -54,6 +54,13 @@ def server() -> Iterator[tuple[str, Script]]:
                 status, reply, headers, delay = script.replies.pop(0)
                 time.sleep(delay)
                 self.reply(status, reply, headers)
+            elif self.path == "/rerank":  # a text's score: its length; best first
+                order = sorted(range(len(body["texts"])), key=lambda i: -len(body["texts"][i]))
+                self.reply(200, [{"index": i, "score": float(len(body["texts"][i]))} for i in order])
+            elif self.path == "/tokenize":  # a text's count: its length; over 40: truncated
+                counts = [len(t) for t in body["texts"]]
+                self.reply(200, {"model": "m", "max_tokens": 40, "counts": counts,
+                                 "truncated": [i for i, c in enumerate(counts) if c > 40]})
             else:
                 self.reply(200, {"vectors": [[float(len(t)), 0.0] for t in body["texts"]]})
 
@@ -143,3 +150,42 @@ def test_health_reports_503_bodies_and_check_health_is_false(server: tuple[str, 
     url, _ = server
     assert client(url).health()["status"] == "starting"
     assert client(url).check_health() is False
+
+
+def test_a_split_rerank_is_ranked_again_as_one(server: tuple[str, Script]) -> None:
+    url, script = server
+    script.max_texts = 7
+    texts = ["x" * ((i * 37) % 50) for i in range(30)]
+    ranked = client(url).rerank("q", texts, model="reranker", top_n=10)
+    assert len(script.requests) == 5 and all(r["model"] == "reranker" for r in script.requests)
+    expected = sorted(range(30), key=lambda i: (-len(texts[i]), i))[:10]
+    assert [r["index"] for r in ranked] == expected
+    assert [r["score"] for r in ranked] == [float(len(texts[i])) for i in expected]
+
+
+def test_rerank_is_retried_as_embed_is(server: tuple[str, Script]) -> None:
+    url, script = server
+    script.replies.append((503, {"error": {"code": "NO_WORKERS", "message": "later"}}, {}, 0))
+    assert [r["index"] for r in client(url).rerank("q", ["a", "bbb"])] == [1, 0]
+    script.replies.append((404, {"error": {"code": "MODEL_NOT_FOUND", "message": "no"}}, {}, 0))
+    with pytest.raises(EmbedError) as raised:
+        client(url).rerank("q", ["a"], model="nope")
+    assert raised.value.code == "MODEL_NOT_FOUND" and raised.value.status == 404
+
+
+def test_tokenize_keeps_the_order_and_the_indices_of_a_split_list(server: tuple[str, Script]) -> None:
+    url, script = server
+    script.max_texts = 4
+    texts = ["y" * (i * 5) for i in range(10)]
+    answer = client(url).tokenize(texts, prompt_name="query")
+    assert answer["counts"] == [len(t) for t in texts] and answer["max_tokens"] == 40
+    assert answer["truncated"] == [i for i, t in enumerate(texts) if len(t) > 40]
+    assert all(r["prompt_name"] == "query" for r in script.requests)
+
+
+def test_embed_sends_the_model_and_prompt_options_given(server: tuple[str, Script]) -> None:
+    url, script = server
+    client(url).embed(["a"], model="e5", input_type="query")
+    client(url).embed(["a"])
+    assert script.requests[0] == {"texts": ["a"], "normalize": True, "model": "e5", "input_type": "query"}
+    assert script.requests[1] == {"texts": ["a"], "normalize": True}  # the seed's request, unchanged

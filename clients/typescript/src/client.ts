@@ -7,7 +7,9 @@
  * - every failure is an {@link EmbedError} whose `kind` is `NETWORK_ERROR`, `TIMEOUT`, `HTTP_ERROR` or
  *   `PARSE_ERROR`;
  * - large inputs are split into requests within the server's limits (read once from `/info`) and reassembled
- *   in input order.
+ *   in input order (a split `rerank` is ranked again as one);
+ * - `model` names one of the cluster's models (alias, id or short name; unset: the default), and the prompt
+ *   options pick the model's prompt as sentence-transformers does.
  *
  * Node.js 18+ built-ins only (`fetch`).
  */
@@ -84,6 +86,52 @@ export interface ChunkOptions {
   overlapTokens?: number;
   /** L2-normalize the vectors. Default: true. */
   normalize?: boolean;
+}
+
+/** Which model, and which of its prompts (the server picks as sentence-transformers' `encode` does). */
+export interface EmbedOptions {
+  /** A model's alias, id or short name (`/info`'s `models`). Default: the first embedding model. */
+  model?: string;
+  /** One of the model's `prompts` (`/info`: `models[].prompts`). */
+  promptName?: string;
+  /** Text put before each input (wins over `promptName`). */
+  prompt?: string;
+  /** `query` or `document`: the model's prompt of that name, where it has one. */
+  inputType?: string;
+}
+
+export interface RerankOptions {
+  /** A reranker's alias, id or short name. Default: the first reranker. */
+  model?: string;
+  /** The best `topN` only. Default: all. */
+  topN?: number;
+  /** The model's logits, without its activation. Default: false. */
+  rawScores?: boolean;
+  /** Each result carries its text. Default: false. */
+  returnText?: boolean;
+}
+
+export interface RankedText {
+  /** The index in the `texts` you gave. */
+  index: number;
+  score: number;
+  text?: string;
+}
+
+export interface TokenizeOptions extends EmbedOptions {
+  /** The ids the model is fed too. Default: false. */
+  returnIds?: boolean;
+}
+
+export interface TokenizeResult {
+  model: string | null;
+  /** The model's window: a longer text is cut there. */
+  max_tokens: number | null;
+  /** Each text's tokens, its prompt's and the special tokens included, none cut. */
+  counts: number[];
+  /** Indices of texts over the window. */
+  truncated: number[];
+  ids?: number[][];
 }
 
 export interface TextChunk {
@@ -178,11 +226,14 @@ export class EmbedClusterClient {
     return (await this.call("GET", "/info")) as InfoResponse;
   }
 
-  /** Vectors for `texts`, in input order; any number of texts (split within the server's limits). */
-  async embedBatch(texts: string[], normalize = true): Promise<number[][]> {
+  /**
+   * Vectors for `texts`, in input order; any number of texts (split within the server's limits). `options`:
+   * the model and its prompt (unset: the seed's request).
+   */
+  async embedBatch(texts: string[], normalize = true, options: EmbedOptions = {}): Promise<number[][]> {
     const vectors: number[][] = [];
     for (const batch of await this.split(texts)) {
-      const body = await this.call("POST", "/embed", { texts: batch, normalize });
+      const body = await this.call("POST", "/embed", { texts: batch, normalize, ...embedFields(options) });
       const got = isObject(body) ? body.vectors : undefined;
       if (!Array.isArray(got) || got.length !== batch.length) {
         throw new EmbedError("PARSE_ERROR", `expected ${batch.length} vectors, got ${describe(got)}`);
@@ -190,6 +241,53 @@ export class EmbedClusterClient {
       vectors.push(...(got as number[][]));
     }
     return vectors;
+  }
+
+  /** `/rerank`: `texts` by their score against `query`, best first, each with its index in `texts`. */
+  async rerank(query: string, texts: string[], options: RerankOptions = {}): Promise<RankedText[]> {
+    const fields = given({ model: options.model, raw_scores: options.rawScores ?? false,
+      return_text: options.returnText ?? false });
+    const ranked: RankedText[] = [];
+    let offset = 0;
+    for (const batch of await this.split(texts, encoder.encode(JSON.stringify(query)).length)) {
+      const body = await this.call("POST", "/rerank", { query, texts: batch, ...fields });
+      if (!Array.isArray(body) || body.length !== batch.length
+        || !body.every((r) => isObject(r) && typeof r.index === "number" && typeof r.score === "number")) {
+        throw new EmbedError("PARSE_ERROR", `expected ${batch.length} ranked texts, got ${describe(body)}`);
+      }
+      for (const r of body as RankedText[]) {
+        ranked.push({ ...r, index: r.index + offset });
+      }
+      offset += batch.length;
+    }
+    ranked.sort((a, b) => b.score - a.score || a.index - b.index); // best first; equal scores in input order
+    return options.topN === undefined ? ranked : ranked.slice(0, options.topN);
+  }
+
+  /** `/tokenize`: each text's token count as the model counts it, and the model's window. */
+  async tokenize(texts: string[], options: TokenizeOptions = {}): Promise<TokenizeResult> {
+    const fields = { ...embedFields(options), return_ids: options.returnIds ?? false };
+    const result: TokenizeResult = { model: null, max_tokens: null, counts: [], truncated: [] };
+    if (options.returnIds) {
+      result.ids = [];
+    }
+    let offset = 0;
+    const batches = await this.split(texts);
+    for (const batch of batches.length ? batches : [[]]) {
+      const body = await this.call("POST", "/tokenize", { texts: batch, ...fields });
+      if (!isObject(body) || !Array.isArray(body.counts) || body.counts.length !== batch.length) {
+        throw new EmbedError("PARSE_ERROR", `expected ${batch.length} token counts`);
+      }
+      result.model = typeof body.model === "string" ? body.model : null;
+      result.max_tokens = typeof body.max_tokens === "number" ? body.max_tokens : null;
+      result.counts.push(...(body.counts as number[]));
+      result.truncated.push(...((Array.isArray(body.truncated) ? body.truncated : []) as number[]).map((i) => i + offset));
+      if (result.ids && Array.isArray(body.ids)) {
+        result.ids.push(...(body.ids as number[][]));
+      }
+      offset += batch.length;
+    }
+    return result;
   }
 
   /**
@@ -249,13 +347,13 @@ export class EmbedClusterClient {
   }
 
   /** Consecutive runs of `texts` that each fit in one request: at most max_texts, the body within its limit. */
-  private async split(texts: string[]): Promise<string[][]> {
+  private async split(texts: string[], extraBytes = 0): Promise<string[][]> {
     if (texts.length === 0) {
       return [];
     }
     const limits = await this.limits();
     const maxTexts = Math.min(limits.maxTexts, this.maxTexts);
-    const budget = Math.floor(limits.maxBodyBytes * BODY_HEADROOM) - ENVELOPE_BYTES;
+    const budget = Math.floor(limits.maxBodyBytes * BODY_HEADROOM) - ENVELOPE_BYTES - extraBytes;
     const batches: string[][] = [];
     let current: string[] = [];
     let size = 0;
@@ -355,6 +453,16 @@ function chunkOptions(options: ChunkOptions): Record<string, number | boolean> {
   return out;
 }
 
+
+/** The fields given (undefined: the server's default). */
+function given(fields: Record<string, unknown>): Record<string, unknown> {
+  return Object.fromEntries(Object.entries(fields).filter(([, value]) => value !== undefined));
+}
+
+function embedFields(options: EmbedOptions): Record<string, unknown> {
+  return given({ model: options.model, prompt_name: options.promptName, prompt: options.prompt,
+    input_type: options.inputType });
+}
 
 function describe(value: unknown): string {
   return Array.isArray(value) ? `${value.length}` : value === null ? "null" : typeof value;

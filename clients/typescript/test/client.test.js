@@ -162,4 +162,57 @@ describe("EmbedClusterClient", () => {
     assert.equal(requests[0].url, "/embed/pdf?chunk_tokens=64&overlap_tokens=8&normalize=false");
     assert.equal(requests[0].headers["content-type"], "application/pdf");
   });
+  it("embedBatch sends the model and prompt options given, and the seed's request without them", async () => {
+    script = { "/info": [() => info({ max_texts: 10, max_body_bytes: 1 << 20 })], "/embed": [echo] };
+    await client().embedBatch(["a-1"], true, { model: "e5", inputType: "query" });
+    await client().embedBatch(["a-1"]);
+    const bodies = requests.filter((r) => r.url === "/embed").map((r) => JSON.parse(r.body));
+    assert.deepEqual(bodies, [{ texts: ["a-1"], normalize: true, model: "e5", input_type: "query" },
+      { texts: ["a-1"], normalize: true }]);
+  });
+
+  it("a split rerank is ranked again as one, and retried as embed is", async () => {
+    const score = (t) => t.length;
+    let failed = false;
+    script = {
+      "/info": [() => info({ max_texts: 3, max_body_bytes: 1 << 20 })],
+      "/rerank": [(req, body) => {
+        if (!failed) {
+          failed = true;
+          return [503, { "Retry-After": "0" }, { error: { code: "NO_WORKERS", message: "later" } }];
+        }
+        const { texts, model } = JSON.parse(body);
+        assert.equal(model, "reranker");
+        const order = texts.map((_, i) => i).sort((a, b) => score(texts[b]) - score(texts[a]));
+        return [200, {}, order.map((i) => ({ index: i, score: score(texts[i]) }))];
+      }],
+    };
+    const texts = ["a", "bbbb", "cc", "ddddd", "e", "ffffff", "gg"];
+    const ranked = await client().rerank("q", texts, { model: "reranker", topN: 4 });
+    assert.deepEqual(ranked.map((r) => r.index), [5, 3, 1, 2]);
+    assert.equal(requests.filter((r) => r.url === "/rerank").length, 4, "three requests, the first tried twice");
+  });
+
+  it("tokenize keeps the indices of a split list and names the model's window", async () => {
+    script = {
+      "/info": [() => info({ max_texts: 2, max_body_bytes: 1 << 20 })],
+      "/tokenize": [(req, body) => {
+        const counts = JSON.parse(body).texts.map((t) => t.length);
+        return [200, {}, { model: "m", max_tokens: 3, counts, truncated: counts.flatMap((c, i) => (c > 3 ? [i] : [])) }];
+      }],
+    };
+    const result = await client().tokenize(["a", "bbbb", "cc", "ddddd", "e"], { promptName: "query" });
+    assert.deepEqual(result.counts, [1, 4, 2, 5, 1]);
+    assert.deepEqual(result.truncated, [1, 3]);
+    assert.equal(result.max_tokens, 3);
+    assert.ok(requests.filter((r) => r.url === "/tokenize").every((r) => JSON.parse(r.body).prompt_name === "query"));
+  });
+
+  it("an unknown model is a 404 HTTP_ERROR, not retried", async () => {
+    script = { "/info": [() => info({ max_texts: 2, max_body_bytes: 1 << 20 })],
+      "/rerank": [() => [404, {}, { error: { code: "MODEL_NOT_FOUND", message: "no" } }]] };
+    await assert.rejects(client().rerank("q", ["a"], { model: "nope" }),
+      (error) => error instanceof EmbedError && error.code === "MODEL_NOT_FOUND" && error.status === 404);
+    assert.equal(requests.filter((r) => r.url === "/rerank").length, 1);
+  });
 });
