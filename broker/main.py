@@ -18,6 +18,11 @@ def run(settings: BrokerSettings, parent_pid: int = 0) -> int:
     lifeline.watch_parent(parent_pid)
     broker = Broker(settings)
     broker.bind()
+    for address in (settings.client_address, settings.worker_address):
+        if address.startswith("tcp://"):  # a plain socket: no authentication on it (docs/security.md)
+            log.warning("the broker listens on %s: whoever can reach it (every user of this machine, at least) may "
+                        "connect without a key, as a front or as a worker that is given texts; up uses ipc:// "
+                        "sockets in a directory of its own", address)
 
     def stop(signum: int, frame: object) -> None:
         lifeline.ignore_further_signals()

@@ -16,12 +16,13 @@ import secrets
 import socket
 import stat
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import requests
 
 from http_front.routes import TABLE
-from tests.conftest import Cluster, Process, cli, wait_http
+from tests.conftest import Cluster, Process, cli, eventually, free_port, wait_http
 
 pytestmark = pytest.mark.slow
 
@@ -105,6 +106,18 @@ def test_the_brokers_sockets_are_in_a_directory_of_this_user_alone(cluster: Clus
         directory = os.path.dirname(address[len("ipc://"):])
         info = os.stat(directory)
         assert stat.S_IMODE(info.st_mode) == 0o700 and info.st_uid == os.getuid(), (directory, oct(info.st_mode))
+
+
+def test_a_broker_run_alone_on_tcp_says_who_can_reach_it(tmp_path: Path) -> None:
+    tcp = f"tcp://127.0.0.1:{free_port()}"
+    broker = Process(cli("broker", "--clients", tcp, "--workers-address", f"ipc://{tmp_path}/workers.ipc"))
+    try:
+        broker.wait_event("broker_listening", timeout=60)
+        eventually(lambda: "may connect without a key" in broker.log(), broker.log, timeout=30)
+        warned = [line for line in broker.log().splitlines() if "may connect without a key" in line]
+        assert len(warned) == 1 and tcp in warned[0], warned  # the ipc:// address is not warned about
+    finally:
+        broker.stop()
 
 
 def ipv6_loopback() -> str | None:
