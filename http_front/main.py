@@ -88,7 +88,7 @@ def run(settings: FrontSettings) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    url = f"http://{settings.host}:{port}"
+    url = f"http://[{settings.host}]:{port}" if ":" in settings.host else f"http://{settings.host}:{port}"  # IPv6
     progress.emit("front_listening", {"host": settings.host, "port": port, "url": url,
                                       "status_url": url + STATUS_PATH})
     log.info("front listening on %s (status page %s%s), broker at %s, %s", url, url, STATUS_PATH, settings.broker,

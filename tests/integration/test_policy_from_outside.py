@@ -143,6 +143,7 @@ def test_a_front_on_the_ipv6_loopback_with_allowed_hosts_and_origins() -> None:
                         str(port), "--allowed-hosts", "embed.box", "--allowed-origins", UI))
     url = f"http://[::1]:{port}"
     try:
+        assert front.wait_event("front_listening", timeout=60)["data"]["url"] == url  # what clients are told
         wait_http(url + "/livez", lambda r: r.status_code == 200, timeout=60)  # Host: [::1]:PORT, over IPv6
         assert requests.get(url + "/livez", headers={"Host": "embed.box:8421"}, timeout=30).status_code == 200
         refused = requests.get(url + "/livez", headers={"Host": "attacker.example"}, timeout=30)
