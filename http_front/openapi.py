@@ -84,6 +84,7 @@ def _status_text(status: int) -> str:
 
 _STATUS_TEXT = {status: _status_text(status) for status in sorted({spec.status for spec in TABLE})}
 EMBED_ERRORS = (400, 413, 422, 500, 503, 504)  # what every embedding route may answer (and 401)
+POLICY_ERRORS = (403,)  # what any route may answer (http_front/request_policy.py: Host, Origin); 415 a body's
 CHUNK_OPTIONS: dict[str, Any] = {
     "chunk_tokens": {"type": "integer", "minimum": 1, "description": "tokens a chunk at most (default and "
                      "cap: the model's limit less its special tokens)"},
@@ -103,7 +104,8 @@ def operation(route: Documented, bodies: dict[str, Any]) -> dict[str, Any]:
     Doc names none (the PDF's, sized by the live limit)."""
     doc = route.doc
     key = route.auth == "key"
-    statuses = sorted({*doc.errors, *((401,) if key else ())})
+    statuses = sorted({*doc.errors, *((401,) if key else ()), *POLICY_ERRORS,
+                       *((415,) if route.accepts != "none" else ())})
     op: dict[str, Any] = {"summary": doc.summary}
     if not key:
         op["security"] = _OPEN

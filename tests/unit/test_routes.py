@@ -106,7 +106,8 @@ def test_the_spec_is_the_table(app: falcon.App) -> None:
             assert list(body) == {"json": ["application/json"], "pdf": ["application/pdf"], "none": []}[
                 route.accepts], route.path
             errors = "#/components/schemas/" + ("OpenAIError" if route.path.startswith("/v1/") else "Error")
-            statuses = {*route.doc.errors, *([401] if route.auth == "key" else [])}
+            statuses = {*route.doc.errors, *([401] if route.auth == "key" else []), 403,  # the request policy's
+                        *([415] if route.accepts != "none" else [])}
             assert {status: operation["responses"][str(status)]["content"]["application/json"]["schema"]
                     for status in statuses} == {status: {"$ref": errors} for status in statuses}, route.path
 
