@@ -7,6 +7,7 @@ import ast
 from pathlib import Path
 
 from embed_common.exits import TABLE, ExitCode, table_markdown
+from tests.unit.source_tree import parsed
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("broker", "worker", "http_front", "embed_common", "supervisor", "embed_client")
@@ -27,7 +28,7 @@ def bare_exit_codes(root: Path = ROOT) -> list[str]:
     found = []
     for package in PACKAGES:
         for path in sorted((root / package).rglob("*.py")):
-            tree = ast.parse(path.read_text())
+            tree = parsed(path)
             for function in ast.walk(tree):
                 if isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)) and function.name in EXIT_FUNCTIONS:
                     found += [f"{path.relative_to(root)}:{node.lineno}" for node in ast.walk(function)

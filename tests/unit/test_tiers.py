@@ -8,11 +8,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.unit.source_tree import parsed
+
 TESTS = Path(__file__).resolve().parents[1]
 
 
 def module_marks(path: Path) -> str:
-    for node in ast.parse(path.read_text()).body:
+    for node in parsed(path).body:
         if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "pytestmark" for t in node.targets):
             return ast.unparse(node.value)
     return ""

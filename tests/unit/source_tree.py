@@ -1,0 +1,19 @@
+"""Our modules parsed once a session. Several tests read the whole tree (error codes, events, exit codes,
+imports, markers); each parse of it is CPU the fast tier would spend again and again."""
+
+from __future__ import annotations
+
+import ast
+import functools
+from pathlib import Path
+
+
+@functools.cache
+def _parse(source: str, filename: str) -> ast.Module:
+    return ast.parse(source, filename=filename)
+
+
+def parsed(path: Path) -> ast.Module:
+    """The module at ``path``, parsed from what it holds now (keyed by its text: a file rewritten by a test is
+    parsed again). Callers only read the tree."""
+    return _parse(path.read_text(), str(path))
