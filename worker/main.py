@@ -97,7 +97,7 @@ def load_embedder(settings: WorkerSettings, path: str, name: str, device: str, e
     path cannot take fails the load; ``auto`` falls back to torch and says why (``backend_fallback``). A
     reranker (worker/model_config.py) is a CrossEncoder on torch (worker/cross_encoder.py)."""
     if model_config.model_kind(path) == model_config.RERANK:
-        return load_reranker(settings, path, device)
+        return load_reranker(settings, path, device, name, emit)
     backend = settings.backend
     if backend == "auto":
         backend = "onnx" if device == "cpu" and settings.precision in ("auto", "fp32") else "torch"
@@ -122,9 +122,23 @@ def load_embedder(settings: WorkerSettings, path: str, name: str, device: str, e
     return SentenceTransformerEmbedder(path, settings.model, device, settings.precision, threads or None)
 
 
-def load_reranker(settings: WorkerSettings, path: str, device: str) -> Embedder:
-    from worker.cross_encoder import CrossEncoderScorer
+def load_reranker(settings: WorkerSettings, path: str, device: str, name: str, emit: Any) -> Embedder:
+    """ONNX Runtime where the backend is onnx, or auto on a CPU (worker/onnx_rerank.py), else torch; ``auto``
+    falls back to torch and says why (``backend_fallback``), as for an embedding model."""
     from worker.devices import compute_threads, intra_op_threads
+
+    if settings.backend in ("auto", "onnx") and device == "cpu" and settings.precision in ("auto", "fp32"):
+        from worker.onnx_backend import OnnxUnsupported
+        from worker.onnx_rerank import prepare
+
+        try:
+            return prepare(path, settings.model, emit, threads=settings.threads or 1, model_name=name)
+        except OnnxUnsupported as exc:
+            if settings.backend == "onnx":
+                raise
+            log.warning("serving %s on torch: %s", name, exc)
+            emit("backend_fallback", {"model": name, "backend": "torch", "reason": str(exc)})
+    from worker.cross_encoder import CrossEncoderScorer
 
     threads = settings.threads
     if device == "cpu":

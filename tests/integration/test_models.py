@@ -7,6 +7,7 @@ serves on. One cluster for the module (CI time); the kill test runs last.
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 from collections.abc import Iterator
@@ -55,6 +56,17 @@ def cross_encoder(files: dict[str, Path]) -> Any:
     from sentence_transformers import CrossEncoder
 
     return CrossEncoder(str(files["reranker"]), device="cpu")
+
+
+TIE = 1e-6  # scores closer than this are a tie: ONNX Runtime's and torch's float32 sums may order them either way
+
+
+def assert_ranked_as(indices: list[int], expected: Any) -> None:
+    """``indices`` rank the texts as ``expected`` (in-process scores) does, best first: every pair out of
+    in-process order is a tie, and the ranking holds every text once."""
+    scores = [float(expected[i]) for i in indices]
+    assert all(a >= b - TIE for a, b in itertools.pairwise(scores)), scores
+    assert sorted(indices) == sorted(set(indices))
 
 
 def served_by_model(cluster: Cluster) -> dict[str, int]:
@@ -169,8 +181,10 @@ def test_rerank_scores_and_order_equal_in_process(cluster: Cluster, cross_encode
     assert r.status_code == 200, r.text
     answer = r.json()
     assert sorted(a["index"] for a in answer) == list(range(150))
-    assert [a["index"] for a in answer] == [int(i) for i in np.argsort(-expected, kind="stable")]
+    assert_ranked_as([a["index"] for a in answer], expected)
     assert np.allclose([a["score"] for a in answer], expected[[a["index"] for a in answer]], atol=1e-5)
+    backends = {w["backend"] for w in cluster.get("/health").json()["workers"] if w["model"] == RERANKER}
+    assert backends <= {"onnx", "torch"} and len(backends) == 1  # either engine: the same scores
     assert all(a["text"] == texts[a["index"]] for a in answer)
     raw = cluster.post("/rerank", json={"query": QUERY, "texts": texts[:10], "raw_scores": True}).json()
     import torch
@@ -199,15 +213,16 @@ def test_the_cohere_sdk_reranks(cluster: Cluster, cross_encoder: Any, files: dic
             model=RERANKER, query=QUERY, documents=texts, top_n=5, return_documents=True)
         v2 = cohere.ClientV2(api_key="unused", base_url=cluster.url, httpx_client=http).rerank(
             model=RERANKER, query=QUERY, documents=texts, top_n=3)
-    best = [int(i) for i in np.argsort(-expected, kind="stable")[:5]]
-    assert [r.index for r in reply.results] == best
+    best = [r.index for r in reply.results]
+    assert_ranked_as(best, expected)
+    assert min(expected[best]) >= np.sort(expected)[-5] - TIE  # the top 5
     assert np.allclose([r.relevance_score for r in reply.results], expected[best], atol=1e-5)
     assert [r.document.text for r in reply.results] == [texts[i] for i in best]
     raw = cluster.post("/v1/rerank", json={"model": str(files["reranker"]), "query": QUERY, "documents": texts})
     tokens = cross_encoder.tokenizer([QUERY] * 30, texts, truncation=True,
                                      max_length=cross_encoder.max_seq_length)["input_ids"]
     assert raw.json()["usage"]["total_tokens"] == sum(map(len, tokens))
-    assert [r.index for r in v2.results] == best[:3]  # Cohere's v2 client posts to /v2/rerank
+    assert [r.index for r in v2.results] == best[:3]  # Cohere's v2 client posts to /v2/rerank: the same order
 
 
 def test_the_python_client_names_models_prompts_rerank_and_tokenize(cluster: Cluster, second_model: Any,
@@ -220,7 +235,8 @@ def test_the_python_client_names_models_prompts_rerank_and_tokenize(cluster: Clu
     assert cosine_rows(vectors, second_model.encode(texts[:5], prompt_name="query")).min() > 0.999
     ranked = client.rerank(QUERY, texts, model=RERANKER, top_n=20)
     expected = cross_encoder.predict([(QUERY, t) for t in texts])
-    assert [r["index"] for r in ranked] == [int(i) for i in np.argsort(-expected, kind="stable")[:20]]
+    assert_ranked_as([r["index"] for r in ranked], expected)
+    assert min(expected[[r["index"] for r in ranked]]) >= np.sort(expected)[-20] - TIE  # the top 20
     counts = client.tokenize(texts, model=SECOND)["counts"]
     assert counts == [len(ids) for ids in second_model.tokenizer(texts)["input_ids"]]
 
