@@ -69,8 +69,10 @@ def rerank(port: int, passages: list[str]) -> Any:
         return json.loads(r.read())
 
 
-def served(path: Path, passages: list[str], rounds: int, log_dir: Path) -> tuple[list[float], dict[str, Any]]:
-    server = procs.start_cluster(f"{DEFAULT_MODEL},reranker={path}", ["--workers", "1"], log_dir)
+def served(path: Path, passages: list[str], rounds: int, log_dir: Path,
+           backend: str) -> tuple[list[float], dict[str, Any]]:
+    server = procs.start_cluster(f"{DEFAULT_MODEL},reranker={path}", ["--workers", "1", "--backend", backend],
+                                 log_dir)
     try:
         rerank(server.port, passages)  # warm-up
         memory = procs.usage(server.proc.pid)
@@ -89,20 +91,21 @@ def main() -> int:
     parser.add_argument("--passages", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--reranker", help="a cross-encoder directory (default: one built as the module says)")
+    parser.add_argument("--backend", default="auto", choices=("auto", "onnx", "torch"), help="the workers' backend")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     passages = [row["text"] for row in corpus.load(args.passages)]
     with tempfile.TemporaryDirectory(prefix="bench-rerank-") as tmp:
         path = Path(args.reranker) if args.reranker else build_reranker(Path(tmp))
         local = in_process(path, passages, args.rounds)
-        remote, memory = served(path, passages, args.rounds, Path(tmp))
+        remote, memory = served(path, passages, args.rounds, Path(tmp), args.backend)
     print(f"rerank 1 query x {len(passages)} passages ({corpus.describe(corpus.load(args.passages))})")
     print(f"in-process CrossEncoder.predict (batch size 32): best {min(local) * 1000:.0f} ms, "
           f"median {statistics.median(local) * 1000:.0f} ms")
     print(f"served POST /rerank: best {min(remote) * 1000:.0f} ms, median {statistics.median(remote) * 1000:.0f} ms"
           f" ({statistics.median(local) / statistics.median(remote):.2f}x in-process, medians)")
     total = sum(v["pss_mb"] for v in memory.values())
-    print(f"PSS after load, embedding model + reranker: {total:.0f} MB: "
+    print(f"PSS after load, embedding model + reranker (--backend {args.backend}): {total:.0f} MB: "
           + ", ".join(f"{role} {v['pss_mb']:.0f} MB" for role, v in sorted(memory.items())))
     return 0
 

@@ -95,7 +95,10 @@ function render(data) {
   show("data");
   setBadge(data.status);
   $("updated").textContent = clock(data.now);
-  $("f-model").textContent = data.model_id || "-";
+  const models = data.models || [];  // every model, the default first; one: the seed's model_id
+  $("f-model").textContent = models.length > 1
+    ? models.map((m) => `${m.alias} (${m.kind || "?"}, ${m.workers} worker${m.workers === 1 ? "" : "s"})`).join(", ")
+    : data.model_id || "-";
   $("f-dim").textContent = fmtInt(data.dim);
   $("f-precision").textContent = (data.precision || []).join(", ") || "-";
   $("f-version").textContent = data.version;
