@@ -201,10 +201,21 @@ def cluster_env() -> dict[str, str]:
     return {}
 
 
+SECOND_MODEL_ENV = "TEST_SECOND_MODEL"  # 1: the module clusters serve a reranker beside the bundled model
+
+
 @pytest.fixture(scope="module")
-def cluster(cluster_args: tuple[str, ...], cluster_env: dict[str, str]) -> Iterator[Cluster]:
+def cluster(cluster_args: tuple[str, ...], cluster_env: dict[str, str],
+            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """One real cluster (the bundled model; one CPU worker unless ``cluster_args`` say otherwise) shared by the
-    tests of a module; it must stop cleanly at the end."""
+    tests of a module; it must stop cleanly at the end. With ``TEST_SECOND_MODEL=1`` it serves a small
+    reranker too (tests/model_files.py), a pool of its own: the fault suites then run with two models loaded
+    (docs/models.md)."""
+    if os.environ.get(SECOND_MODEL_ENV) == "1":
+        from tests.model_files import tiny_cross_encoder
+
+        reranker = tiny_cross_encoder(tmp_path_factory.mktemp("reranker"))
+        cluster_args = (*cluster_args, "--model", f"{MODEL_ID},reranker={reranker}")
     c = Cluster(*cluster_args, env=cluster_env)
     try:
         yield c.wait_ready()

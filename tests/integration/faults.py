@@ -164,7 +164,13 @@ def check_outcomes(outcomes: list[Outcome], allowed: Iterable[str] = (), min_ok:
 
 
 def health(cluster: Cluster) -> dict[str, Any]:
-    return cluster.get("/health", timeout=30).json()
+    """/health, its ``workers`` those of the default model (the one the faults' load embeds with), so that the
+    suites read the same with a second model loaded (tests/conftest.py ``TEST_SECOND_MODEL``)."""
+    body = cluster.get("/health", timeout=30).json()
+    models = body.get("models") or []
+    if len(models) > 1:
+        body["workers"] = [w for w in body.get("workers") or [] if w.get("model") == models[0].get("alias")]
+    return body
 
 
 def wait_workers(cluster: Cluster, n: int, timeout: float = 180.0) -> list[dict[str, Any]]:
