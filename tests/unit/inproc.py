@@ -27,8 +27,8 @@ from worker.embedder import FakeEmbedder, normalize_rows
 from worker.worker import WorkerLoop, WorkerSettings
 
 # Fast heartbeats keep the tests short: the broker's and the workers' loops wake, and so stop, at the next one.
-# A silent worker is presumed dead after interval * liveness = 1 s.
-FAST = {"heartbeat_interval": 0.02, "heartbeat_liveness": 50}
+# A silent worker is presumed dead after interval * liveness = 0.5 s.
+FAST = {"heartbeat_interval": 0.02, "heartbeat_liveness": 25}
 STATUS_INTERVAL = 0.02  # the front asks for the broker's status this often: a wait on it is this short
 # the app's limits in front of an in-process cluster: small, so that tests reach them cheaply
 LIMITS = Limits(max_body_bytes=4096, max_texts=50, max_text_chars=500, request_timeout=30.0)
