@@ -151,12 +151,14 @@ class _Link:
 
 class BrokerClient:
     def __init__(self, address: str, context: zmq.Context | None = None, job_texts: int = JOB_TEXTS,
-                 status_interval: float = 0.5, on_first_worker: Callable[[], None] | None = None) -> None:
+                 status_interval: float = 0.5, on_first_worker: Callable[[], None] | None = None,
+                 start_interval: float = START_INTERVAL) -> None:
         self.address = address
         self.on_first_worker = on_first_worker  # called once, on the status thread, after the status is stored
         self.context = context or zmq.Context.instance()
         self.job_texts = job_texts
         self.status_interval = status_interval
+        self.start_interval = start_interval  # between status requests until a worker shows
         self._lock = threading.Lock()
         self._free: list[_Link] = []  # links made and not in use
         self._busy: set[_Link] = set()  # links a request is using
@@ -170,7 +172,7 @@ class BrokerClient:
         self._status = BrokerStatus()  # the broker's latest STATUS, parsed once (embed_common/status.py)
         self.status_at = 0.0  # monotonic time it arrived (0: none yet)
         self.broker_id: str | None = None
-        self.worker_seen = False  # until a status lists a worker, the status is asked for often (START_INTERVAL)
+        self.worker_seen = False  # until a status lists a worker, the status is asked for often (start_interval)
         self._job_prefix = os.urandom(8).hex()  # job ids: unique across fronts, cheap within one
         self._job_numbers = itertools.count()
 
@@ -425,7 +427,7 @@ class BrokerClient:
                 if now >= next_status:
                     with contextlib.suppress(zmq.Again):  # asked again soon
                         sock.send_multipart(protocol.encode(Command.STATUS, {"req": next(self._req)}), zmq.NOBLOCK)
-                    next_status = now + (self.status_interval if self.worker_seen else START_INTERVAL)
+                    next_status = now + (self.status_interval if self.worker_seen else self.start_interval)
                 if not sock.poll(max(1, int(min(next_status - now, 0.25) * 1000))):
                     continue
                 for _ in range(10_000):

@@ -125,7 +125,8 @@ class InprocCluster:
         self.broker.bind()  # here, before anything connects; the broker's thread owns the sockets from now on
         self._broker_thread = threading.Thread(target=self.broker.run, name="broker", daemon=True)
         self._broker_thread.start()
-        self.client = BrokerClient(self.settings.client_address, self.context, status_interval=STATUS_INTERVAL)
+        self.client = BrokerClient(self.settings.client_address, self.context, status_interval=STATUS_INTERVAL,
+                                   start_interval=STATUS_INTERVAL / 2)
         self.client.start()
         self.workers: list[RunningWorker] = []
         self.peers: list[RawPeer] = []

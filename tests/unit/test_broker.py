@@ -62,7 +62,8 @@ def test_jobs_are_spread_over_two_workers(make_cluster) -> None:
 def test_a_worker_that_dies_silently_has_its_jobs_requeued_and_answered_by_another(make_cluster) -> None:
     cluster = make_cluster()
     # slow enough that it still holds its job when it dies
-    dying = cluster.add_worker(FakeEmbedder(delay_per_token=0.03), loop_class=CrashingWorkerLoop)
+    dying = cluster.add_worker(FakeEmbedder(), loop_class=CrashingWorkerLoop)
+    dying.embedder.delay_per_token = 0.03  # from now on: its start-up probe went at full speed
     request = embed_in_background(cluster, TEXTS[:64])
     cluster.wait_status(lambda s: any(w["inflight_texts"] for w in s["workers"]), "the job is on the worker")
     assert isinstance(dying.loop, CrashingWorkerLoop)

@@ -79,7 +79,8 @@ def test_with_only_failed_workers_no_workers_comes_at_once(make_cluster) -> None
 def test_worker_gone_requeues_the_jobs_of_that_local_process_only(make_cluster) -> None:
     cluster = make_cluster(no_worker_grace=60.0)
     # slow, and never heard from again once crashed: only WORKER_GONE can tell the broker early
-    dying = cluster.add_worker(FakeEmbedder(delay_per_token=0.05), loop_class=CrashingWorkerLoop)
+    dying = cluster.add_worker(FakeEmbedder(), loop_class=CrashingWorkerLoop)
+    dying.embedder.delay_per_token = 0.05  # from now on: its start-up probe went at full speed
     texts = [f"text {i} with a few words" for i in range(20)]
     request = embed_in_background(cluster, texts)
     cluster.wait_status(lambda s: any(w["inflight_texts"] for w in s["workers"]), "the job is on the worker")
