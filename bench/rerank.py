@@ -6,7 +6,9 @@ cross-encoder/ms-marco-MiniLM-L-6-v2's shape (the bundled MiniLM's BERT configur
 label) with random weights, saved by sentence-transformers; its speed is the shape's, whatever its weights.
 The passages are bench/corpus.jsonl's (real text). In-process is ``predict`` at its default batch size, best
 of ``--rounds``; served is ``POST /rerank`` (vector cache off), median and best of ``--rounds``, after one
-warm-up request each. The PSS is bench/procs.py's, per process of the cluster's tree after the warm-up.
+warm-up request each. The PSS is bench/procs.py's, per process of the cluster's tree after the warm-up. Then
+the default model's ``/embed`` (one text; the passages as one request) in that cluster and in the default
+single-model ``up``, one after the other: whether loading a reranker changes the embedding figures.
 """
 
 from __future__ import annotations
@@ -69,19 +71,47 @@ def rerank(port: int, passages: list[str]) -> Any:
         return json.loads(r.read())
 
 
+def embed(port: int, texts: list[str]) -> Any:
+    body = json.dumps({"texts": texts}).encode()
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/embed", data=body, method="POST",
+                                     headers={"Content-Type": "application/json", "X-Embed-Cache": "off"})
+    with urllib.request.urlopen(request, timeout=300) as r:
+        return json.loads(r.read())
+
+
+def timed(call: Any, rounds: int) -> list[float]:
+    call()  # warm-up
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def embed_figures(port: int, passages: list[str], rounds: int) -> dict[str, list[float]]:
+    """The default model's /embed: one query alone (many rounds: it is short), and the passages as one request."""
+    return {"1 text": timed(lambda: embed(port, passages[:1]), rounds * 10),
+            f"{len(passages)} texts": timed(lambda: embed(port, passages), rounds)}
+
+
 def served(path: Path, passages: list[str], rounds: int, log_dir: Path,
-           backend: str) -> tuple[list[float], dict[str, Any]]:
+           backend: str) -> tuple[list[float], dict[str, Any], dict[str, list[float]]]:
     server = procs.start_cluster(f"{DEFAULT_MODEL},reranker={path}", ["--workers", "1", "--backend", backend],
                                  log_dir)
     try:
-        rerank(server.port, passages)  # warm-up
+        times = timed(lambda: rerank(server.port, passages), rounds)
         memory = procs.usage(server.proc.pid)
-        times = []
-        for _ in range(rounds):
-            start = time.perf_counter()
-            rerank(server.port, passages)
-            times.append(time.perf_counter() - start)
-        return times, memory
+        return times, memory, embed_figures(server.port, passages, rounds)
+    finally:
+        server.stop()
+
+
+def embedding_alone(passages: list[str], rounds: int, log_dir: Path, backend: str) -> dict[str, list[float]]:
+    """The same /embed figures from the default single-model ``up``."""
+    server = procs.start_cluster(DEFAULT_MODEL, ["--workers", "1", "--backend", backend], log_dir)
+    try:
+        return embed_figures(server.port, passages, rounds)
     finally:
         server.stop()
 
@@ -98,12 +128,16 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-rerank-") as tmp:
         path = Path(args.reranker) if args.reranker else build_reranker(Path(tmp))
         local = in_process(path, passages, args.rounds)
-        remote, memory = served(path, passages, args.rounds, Path(tmp), args.backend)
+        remote, memory, with_reranker = served(path, passages, args.rounds, Path(tmp), args.backend)
+        alone = embedding_alone(passages, args.rounds, Path(tmp), args.backend)
     print(f"rerank 1 query x {len(passages)} passages ({corpus.describe(corpus.load(args.passages))})")
     print(f"in-process CrossEncoder.predict (batch size 32): best {min(local) * 1000:.0f} ms, "
           f"median {statistics.median(local) * 1000:.0f} ms")
     print(f"served POST /rerank: best {min(remote) * 1000:.0f} ms, median {statistics.median(remote) * 1000:.0f} ms"
           f" ({statistics.median(local) / statistics.median(remote):.2f}x in-process, medians)")
+    for shape, times in alone.items():
+        print(f"/embed {shape}: median {statistics.median(times) * 1000:.1f} ms alone, "
+              f"{statistics.median(with_reranker[shape]) * 1000:.1f} ms with the reranker loaded (idle)")
     total = sum(v["pss_mb"] for v in memory.values())
     print(f"PSS after load, embedding model + reranker (--backend {args.backend}): {total:.0f} MB: "
           + ", ".join(f"{role} {v['pss_mb']:.0f} MB" for role, v in sorted(memory.items())))
