@@ -141,6 +141,9 @@ class Native:
     def environment(self, service: dict[str, Any]) -> dict[str, str]:
         env = {k: self.arg(str(v)) for k, v in (service.get("environment") or {}).items()}
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"  # embed-cluster
+        # in the image the vector cache lies in the /cache volume (the Dockerfile's XDG_CACHE_HOME): a cold one
+        # of the test's own, not this machine's, whose earlier runs would answer the texts without any worker
+        env.setdefault("EMBED_CACHE", str(self.cache / "embed-cluster" / "vectors.sqlite"))
         return env
 
 
