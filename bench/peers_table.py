@@ -152,12 +152,14 @@ def render(report: dict[str, Any]) -> str:
                   _cell(row.get("min_cosine"), 6)]
         lines.append(f"| {row['label']} | " + " | ".join(cells) + " |")
         if row.get("engine"):
-            notes.append(f"- {row['label']} served on: " + ", ".join(f"{k} {v}" for k, v in row["engine"].items()))
+            notes.append(f"- {row['label']} served on: " + ", ".join(
+                f"{k} {'/'.join(map(str, v)) if isinstance(v, list) else v}" for k, v in row["engine"].items()))
         if row.get("note"):
             notes.append(f"- {row['label']}: {row['note']}")
     lines += ["", "In-process rows: `SentenceTransformer.encode(texts, batch_size=32)`, no server; shown under the "
-                  "first shape. PSS: the server's whole process tree, loaded (the lone texts served) and after the "
-                  "shapes. Warm start: the median of the timed starts, to the first 200 from /health.", *notes]
+                  "first shape, the better of a pass before the servers and one after. PSS: the server's whole "
+                  "process tree, loaded (the lone texts served) and after the shapes. Warm start: the median of the "
+                  "timed starts, to the first 200 from /health.", *notes]
     bf16_limit = limits["bf16_texts_per_s"]
     lines += ["", f"| fraction of the bf16 limit ({bf16_limit:,.0f} texts/s) | " + " | ".join(shapes) + " |",
               "|---|" + "---|" * len(shapes)]
