@@ -45,7 +45,8 @@ TOUCH_AFTER_MS = 1000  # a hit moves its row up the LRU order only when its last
 BUSY_MS = 2000  # how long a write waits for another process's
 READERS = 4  # connections reads share (each holds a page cache of READER_CACHE_KIB)
 READER_CACHE_KIB = 2048
-WRITE_BATCH = 2048  # rows one commit takes at most
+WRITE_BATCH = 2048  # queued writes one commit takes at most
+COMMIT_WAIT = 0.05  # seconds a commit waits for more writes to take along
 WRITE_QUEUE = 100_000  # rows waiting to be written at most; more are dropped (counted), never waited for
 FLAGS_TRUNCATED = 1
 
@@ -312,9 +313,13 @@ class VectorStore:
         while True:
             item = self._pending.get()
             batch = [item]
-            while item is not None and len(batch) < WRITE_BATCH:  # whatever else is waiting: one commit
+            # what else comes within COMMIT_WAIT goes into the same commit (each commit writes its pages to the
+            # WAL again: one a request would cost the machine more than the request's lookup); a flush, a
+            # clear or the close is not kept waiting
+            until = time.monotonic() + COMMIT_WAIT
+            while item is not None and item[0] not in ("flush", "clear") and len(batch) < WRITE_BATCH:
                 try:
-                    item = self._pending.get_nowait()
+                    item = self._pending.get(timeout=max(0.0, until - time.monotonic()))
                 except queue.Empty:
                     break
                 batch.append(item)

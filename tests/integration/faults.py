@@ -74,6 +74,7 @@ class Load:
     clients: int = 16
     sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 66)  # 66: a request of two jobs
     pause: float = 0.0
+    cache: bool = False  # through the clusters' vector cache (post_embed)
     outcomes: list[Outcome] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
@@ -107,7 +108,7 @@ class Load:
         try:
             while not self._stop.is_set():
                 texts = rng.sample(self.pool.texts, rng.choice(self.sizes))
-                self._record(post_embed(session, self.url, texts, self.pool, index))
+                self._record(post_embed(session, self.url, texts, self.pool, index, cache=self.cache))
                 if self.pause:
                     time.sleep(self.pause)
         finally:

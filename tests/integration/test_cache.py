@@ -203,7 +203,7 @@ def test_kill_9_of_the_front_while_it_writes_and_a_damaged_file_never_yield_a_wr
     cluster = Cluster("--workers", "1", "--cache", str(path)).wait_ready()
     try:
         front = part_pid(cluster, "front")
-        with Load(cluster.url, pool, clients=6, sizes=(8, 16, 32)) as load:
+        with Load(cluster.url, pool, clients=6, sizes=(8, 16, 32), cache=True) as load:
             eventually(lambda: cache_stats(cluster)["writes"] > 100, "rows written under load")
             os.kill(front, signal.SIGKILL)  # mid-write: its writer commits batch after batch
             eventually(lambda: not alive(front), "the front gone")
