@@ -144,11 +144,13 @@ class EmbedClient:
         return answer
 
     def embed_chunks(self, texts: list[str], chunk_tokens: int | None = None, overlap_tokens: int | None = None,
-                     normalize: bool = True) -> dict[str, list[Any]]:
+                     normalize: bool = True, model: str | None = None, prompt_name: str | None = None,
+                     prompt: str | None = None, input_type: str | None = None) -> dict[str, list[Any]]:
         """``/embed/chunks``: every text in chunks of at most ``chunk_tokens`` tokens (None: the server's
         defaults), in requests within the server's limits: ``{"chunks": [{index, text, start, end}], "vectors"}``
         where ``index`` is the chunk's text's index in ``texts``."""
-        options = _chunk_options(chunk_tokens, overlap_tokens, normalize)
+        options = {**_chunk_options(chunk_tokens, overlap_tokens, normalize),
+                   **_given(model=model, prompt_name=prompt_name, prompt=prompt, input_type=input_type)}
         chunks: list[dict[str, Any]] = []
         vectors: list[list[float]] = []
         offset = 0

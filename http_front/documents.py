@@ -8,6 +8,7 @@ chunk's vector is what ``/embed`` gives for its text, and its offsets index the 
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
 
@@ -17,12 +18,13 @@ from embed_common.protocol import ChunkOption, JobOptions
 from http_front import json_media
 from http_front.errors import ApiError
 from http_front.parsing import flag, query_bool, query_int, read_pdf, read_texts_request
+from http_front.served_models import EMBED, PROMPT_FIELDS, Served, model_param, prompt_of, resolve
 from http_front.state import AppState
 
 CHUNK_JOB_CHARS = 16_000  # characters of text a job holds about (one text may hold more): a job is a worker's
 # unit of work, and a chunked text's work grows with its length: this is a few seconds of a CPU worker
 PDF_PARAMS = {"chunk_tokens", "overlap_tokens", "normalize"}
-CHUNKS_FIELDS = {"texts", "chunk_tokens", "overlap_tokens", "normalize"}
+CHUNKS_FIELDS = {"texts", "chunk_tokens", "overlap_tokens", "normalize", "model", *PROMPT_FIELDS}
 
 
 def chunk_option(tokens: Any, overlap: Any) -> JobOptions:
@@ -36,13 +38,13 @@ def chunk_option(tokens: Any, overlap: Any) -> JobOptions:
 
 
 def embed_chunked(state: AppState, route: str | None, texts: list[str], normalize: bool, option: JobOptions,
-                  deadline: float) -> tuple[list[list[int]], list[Any]]:
+                  deadline: float, model: Served | None = None) -> tuple[list[list[int]], list[Any]]:
     """The ``[text index, start, end]`` rows and the vectors of every chunk of ``texts`` (the rows as the
-    workers wrote them in JSON)."""
+    workers wrote them in JSON), by ``model`` (None: the default)."""
     if not texts:
         return [], [b"[]"]
     result = state.embed(route, texts, normalize, option, timeout=max(0.001, deadline - time.monotonic()),
-                         job_chars=CHUNK_JOB_CHARS, as_json=True)
+                         job_chars=CHUNK_JOB_CHARS, as_json=True, model=model)
     return result.chunks, result.vectors_json()
 
 
@@ -90,10 +92,13 @@ class EmbedChunks:
         body, texts = read_texts_request(req, limits, CHUNKS_FIELDS)
         if body.get("chunk_tokens", 0) is None or body.get("overlap_tokens", 0) is None:
             raise ApiError("BAD_REQUEST", "'chunk_tokens' and 'overlap_tokens' must be whole numbers when given")
-        option = chunk_option(body.get("chunk_tokens"), body.get("overlap_tokens"))
+        model = resolve(self.state.client.broker_status(), model_param(body), EMBED)
+        # each chunk with the model's prompt (a document's, say), which the chunks leave room for in the window
+        option = dataclasses.replace(chunk_option(body.get("chunk_tokens"), body.get("overlap_tokens")),
+                                     prompt=prompt_of(model, body))
         normalize = flag(body, "normalize", True)
         deadline = time.monotonic() + limits.request_timeout
-        rows, vectors = embed_chunked(self.state, req.uri_template, texts, normalize, option, deadline)
+        rows, vectors = embed_chunked(self.state, req.uri_template, texts, normalize, option, deadline, model)
         json_media.answer(resp, {
             "chunks": [{"index": index, "text": texts[index][start:end], "start": start, "end": end}
                        for index, start, end in rows],

@@ -250,7 +250,8 @@ def build_spec(state: AppState, routes: Iterable[Documented]) -> dict[str, Any]:
         # http_front/documents.py
         "ChunksRequest": {"type": "object", "required": ["texts"], "additionalProperties": False, "properties": {
             "texts": texts, **CHUNK_OPTIONS,
-            "normalize": {"type": "boolean", "default": True, "description": "L2-normalize the vectors"}}},
+            "normalize": {"type": "boolean", "default": True, "description": "L2-normalize the vectors"},
+            "model": {**model, "description": "which model (default: the first embedding model)"}, **prompts}},
         "Chunk": {"type": "object", "required": ["text", "start", "end"], "properties": {
             "page": {"type": "integer", "description": "/embed/pdf: the chunk's page, from 1"},
             "index": {"type": "integer", "description": "/embed/chunks: the index of the chunk's text"},

@@ -139,7 +139,7 @@ TABLE: tuple[Route, ...] = (
     Route("/embed/chunks", ("POST",), EmbedChunks, auth="key", threads="work", counted="latency", accepts="json",
           doc=Doc("texts in chunks of at most chunk_tokens tokens, and their vectors",
                   {200: json_answer("ChunksResponse", "the chunks of every text, in order")},
-                  errors=EMBED_ERRORS, request="ChunksRequest")),
+                  errors=(*EMBED_ERRORS, 404), request="ChunksRequest")),
     # the status page (http_front/status_page.py): its shell and assets are open, its data needs the key
     Route(STATUS_PATH, ("GET",), lambda state: StatusPage(), auth="open", threads="work", counted="no",
           accepts="none", doc=Doc("the live status page (an HTML shell; its data comes from /status.json)",

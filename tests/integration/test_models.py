@@ -139,6 +139,16 @@ def test_prompts_equal_encode_with_the_same_prompt(cluster: Cluster, second_mode
     assert bad.status_code == 400 and "query" in bad.json()["error"]["message"]
 
 
+def test_chunks_name_their_model_and_prompt(cluster: Cluster, second_model: Any) -> None:
+    text = " ".join(sample_texts(12, seed=14))
+    r = cluster.post("/embed/chunks", json={"texts": [text], "chunk_tokens": 64, "model": SECOND,
+                                            "input_type": "document"})
+    assert r.status_code == 200, r.text
+    chunks, vectors = r.json()["chunks"], np.asarray(r.json()["vectors"])
+    expected = second_model.encode([c["text"] for c in chunks], prompt_name="document")
+    assert len(chunks) > 1 and cosine_rows(vectors, expected).min() > 0.999
+
+
 def test_prompt_tokens_count_in_the_usage_and_the_window(cluster: Cluster, second_model: Any) -> None:
     texts = sample_texts(6, seed=11)
     r = cluster.post("/v1/embeddings", json={"model": SECOND, "input": texts, "input_type": "query"})
