@@ -91,7 +91,7 @@ def _infinity(dtype: str) -> Callable[[Setup], Launch]:
     return launch
 
 
-ENGINE_FACTS = ("backend", "precision", "device", "engine", "fidelity")  # those of /info's that it has
+ENGINE_FACTS = ("backend", "precision", "device", "cosine")  # those of /info's that it has
 
 # Every row computes every text: the cluster's vector cache is off, as infinity-emb's is (bench/infinity.py),
 # since the shapes send the same texts again. The peers have no request deadline; the cluster's is lifted to
