@@ -292,14 +292,15 @@ export class EmbedClusterClient {
 
   /**
    * `/embed/chunks`: every text in chunks that fit the model, in requests within the server's limits;
-   * each chunk's `index` points into the `texts` you gave.
+   * each chunk's `index` points into the `texts` you gave. `options` may name the model and its prompt too.
    */
-  async embedChunks(texts: string[], options: ChunkOptions = {}): Promise<ChunksResult> {
+  async embedChunks(texts: string[], options: ChunkOptions & EmbedOptions = {}): Promise<ChunksResult> {
     const chunks: TextChunk[] = [];
     const vectors: number[][] = [];
     let offset = 0;
     for (const batch of await this.split(texts)) {
-      const body = await this.call("POST", "/embed/chunks", { texts: batch, ...chunkOptions(options) });
+      const body = await this.call("POST", "/embed/chunks", { texts: batch, ...chunkOptions(options),
+        ...embedFields(options) });
       const gotChunks = isObject(body) ? body.chunks : undefined;
       const gotVectors = isObject(body) ? body.vectors : undefined;
       if (!Array.isArray(gotChunks) || !Array.isArray(gotVectors) || gotChunks.length !== gotVectors.length) {

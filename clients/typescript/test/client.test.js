@@ -150,7 +150,11 @@ describe("EmbedClusterClient", () => {
         return [200, {}, { chunks, vectors: chunks.map((c) => [c.index]) }];
       }],
     };
-    const result = await client().embedChunks(["a", "b", "c"], { chunkTokens: 16 });
+    const result = await client().embedChunks(["a", "b", "c"], { chunkTokens: 16, model: "e5", inputType: "document" });
+    assert.ok(requests.filter((r) => r.url === "/embed/chunks").every((r) => {
+      const sent = JSON.parse(r.body);
+      return sent.model === "e5" && sent.input_type === "document";
+    }));
     assert.deepEqual(result.chunks.map((c) => c.index), [0, 0, 1, 1, 2, 2]);
     assert.deepEqual(result.chunks.filter((c) => c.text).map((c) => c.text), ["a", "b", "c"]);
   });
