@@ -17,7 +17,8 @@ RUN pip install /src && rm -rf /src
 # run as a user; /cache (models) and /keys (CurveZMQ keys) are volumes in docker-compose.yml
 RUN useradd --create-home --uid 10001 embed && mkdir -p /cache/huggingface /keys \
     && chown -R embed /cache /keys && chmod 700 /keys
-# the CPU worker's ONNX export of the model is cached in the same volume: /cache/embed-cluster
+# the worker's ONNX export of the model and its engine measurements (docs/engine.md) are cached in the same
+# volume, /cache/embed-cluster: a container's first start measures the engines once for the machine
 ENV XDG_CACHE_HOME=/cache
 USER embed
 WORKDIR /home/embed

@@ -125,6 +125,7 @@ class Worker:
             "precision": info.get("precision"),
             "backend": info.get("backend"),
             "fingerprint": info.get("fingerprint"),  # of its model's files: the front's vector cache keys on it
+            "cosine": info.get("cosine"),  # its vectors' least cosine to fp32 sentence-transformers (the check)
             "compute_threads": info.get("compute_threads"),
             "host": info.get("host"),
             "pid": info.get("pid"),

@@ -64,8 +64,8 @@ TABLE: tuple[EventSpec, ...] = (
               "bytes_done: number; bytes_total: number; alias?: string; worker?: string", "after each downloaded file"),
     EventSpec("model_loaded", "supervisor", "model: string; dimensions: number; "
               "models?: { alias: string, model: string, kind: string, dimensions: number }[]; worker?: string; "
-              "kind?: string; device?: string; precision?: string; backend?: string; compute_threads?: number; "
-              "seconds?: number",
+              "kind?: string; device?: string; precision?: string; backend?: string; cosine?: number | null; "
+              "compute_threads?: number; seconds?: number",
               "a worker of every model can serve and the front listens (it has seen them ready): the cluster is "
               "ready and `/health` says ok from this line on. `model` is the default model; `models` lists every "
               "one where there are several. A worker prints its own, with its other fields, which `up` relays "
@@ -81,17 +81,31 @@ TABLE: tuple[EventSpec, ...] = (
     EventSpec("worker_started", "supervisor", "worker: string; pid: number; device: string",
               "`up` started a worker process"),
     EventSpec("worker_loaded", "supervisor", "worker: string; model: string; dimensions: number; device: string; "
-              "precision: string; kind?: string; backend?: string; compute_threads?: number; seconds: number",
-              "a worker loaded its model (`kind`: embed, or rerank for a cross-encoder; `backend`: onnx, the CPU "
-              "default, or torch)"),
+              "precision: string; kind?: string; backend?: string; cosine?: number | null; "
+              "compute_threads?: number; seconds: number",
+              "a worker loaded its model (`kind`: embed, or rerank for a cross-encoder; `backend`: the engine, "
+              "docs/engine.md; `cosine`: its fidelity check)"),
     EventSpec("model_preparing", "worker", f"model: string; step: string; worker?: string; {OPEN}",
               "a first start prepares the model before loading it (`step`: onnx_export, the export for ONNX "
               "Runtime, once: later starts reuse it)"),
     EventSpec("model_prepared", "worker", f"model: string; step: string; seconds: number; cosine?: number | null; "
               f"worker?: string; {OPEN}", "that preparation is done; `cosine` is its check against the reference"),
-    EventSpec("backend_fallback", "worker", f"model: string; backend: string; reason: string; worker?: string; "
-              f"{OPEN}", "a model the default backend (ONNX) cannot take serves on `backend` (torch); `reason` "
-              "says why"),
+    EventSpec("backend_fallback", "worker", f"model: string; backend: string | null; reason: string; "
+              f"dropped?: string[]; worker?: string; {OPEN}", "engines that cannot take the model (`dropped`: the "
+              "ONNX export fails) are left out of `auto`'s candidates; `backend` is the first that remains, "
+              "`reason` says why"),
+    EventSpec("engine_measuring", "worker", "model: string; candidates: string[]; cached: string[]; "
+              "worker?: string", "a first start measures the candidate engines (`engine/precision`) the cache "
+              "does not hold (docs/engine.md)"),
+    EventSpec("engine_measured", "worker", "model: string; engine: string; precision: string; cosine: number; "
+              "texts_per_s: number; lone_ms: number; memory_mb: number; error: string; worker?: string",
+              "one candidate's figures: least cosine to fp32 sentence-transformers on the check set, a batch "
+              "mix's texts/s, a lone text's ms, its process's PSS; `error` when it could not run here"),
+    EventSpec("engine_chosen", "worker", "model: string; engine: string; precision: string; cosine?: number; "
+              "texts_per_s?: number; lone_ms?: number; memory_mb?: number; forced: boolean; measured: boolean; "
+              "seconds: number; min_cosine: number; rejected: { [name: string]: string }; worker?: string",
+              "every start: the engine and precision that serve, with their figures (`measured`: false when "
+              "read from the cache; `forced`: named by --backend and --precision)"),
     EventSpec("worker_ready", "worker", "worker: string; pid?: number; device?: string; precision?: string",
               "a worker registered with the broker and serves"),
     EventSpec("worker_reconnected", "worker", "worker: string; pid?: number; device?: string; precision?: string",

@@ -40,6 +40,13 @@ def positive_int(raw: str) -> int:
     return value
 
 
+def unit_float(raw: str) -> float:
+    value = float(raw)
+    if not 0 < value <= 1:
+        raise ValueError(raw)
+    return value
+
+
 def positive_float(raw: str) -> float:
     value = float(raw)
     if value <= 0:
@@ -72,8 +79,8 @@ def web_origins(raw: str) -> tuple[str, ...]:
 
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16", "fp16w")  # worker/precision.py says what each is
-BACKENDS = ("auto", "onnx", "torch")  # worker/main.py: load_embedder
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "fp16w", "int8")  # worker/engines.py: which engine offers each
+BACKENDS = ("auto", "onnx", "openvino", "torch")  # worker/engines.py: the engine registry
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
@@ -136,14 +143,16 @@ SETTINGS: tuple[Setting, ...] = (
       planned=True),
     S("device", "auto", "auto, cpu, cuda, cuda:N or mps", UP_WORKER, device_value, planned=True),
     S("device", "auto", "auto, cpu, cuda, cuda:N or mps", ("doctor",)),
-    S("precision", "auto", "number format: fp16w = fp16 weights, fp32 arithmetic (CPU); auto measures",
-      UP_WORKER, choices=PRECISIONS, planned=True),
+    S("precision", "auto", "number format (fp16w = fp16 weights, fp32 arithmetic; int8 only when asked); auto "
+      "measures", UP_WORKER, choices=PRECISIONS, planned=True),
     S("threads", 0, "intra-op threads per compute thread (torch or ONNX Runtime; 0: 1 on CPU)", UP_WORKER, int,
       planned=True),
     S("compute-threads", 0, "forward passes at once in a worker, over one copy of the model (0: CPU cores / "
       "workers; 1 on GPU)", UP_WORKER, int, planned=True),
-    S("backend", "auto", "auto: ONNX Runtime on CPU where the model allows it, else torch; onnx; torch",
-      UP_WORKER, choices=BACKENDS, planned=True),
+    S("backend", "auto", "the engine: auto measures those the device offers (docs/engine.md); onnx, openvino, "
+      "torch", UP_WORKER, choices=BACKENDS, planned=True),
+    S("min-cosine", 0.9995, "the fidelity check: auto never serves an engine whose vectors are further from fp32 "
+      "sentence-transformers' (least cosine on a fixed check set)", UP_WORKER, unit_float),
     S("worker-id", "", "name shown in /health (default: host-pid)", ("worker",), planned=True),
     S("capacity", 0, "texts in flight per worker (0: by device)", UP_WORKER, int),
     S("token-budget", 0, "padded tokens per batch (0: by device)", UP_WORKER, int),

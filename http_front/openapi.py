@@ -175,6 +175,11 @@ def build_spec(state: AppState, routes: Iterable[Documented]) -> dict[str, Any]:
         "Info": {"type": "object", "required": ["version", "limits", "workers"], "properties": {
             "model_id": {"type": "string", "nullable": True}, "dim": {"type": "integer", "nullable": True},
             "max_tokens": {"type": "integer", "nullable": True}, "version": {"type": "string"},
+            "precision": {"type": "array", "items": {"type": "string"}, "nullable": True},
+            "backend": {"type": "array", "items": {"type": "string"}, "nullable": True,
+                        "description": "the engines the workers serve on (docs/engine.md)"},
+            "cosine": {"type": "number", "nullable": True, "description": "the least cosine of a worker's vectors "
+                       "to fp32 sentence-transformers' on its fidelity check"},
             "limits": free_object, "workers": {"type": "array", "items": free_object},
             "models": {"type": "array", "items": free_object, "description": "every model, the default first"},
             "cache": {**free_object, "nullable": True, "description": "the vector cache's hits, misses, writes, "
@@ -305,7 +310,7 @@ def _status_schema(free_object: dict[str, Any]) -> dict[str, Any]:
         "id": {"type": "string"},
         "state": {"type": "string", "enum": ["ready", "busy", "restarting", "failed", "left"]},
         "reason": text, "host": text, "remote": {"type": "boolean", "nullable": True}, "device": text,
-        "precision": text, "pid": integer,
+        "precision": text, "backend": text, "cosine": number, "pid": integer,
         "texts_per_s": {**number, "description": "texts served per second over the last 5 samples"},
         "speed": {**number, "description": "the worker's own measure of its compute rate, texts/s"},
         "served_texts": integer, "restarts": {"type": "integer"}, "credit": integer, "inflight_texts": integer,
@@ -320,6 +325,8 @@ def _status_schema(free_object: dict[str, Any]) -> dict[str, Any]:
         "model_id": text, "model": text, "dim": integer,
         "precision": {"type": "array", "items": {"type": "string"}, "nullable": True},
         "backend": {"type": "array", "items": {"type": "string"}, "nullable": True},
+        "cosine": {**number, "description": "the least cosine of a worker's vectors to fp32 sentence-transformers' "
+                   "on its fidelity check"},
         "max_tokens": integer, "version": {"type": "string"}, "now": {"type": "number"},
         "uptime_s": {"type": "number"}, "limits": free_object, "queue_texts": integer, "queue_jobs": integer,
         "cache": {**free_object, "nullable": True, "description": "the vector cache's hits, misses, writes, "

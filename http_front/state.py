@@ -159,6 +159,8 @@ def model_facts(state: AppState, status: BrokerStatus | None) -> dict[str, Any]:
         "dim": summary["dim"],
         "precision": sorted({str(w.get("precision")) for w in workers}) or None,
         "backend": sorted({str(w.get("backend")) for w in workers}) or None,
+        # the least cosine of any worker's vectors to fp32 sentence-transformers' on its check (docs/engine.md)
+        "cosine": min((w["cosine"] for w in workers if isinstance(w.get("cosine"), (int, float))), default=None),
         "max_tokens": status.max_tokens,
         "models": summary["models"],
         "version": VERSION,

@@ -272,6 +272,8 @@ class StatusHistory:
                     "remote": row.get("remote"),
                     "device": row.get("device"),
                     "precision": row.get("precision"),
+                    "backend": row.get("backend"),
+                    "cosine": row.get("cosine"),
                     "pid": row.get("pid"),
                     "texts_per_s": round(sum(t for _, t in rates) / spent, 2) if rates and spent else None,
                     "speed": row.get("texts_per_s"),  # the worker's own measure of its compute rate

@@ -27,7 +27,7 @@ from embed_common.lifeline import WORKER_STOP_GRACE
 from embed_common.models import ModelSpec, parse_models
 from embed_common.settings import ENV_ONLY, default
 from supervisor.broker_link import BrokerLink
-from worker.devices import compute_threads, detect_devices, gpu_driver_present
+from worker.devices import ThreadPlan, detect_devices, gpu_driver_present, plan_threads
 
 log = logging.getLogger(__name__)
 
@@ -136,20 +136,20 @@ class Supervisor:
         on_cpu = sum(1 for d in devices if d == "cpu")
         # the cores shared out among one model's CPU workers: two models on one CPU each get every core, as a
         # lone request of either is served fastest that way (they compete only while both are busy)
-        compute = compute_threads("cpu", s.compute_threads, s.threads, on_cpu)
+        threads = plan_threads("cpu", s.compute_threads, s.threads, on_cpu)
         for index, spec in enumerate(self.models):
             for i, device in enumerate(devices):
                 self.children.append(self._worker(spec, f"worker-{i}" if index == 0 else f"worker-{spec.alias}-{i}",
-                                                  device, compute, base, parent))
+                                                  device, threads, base, parent))
 
-    def _worker(self, spec: ModelSpec, name: str, device: str, compute: int, base: list[str],
+    def _worker(self, spec: ModelSpec, name: str, device: str, threads: ThreadPlan, base: list[str],
                 parent: list[str]) -> Child:
         """One worker process of one model (its own process: docs/models.md says why, with the PSS it costs)."""
         s = self.settings
         argv = [*base, "worker", "--broker", self.worker_address, "--model", spec.model, "--device", device,
                 "--precision", s.precision, "--backend", s.backend, "--worker-id", name]
         if device == "cpu":
-            argv += ["--threads", str(s.threads or 1), "--compute-threads", str(compute)]
+            argv += ["--threads", str(threads.intra_op), "--compute-threads", str(threads.compute)]
         elif s.threads or s.compute_threads:
             argv += ["--threads", str(s.threads), "--compute-threads", str(s.compute_threads)]
         return Child(name, [*argv, *s.extra_worker_args, *parent], "worker", device, spec.alias)
@@ -197,7 +197,8 @@ class Supervisor:
         elif kind == "startup_failed":  # a part that can never start (the front cannot bind its port)
             self.fail_startup({**data, "part": data.get("part") or child.kind})
         elif kind in ("worker_failed", "worker_refused", "worker_reconnected", "worker_disconnected",
-                      "model_preparing", "model_prepared", "backend_fallback"):  # the last three: onnx_backend.py
+                      "model_preparing", "model_prepared", "backend_fallback",  # onnx_backend.py, engine_select.py
+                      "engine_measuring", "engine_measured", "engine_chosen"):  # worker/engine_select.py
             if kind in ("worker_failed", "worker_refused"):
                 child.info["error"] = data.get("reason") or data.get("message") or data.get("error")
             self.emit(kind, {**data, "worker": child.name})

@@ -122,7 +122,7 @@ class Cluster(Process):
             shutil.rmtree(self.cache_dir, ignore_errors=True)
         return code
 
-    def wait_ready(self, timeout: float = 180.0) -> Cluster:
+    def wait_ready(self, timeout: float = 600.0) -> Cluster:  # a first start measures the engines (docs/engine.md)
         self.wait_event("model_loaded", timeout=timeout)
         wait_http(self.url + "/health", lambda r: r.status_code == 200, timeout=30)
         return self

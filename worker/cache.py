@@ -3,9 +3,10 @@
 the model lies, so that one model's copies share an entry and changed files or packages get another.
 
 Three kinds use it: ``fingerprint``, a model directory's :func:`weights_fingerprint`; ``onnx``, a model's
-export (worker/onnx_backend.py ``cache_dir``); and ``precision``, ``--precision auto``'s timed choice
-(worker/embedder.py ``precision_cache_file``). Each says which parts
-make its key; the recipe that turns parts into a key, and the model's fingerprint among them, live here.
+export (worker/onnx_backend.py ``cache_dir``); and ``engine``, each candidate engine's measurement and the
+reference vectors they are checked against (worker/engine_select.py ``measurement_key``, ``reference_file``).
+Each says which parts make its key; the recipe that turns parts into a key, and the model's fingerprint among
+them, live here.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 
 
 def detect_devices() -> list[str]:
@@ -84,22 +85,31 @@ def physical_cores() -> int:
     return os.cpu_count() or 1
 
 
-def compute_threads(device: str, requested: int = 0, threads: int = 0, cpu_workers: int = 1) -> int:
-    """Forward passes at once in one worker (its compute threads), the one place this default is decided:
-    ``requested`` where given (``--compute-threads``); 1 on a GPU; on the CPU the physical cores shared out
-    among ``cpu_workers`` workers of ``threads`` intra-op threads each. The supervisor plans its CPU workers
-    with it, and a worker started alone fills in its own the same way."""
-    if requested:
-        return requested
+@dataclass(frozen=True)
+class ThreadPlan:
+    """How one worker spreads its passes over the cores: ``compute`` forward passes at once (its compute
+    threads, worker/worker.py), each on ``intra_op`` threads, and ``cores`` for a lone pass while the others
+    are idle (an engine that can, worker/openvino_backend.py, runs a lone text on all of them)."""
+
+    compute: int
+    intra_op: int
+    cores: int
+
+
+def plan_threads(device: str, compute: int = 0, threads: int = 0, cpu_workers: int = 1) -> ThreadPlan:
+    """The one place a worker's thread counts are decided, from ``--compute-threads`` and ``--threads`` (0: by
+    the machine). The supervisor plans each CPU worker with it and passes the plan on as both flags; a worker
+    started alone resolves its flags the same way, and a resolved plan resolves to itself.
+
+    On a GPU: one compute thread. On the CPU, this worker's share of the physical cores (``cpu_workers``
+    share them): a batch mix keeps every core busy (``compute`` x ``intra_op`` = the share, one pass per core
+    by default), and a lone text may use them all (``cores``)."""
     if device != "cpu":
-        return 1
-    return max(1, physical_cores() // (max(1, cpu_workers) * max(1, threads)))
-
-
-def intra_op_threads(requested: int, compute_threads: int) -> int:
-    """torch's intra-op threads in a CPU worker: ``requested`` where given (``--threads``); else every core
-    for a worker that computes alone, one each for a worker of several compute threads."""
-    return requested or (physical_cores() if compute_threads == 1 else 1)
+        return ThreadPlan(compute or 1, threads, threads)
+    share = max(1, physical_cores() // max(1, cpu_workers))
+    compute = compute or max(1, share // max(1, threads))
+    intra_op = threads or max(1, share // compute)
+    return ThreadPlan(compute, intra_op, max(share, intra_op))
 
 
 if __name__ == "__main__":

@@ -7,23 +7,17 @@ import torch or sentence-transformers.
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import hashlib
-import json
 import logging
-import os
 import re
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
 from embed_common.vectors import normalize_rows
 from worker import precision
-from worker.cache import cache_root, content_key, model_fingerprint, package_version
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +46,7 @@ class Embedder(Protocol):
     device: str
     precision: str
     precision_note: str  # how the precision was chosen (empty: no check ran), for the worker's log
-    backend: str  # what runs the model: torch or onnx (worker/main.py load_embedder); the fake's is fake
+    backend: str  # the engine that runs the model (worker/engines.py); the fake's is fake
 
     def tokenize(self, texts: list[str]) -> Tokenized: ...
 
@@ -148,24 +142,14 @@ class SentenceTransformerEmbedder:
 
     # -- precision --------------------------------------------------------------------------------------
     def _choose_precision(self, requested: str) -> None:
-        """Put on the requested (or best) precision, keeping it only if its vectors match fp32's.
-
-        On CPU, ``auto`` also keeps a candidate only where it is faster than fp32 on the probe set (best of three
-        timings each, so that a moment of contention at start-up does not decide); on an accelerator the probe set
-        is too small to show fp16's gain, which is in large batches and memory.
-        """
+        """Put on the requested precision, keeping it only if its vectors match fp32's on the probe set; else
+        fp32 stays and ``precision_note`` says why. ``auto`` takes the first of worker/precision.py's
+        candidates that passes (a worker's auto measures every engine and precision instead:
+        worker/engine_select.py)."""
         candidates = [requested] if requested != "auto" else precision.auto_candidates(self.device)
-        timed = requested == "auto" and self.device == "cpu"
-        remembered = precision_choice(self._path, self.device) if timed else None
-        if remembered is not None:  # this model, CPU and torch timed the candidates before: same answer
-            candidates = [c for c in candidates if c == remembered]
-            timed = False
-            log.info("precision: %s, as timed at an earlier start (%s)", remembered, precision_cache_file(
-                self._path, self.device))
         if candidates in ([], ["fp32"]):
             return
         reference = self.encode_ids(self.tokenize(PROBE_TEXTS).ids)
-        fp32_time = self._time_probe() if timed else 0.0
         for candidate in candidates:
             try:
                 applied = precision.apply(self.model, candidate, self.device)
@@ -175,36 +159,15 @@ class SentenceTransformerEmbedder:
                 continue
             self.precision = candidate
             worst = float(cosines(reference, self.encode_ids(self.tokenize(PROBE_TEXTS).ids)).min())
-            elapsed = self._time_probe() if timed else 0.0
-            if worst < 0.999:
-                self.precision_note = f"{candidate} rejected: cosine {worst:.5f} to fp32 on the probe set"
-            elif elapsed > fp32_time:
-                self.precision_note = f"{candidate} rejected: slower than fp32 here ({elapsed:.3f}s vs " \
-                                      f"{fp32_time:.3f}s on the probe set)"
-            else:
+            if worst >= 0.999:
                 self.precision_note = f"{candidate}: cosine {worst:.5f} to fp32 on the probe set"
                 log.info("precision %s", self.precision_note)
                 applied.keep()
-                if timed:
-                    remember_precision(self._path, self.device, candidate)
                 return
+            self.precision_note = f"{candidate} rejected: cosine {worst:.5f} to fp32 on the probe set"
             log.warning("%s; using fp32", self.precision_note)
             applied.restore()
             self.precision = "fp32"
-        if timed:
-            remember_precision(self._path, self.device, "fp32")
-
-    def _time_probe(self) -> float:
-        """Seconds for the probe texts one at a time and then as one batch: both ends of the served load."""
-        single = [[seq] for seq in self.tokenize(PROBE_TEXTS[:4]).ids]
-        batch = self.tokenize(PROBE_TEXTS * 4).ids
-        best = float("inf")
-        for _ in range(3):
-            start = time.perf_counter()
-            for ids in [*single, batch]:
-                self.encode_ids(ids)
-            best = min(best, time.perf_counter() - start)
-        return best
 
     # -- the hot path -----------------------------------------------------------------------------------
     def tokenize(self, texts: list[str]) -> Tokenized:
@@ -267,39 +230,6 @@ class SentenceTransformerEmbedder:
         """Character offsets of each token of ``text`` (no special tokens, no limit): for chunking by tokens."""
         encoded = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
         return [(int(start), int(end)) for start, end in encoded["offset_mapping"]]
-
-
-def precision_cache_file(path: str, device: str) -> Path:
-    """Where ``--precision auto``'s timed choice is kept: one file per model files, CPU flags, torch version."""
-    return cache_root("precision") / f"{precision_key(path, device)}.json"
-
-
-@functools.cache  # it reads the model's files: once a process (a start reads the choice, then may write it)
-def precision_key(path: str, device: str) -> str:
-    flags = ""
-    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8") as f:
-        flags = next((line for line in f if line.startswith("flags")), "")
-    return content_key(model_fingerprint(Path(path)), device, flags, package_version("torch"))
-
-
-def precision_choice(path: str, device: str) -> str | None:
-    try:
-        choice = json.loads(precision_cache_file(path, device).read_text(encoding="utf-8")).get("precision")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return choice if isinstance(choice, str) else None
-
-
-def remember_precision(path: str, device: str, choice: str) -> None:
-    """Write the choice atomically (a temporary file renamed over it); a read-only cache is no error."""
-    target = precision_cache_file(path, device)
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(f".{target.name}.{os.getpid()}")
-        partial.write_text(json.dumps({"precision": choice}), encoding="utf-8")
-        os.replace(partial, target)
-    except OSError as exc:
-        log.info("precision choice not cached: %s", exc)
 
 
 def drop_unused_pooler(model: Any) -> None:

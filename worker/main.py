@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
@@ -13,6 +14,7 @@ from typing import Any
 from embed_common import lifeline, progress
 from embed_common.exits import ExitCode
 from worker import model_config
+from worker.devices import ThreadPlan
 from worker.embedder import Embedder
 from worker.worker import WorkerLoop, WorkerSettings
 
@@ -42,15 +44,15 @@ def run(settings: WorkerSettings) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
 
-    from worker.devices import compute_threads as default_compute_threads
-    from worker.devices import resolve_device
+    from worker.devices import plan_threads, resolve_device
     from worker.model_loading import ModelUnavailable, locate_model
 
     device = resolve_device(settings.device)
+    threads = plan_threads(device, settings.compute_threads, settings.threads)
     started = time.monotonic()
     try:
         located = locate_model(settings.model, emit)
-        embedder = load_embedder(settings, located.path, located.name, device, emit)
+        embedder, cosine = load_embedder(settings, located.path, located.name, device, threads, emit)
     except ModelUnavailable as exc:  # not on disk and not downloadable: the reason says it all
         log.error("%s", exc)
         emit("worker_failed", {"error": "MODEL_LOAD_FAILED", "reason": str(exc)})
@@ -60,15 +62,15 @@ def run(settings: WorkerSettings) -> int:
         emit("worker_failed", {"error": "MODEL_LOAD_FAILED",
                                "reason": f"could not load {settings.model}: {type(exc).__name__}: {exc}"})
         return ExitCode.LOAD_FAILED
-    compute_threads = default_compute_threads(device, settings.compute_threads, settings.threads)
-    info = {"model_name": located.name, **model_config.ready_info(located.path)}  # kind, prompts
+    info = {"model_name": located.name, **model_config.ready_info(located.path), "cosine": cosine}  # kind, prompts
     emit("model_loaded", {"model": located.name, "kind": info["kind"], "dimensions": embedder.dim, "device": device,
-                          "precision": embedder.precision, "backend": embedder.backend,
-                          "compute_threads": compute_threads, "seconds": round(time.monotonic() - started, 2)})
-    log.info("model %s loaded on %s (%s, %s, %s, %d compute threads)", settings.model, device, embedder.backend,
-             embedder.precision, embedder.precision_note or "no precision check", compute_threads)
+                          "precision": embedder.precision, "backend": embedder.backend, "cosine": cosine,
+                          "compute_threads": threads.compute, "seconds": round(time.monotonic() - started, 2)})
+    log.info("model %s loaded on %s (%s, %s, %s, %d compute threads of %d)", settings.model, device,
+             embedder.backend, embedder.precision, embedder.precision_note or "no precision check",
+             threads.compute, threads.intra_op)
     settings_with_id = WorkerSettings(**{**settings.__dict__, "worker_id": worker_id,
-                                         "compute_threads": compute_threads})
+                                         "compute_threads": threads.compute, "threads": threads.intra_op})
     info["fingerprint"] = vectors_fingerprint(located.path, embedder)
     loop = WorkerLoop(settings_with_id, embedder, info, on_event=emit)
     if stop_requested:
@@ -91,48 +93,36 @@ def vectors_fingerprint(path: str, embedder: Embedder) -> str:
         return ""
 
 
-def load_embedder(settings: WorkerSettings, path: str, name: str, device: str, emit: Any) -> Embedder:
-    """The ONNX Runtime embedder (worker/onnx_backend.py) where the backend is onnx, or auto on a CPU at a
-    precision it takes (auto, fp32); else the sentence-transformers one. ``--backend onnx`` on a model the ONNX
-    path cannot take fails the load; ``auto`` falls back to torch and says why (``backend_fallback``). A
-    reranker (worker/model_config.py) is a CrossEncoder on torch (worker/cross_encoder.py)."""
+def load_embedder(settings: WorkerSettings, path: str, name: str, device: str, threads: ThreadPlan,
+                  emit: Any) -> tuple[Embedder, float | None]:
+    """The engine and precision worker/engine_select.py selects (measured, or forced by ``--backend`` and
+    ``--precision``), loaded through the registry; with the least cosine of its vectors to fp32
+    sentence-transformers' on the check set (None where it could not be measured). A reranker
+    (worker/model_config.py) is a CrossEncoder on torch (worker/cross_encoder.py), not measured."""
     if model_config.model_kind(path) == model_config.RERANK:
-        return load_reranker(settings, path, device, name, emit)
-    backend = settings.backend
-    if backend == "auto":
-        backend = "onnx" if device == "cpu" and settings.precision in ("auto", "fp32") else "torch"
-    if backend == "onnx":
-        from worker.onnx_backend import OnnxUnsupported, prepare
+        return load_reranker(settings, path, device, name, threads, emit), None
+    from worker.engine_select import select
+    from worker.engines import EMBEDDERS, LoadRequest
+    from worker.worker import default_token_budget
 
-        try:
-            if device != "cpu":
-                raise OnnxUnsupported(f"the ONNX backend runs on the CPU, not {device}")
-            return prepare(path, settings.model, emit, threads=settings.threads or 1, model_name=name)
-        except OnnxUnsupported as exc:
-            if settings.backend == "onnx":
-                raise
-            log.warning("serving %s on torch: %s", name, exc)
-            emit("backend_fallback", {"model": name, "backend": "torch", "reason": str(exc)})
-    from worker.devices import compute_threads, intra_op_threads
-    from worker.embedder import SentenceTransformerEmbedder
-
-    threads = settings.threads
-    if device == "cpu":
-        threads = intra_op_threads(threads, compute_threads(device, settings.compute_threads, threads))
-    return SentenceTransformerEmbedder(path, settings.model, device, settings.precision, threads or None)
+    request = LoadRequest(path, settings.model, name, device, settings.precision, threads, emit)
+    budget = settings.token_budget or default_token_budget(device)
+    selection = select(request, settings.backend, settings.precision, settings.min_cosine, budget)
+    candidate = selection.candidate
+    embedder = EMBEDDERS.load(candidate, dataclasses.replace(request, precision=candidate.precision))
+    return embedder, selection.measurement.cosine if selection.measurement else None
 
 
-def load_reranker(settings: WorkerSettings, path: str, device: str, name: str, emit: Any) -> Embedder:
+def load_reranker(settings: WorkerSettings, path: str, device: str, name: str, threads: ThreadPlan,
+                  emit: Any) -> Embedder:
     """ONNX Runtime where the backend is onnx, or auto on a CPU (worker/onnx_rerank.py), else torch; ``auto``
     falls back to torch and says why (``backend_fallback``), as for an embedding model."""
-    from worker.devices import compute_threads, intra_op_threads
-
     if settings.backend in ("auto", "onnx") and device == "cpu" and settings.precision in ("auto", "fp32"):
         from worker.onnx_backend import OnnxUnsupported
         from worker.onnx_rerank import prepare
 
         try:
-            return prepare(path, settings.model, emit, threads=settings.threads or 1, model_name=name)
+            return prepare(path, settings.model, emit, threads=threads.intra_op, model_name=name)
         except OnnxUnsupported as exc:
             if settings.backend == "onnx":
                 raise
@@ -140,10 +130,7 @@ def load_reranker(settings: WorkerSettings, path: str, device: str, name: str, e
             emit("backend_fallback", {"model": name, "backend": "torch", "reason": str(exc)})
     from worker.cross_encoder import CrossEncoderScorer
 
-    threads = settings.threads
-    if device == "cpu":
-        threads = intra_op_threads(threads, compute_threads(device, settings.compute_threads, threads))
-    return CrossEncoderScorer(path, settings.model, device, threads or None)
+    return CrossEncoderScorer(path, settings.model, device, threads.intra_op or None)
 
 
 def finish_compute(loop: WorkerLoop) -> None:

@@ -46,6 +46,7 @@ MIN_COSINE = 0.999  # an export whose vectors are further than this from sentenc
 POOLING_MODES = {"pooling_mode_cls_token": "cls", "pooling_mode_mean_tokens": "mean",
                  "pooling_mode_max_tokens": "max"}
 MODEL_FILE = "model.onnx"
+INT8_FILE = "model.int8-matmul-per-channel.onnx"
 REPORT_FILE = "export.json"
 
 Emit = Callable[[str, dict[str, Any]], None]
@@ -172,33 +173,76 @@ def export(pipeline: Pipeline, target: Path, emit: Emit, model_name: str) -> dic
     return report
 
 
-def prepare(path: str, model_id: str, emit: Emit, threads: int = 1, model_name: str = "") -> OnnxEmbedder:
+def exported(path: str, emit: Emit, model_name: str) -> tuple[Pipeline, Path]:
+    """The model's pipeline and its checked export's directory, exporting it first unless the cache holds it
+    (worker/engines.py runs this before measuring or loading an engine that reads the file)."""
+    pipeline = read_pipeline(path)
+    target = cache_dir(pipeline)
+    report_file = target / REPORT_FILE
+    if not report_file.is_file():
+        shutil.rmtree(target, ignore_errors=True)  # an incomplete copy (our writer renames whole dirs only)
+        export(pipeline, target, emit, model_name)
+    report = json.loads(report_file.read_text(encoding="utf-8"))
+    if report.get("min_cosine", 0.0) < MIN_COSINE:
+        raise OnnxUnsupported(f"the ONNX export's vectors are off: cosine {report.get('min_cosine')} to "
+                              f"sentence-transformers on the probe texts")
+    return pipeline, target
+
+
+def reload_once(load: Callable[[], Any], path: str, emit: Emit, model_name: str) -> Any:
+    """``load()`` of an engine that reads the export; where the cached file does not load (a disk fault, a hand
+    edit), the export is made again, once."""
+    try:
+        return load()
+    except OnnxUnsupported:
+        raise
+    except Exception as exc:
+        _, target = exported(path, emit, model_name)
+        log.warning("the cached ONNX model in %s does not load (%s): exporting again", target, exc)
+        shutil.rmtree(target, ignore_errors=True)
+        exported(path, emit, model_name)
+        try:
+            return load()
+        except Exception as again:
+            raise OnnxUnsupported(f"the ONNX model does not load: {type(again).__name__}: {again}") from again
+
+
+def prepare(path: str, model_id: str, emit: Emit, threads: int = 1, model_name: str = "",
+            precision: str = "fp32") -> OnnxEmbedder:
     """An :class:`OnnxEmbedder` for the model at ``path``, exporting it first unless the cache holds it.
-    ``model_id`` is what the user asked for (``/info``'s model_id), ``model_name`` its short name (PROGRESS)."""
+    ``model_id`` is what the user asked for (``/info``'s model_id), ``model_name`` its short name (PROGRESS);
+    ``precision`` int8 serves the export quantized (:func:`quantized`)."""
     model_name = model_name or model_id
     try:
         import onnxruntime  # noqa: F401
     except ImportError as exc:
         raise OnnxUnsupported(f"onnxruntime is not installed ({exc})") from None
-    pipeline = read_pipeline(path)
-    target = cache_dir(pipeline)
-    for attempt in range(2):
-        report_file = target / REPORT_FILE
-        if not report_file.is_file():
-            shutil.rmtree(target, ignore_errors=True)  # an incomplete copy (our writer renames whole dirs only)
-            export(pipeline, target, emit, model_name)
-        report = json.loads(report_file.read_text(encoding="utf-8"))
-        if report.get("min_cosine", 0.0) < MIN_COSINE:
-            raise OnnxUnsupported(f"the ONNX export's vectors are off: cosine {report.get('min_cosine')} to "
-                                  f"sentence-transformers on the probe texts")
-        try:
-            return OnnxEmbedder(pipeline, target / MODEL_FILE, model_id, threads)
-        except Exception as exc:  # a corrupt cache (a disk fault, a hand edit): export again, once
-            if attempt:
-                raise OnnxUnsupported(f"the ONNX model does not load: {type(exc).__name__}: {exc}") from exc
-            log.warning("the cached ONNX model in %s does not load (%s): exporting again", target, exc)
-            shutil.rmtree(target, ignore_errors=True)
-    raise AssertionError("unreachable")
+    if precision not in ("fp32", "int8"):
+        raise OnnxUnsupported(f"ONNX Runtime serves fp32 or int8, not {precision}")
+
+    def load() -> OnnxEmbedder:
+        pipeline, target = exported(path, emit, model_name)
+        model_file = target / MODEL_FILE if precision == "fp32" else quantized(target)
+        return OnnxEmbedder(pipeline, model_file, model_id, threads, precision)
+
+    return reload_once(load, path, emit, model_name)
+
+
+def quantized(target: Path) -> Path:
+    """The export with its matrix products' weights quantized to int8 (ONNX Runtime's dynamic quantization:
+    int8 weights, activations quantized per batch; its integer kernels use VNNI/AMX where the CPU has them),
+    made once beside the export. Its vectors drift from fp32's: an explicit precision only, never one ``auto``
+    picks."""
+    out = target / INT8_FILE
+    if not out.is_file():
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        partial = target / f".{INT8_FILE}.{os.getpid()}"
+        # the matrix products only (quantized embeddings cost the most fidelity), a scale per output channel
+        quantize_dynamic(str(target / MODEL_FILE), str(partial), weight_type=QuantType.QInt8,
+                         op_types_to_quantize=["MatMul"], per_channel=True)
+        os.replace(partial, out)
+    return out
 
 
 def session_options(threads: int) -> Any:
@@ -215,29 +259,26 @@ def session_options(threads: int) -> Any:
     return options
 
 
-class OnnxEmbedder:
-    """A sentence-transformers model's transformer on ONNX Runtime's CPU provider; pooling in numpy."""
+class PipelineEmbedder:
+    """What every engine on the exported file shares: the ``tokenizers`` tokenizer, the padded feeds, the
+    pooling in numpy. A subclass runs the transformer (:meth:`token_embeddings`)."""
 
-    backend = "onnx"
+    backend = ""
+    input_names: list[str]
 
-    def __init__(self, pipeline: Pipeline, model_file: Path, model_id: str, threads: int = 1) -> None:
-        import onnxruntime as ort
-
+    def __init__(self, pipeline: Pipeline, model_id: str, precision: str) -> None:
         self.model_id = model_id
         self.device = "cpu"
-        self.precision = "fp32"
-        self.precision_note = "onnx fp32"
+        self.precision = precision
+        self.precision_note = f"{self.backend} {precision}"
         self.pipeline = pipeline
         self.max_tokens = pipeline.max_tokens
-        self.session = ort.InferenceSession(str(model_file), sess_options=session_options(threads),
-                                            providers=["CPUExecutionProvider"])
-        self.input_names = [i.name for i in self.session.get_inputs()]
-        self.dim = int(self.session.get_outputs()[0].shape[-1])
         tokenizers = load_tokenizers(pipeline)
         self.tokenizer = tokenizers.model
         self.spans_tokenizer = tokenizers.spans
         self.pad_id = tokenizers.pad_id
         self.special_tokens = len(self.spans_tokenizer.encode("", add_special_tokens=True).ids)
+        self.dim = 0  # the subclass reads it from its model
 
     def tokenize(self, texts: list[str]) -> Tokenized:
         if not texts:
@@ -257,12 +298,34 @@ class OnnxEmbedder:
         feeds = {"input_ids": input_ids, "attention_mask": mask}
         if "token_type_ids" in self.input_names:
             feeds["token_type_ids"] = np.zeros_like(input_ids)
-        tokens = self.session.run(None, {k: v for k, v in feeds.items() if k in self.input_names})[0]
+        tokens = self.token_embeddings({k: v for k, v in feeds.items() if k in self.input_names})
         return pool(tokens, mask, self.pipeline.pooling)
+
+    def token_embeddings(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        raise NotImplementedError
 
     def token_spans(self, text: str) -> list[tuple[int, int]]:
         encoding = self.spans_tokenizer.encode(self.pipeline.cased([text])[0], add_special_tokens=False)
         return [(int(start), int(end)) for start, end in encoding.offsets]
+
+
+class OnnxEmbedder(PipelineEmbedder):
+    """A sentence-transformers model's transformer on ONNX Runtime's CPU provider; pooling in numpy."""
+
+    backend = "onnx"
+
+    def __init__(self, pipeline: Pipeline, model_file: Path, model_id: str, threads: int = 1,
+                 precision: str = "fp32") -> None:
+        import onnxruntime as ort
+
+        super().__init__(pipeline, model_id, precision)
+        self.session = ort.InferenceSession(str(model_file), sess_options=session_options(threads),
+                                            providers=["CPUExecutionProvider"])
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.dim = int(self.session.get_outputs()[0].shape[-1])
+
+    def token_embeddings(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        return self.session.run(None, feeds)[0]
 
 
 def pool(tokens: np.ndarray, mask: np.ndarray, mode: str) -> np.ndarray:

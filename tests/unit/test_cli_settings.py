@@ -14,7 +14,7 @@ import pytest
 from supervisor import cli
 
 COMMANDS = ("up", "broker", "front", "worker")
-CANDIDATES = ("7", "3", "2.5", "cpu", "cuda:1", "DEBUG", "tcp://127.0.0.1:9999", "some-value",
+CANDIDATES = ("7", "3", "2.5", "0.99", "0.9", "cpu", "cuda:1", "DEBUG", "tcp://127.0.0.1:9999", "some-value",
               "http://localhost:3000")
 
 

@@ -39,6 +39,7 @@ export type ModelLoadedEvent = Event<"model_loaded", {
   device?: string;
   precision?: string;
   backend?: string;
+  cosine?: number | null;
   compute_threads?: number;
   seconds?: number;
 }>;
@@ -68,8 +69,8 @@ export type FrontReadyEvent = Event<"front_ready", Record<string, never>>;
 export type WorkerStartedEvent = Event<"worker_started", { worker: string; pid: number; device: string }>;
 
 /**
- * a worker loaded its model (kind: embed, or rerank for a cross-encoder; backend: onnx, the CPU default, or
- * torch)
+ * a worker loaded its model (kind: embed, or rerank for a cross-encoder; backend: the engine, docs/engine.md;
+ * cosine: its fidelity check)
  */
 export type WorkerLoadedEvent = Event<"worker_loaded", {
   worker: string;
@@ -79,6 +80,7 @@ export type WorkerLoadedEvent = Event<"worker_loaded", {
   precision: string;
   kind?: string;
   backend?: string;
+  cosine?: number | null;
   compute_threads?: number;
   seconds: number;
 }>;
@@ -104,13 +106,61 @@ export type ModelPreparedEvent = Event<"model_prepared", {
   [key: string]: unknown;
 }>;
 
-/** a model the default backend (ONNX) cannot take serves on backend (torch); reason says why */
+/**
+ * engines that cannot take the model (dropped: the ONNX export fails) are left out of auto's candidates;
+ * backend is the first that remains, reason says why
+ */
 export type BackendFallbackEvent = Event<"backend_fallback", {
   model: string;
-  backend: string;
+  backend: string | null;
   reason: string;
+  dropped?: string[];
   worker?: string;
   [key: string]: unknown;
+}>;
+
+/** a first start measures the candidate engines (engine/precision) the cache does not hold (docs/engine.md) */
+export type EngineMeasuringEvent = Event<"engine_measuring", {
+  model: string;
+  candidates: string[];
+  cached: string[];
+  worker?: string;
+}>;
+
+/**
+ * one candidate's figures: least cosine to fp32 sentence-transformers on the check set, a batch mix's
+ * texts/s, a lone text's ms, its process's PSS; error when it could not run here
+ */
+export type EngineMeasuredEvent = Event<"engine_measured", {
+  model: string;
+  engine: string;
+  precision: string;
+  cosine: number;
+  texts_per_s: number;
+  lone_ms: number;
+  memory_mb: number;
+  error: string;
+  worker?: string;
+}>;
+
+/**
+ * every start: the engine and precision that serve, with their figures (measured: false when read from the
+ * cache; forced: named by --backend and --precision)
+ */
+export type EngineChosenEvent = Event<"engine_chosen", {
+  model: string;
+  engine: string;
+  precision: string;
+  cosine?: number;
+  texts_per_s?: number;
+  lone_ms?: number;
+  memory_mb?: number;
+  forced: boolean;
+  measured: boolean;
+  seconds: number;
+  min_cosine: number;
+  rejected: { [name: string]: string };
+  worker?: string;
 }>;
 
 /** a worker registered with the broker and serves */
@@ -192,6 +242,9 @@ export type ClusterEvent =
   | ModelPreparingEvent
   | ModelPreparedEvent
   | BackendFallbackEvent
+  | EngineMeasuringEvent
+  | EngineMeasuredEvent
+  | EngineChosenEvent
   | WorkerReadyEvent
   | WorkerReconnectedEvent
   | WorkerDisconnectedEvent
@@ -217,6 +270,9 @@ export const CLUSTER_EVENT_TYPES: ReadonlySet<string> = new Set<ClusterEvent["ty
   "model_preparing",
   "model_prepared",
   "backend_fallback",
+  "engine_measuring",
+  "engine_measured",
+  "engine_chosen",
   "worker_ready",
   "worker_reconnected",
   "worker_disconnected",
