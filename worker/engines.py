@@ -153,7 +153,8 @@ def _load_openvino(request: LoadRequest) -> Any:
     from worker.openvino_backend import prepare
 
     try:
-        return prepare(request)
+        return prepare(request.path, request.model_id, request.model_name, request.precision, request.threads,
+                       request.emit)
     except OnnxUnsupported as exc:
         raise EngineUnsupported(str(exc)) from None
 

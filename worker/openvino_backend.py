@@ -23,28 +23,36 @@ from typing import Any
 import numpy as np
 
 from worker.devices import ThreadPlan
-from worker.engines import LoadRequest
-from worker.onnx_backend import MODEL_FILE, OnnxUnsupported, Pipeline, PipelineEmbedder, exported, reload_once
+from worker.onnx_backend import (
+    MODEL_FILE,
+    Emit,
+    OnnxUnsupported,
+    Pipeline,
+    PipelineEmbedder,
+    exported,
+    reload_once,
+)
 
 log = logging.getLogger(__name__)
 
 PRECISION_HINTS = {"bf16": "bf16", "fp32": "f32"}
 
 
-def prepare(request: LoadRequest) -> OpenVinoEmbedder:
+def prepare(path: str, model_id: str, model_name: str, precision: str, threads: ThreadPlan,
+            emit: Emit) -> OpenVinoEmbedder:
+    """An :class:`OpenVinoEmbedder` for the model at ``path``, exporting it first unless the cache holds it."""
     try:
         import openvino  # noqa: F401
     except ImportError as exc:
         raise OnnxUnsupported(f"openvino is not installed ({exc})") from None
-    if request.precision not in PRECISION_HINTS:
-        raise OnnxUnsupported(f"OpenVINO serves {' or '.join(PRECISION_HINTS)}, not {request.precision}")
+    if precision not in PRECISION_HINTS:
+        raise OnnxUnsupported(f"OpenVINO serves {' or '.join(PRECISION_HINTS)}, not {precision}")
 
     def load() -> OpenVinoEmbedder:
-        pipeline, target = exported(request.path, request.emit, request.model_name)
-        return OpenVinoEmbedder(pipeline, str(target / MODEL_FILE), request.model_id, request.precision,
-                                request.threads)
+        pipeline, target = exported(path, emit, model_name)
+        return OpenVinoEmbedder(pipeline, str(target / MODEL_FILE), model_id, precision, threads)
 
-    return reload_once(load, request.path, request.emit, request.model_name)
+    return reload_once(load, path, emit, model_name)
 
 
 class OpenVinoEmbedder(PipelineEmbedder):
