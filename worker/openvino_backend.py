@@ -6,19 +6,17 @@ cached beyond the export). ``bf16`` asks it to compute in bf16 (``INFERENCE_PREC
 native bf16 units (AVX512-BF16, AMX); ``fp32`` keeps every operation in f32. The tokenizer, the padding and the
 pooling are the ONNX path's (:class:`worker.onnx_backend.PipelineEmbedder`).
 
-Threads (worker/devices.py ``plan_threads``): the worker's compute threads each run a pass at once. With more
-than one, the model is compiled twice over the one read model: for batches, with one stream per compute
-thread (``NUM_STREAMS``, each thread its own infer request), so that a batch mix keeps every core busy; and
-for a lone text (one text, nothing else in flight), with one stream on every core (``PERFORMANCE_HINT``
-LATENCY), so that it uses every idle core. With one compute thread the latency compilation serves all.
-``python bench/engines.py`` measures both against the other engines.
+Threads: one compilation on every core of the worker's share (``PERFORMANCE_HINT`` LATENCY, ``cores`` of
+worker/devices.py ``plan_threads``), one pass at a time (the compute threads take turns): a lone text uses every
+idle core and a batch keeps them all busy. One stream per compute thread (THROUGHPUT, a request per thread)
+was measured against it on a 2-core bf16 CPU with ``python bench/engines.py --compute-threads 1`` and
+``--compute-threads 2``: it gave about half the batch rate and more memory, so it is not used.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
 
 import numpy as np
 
@@ -66,38 +64,17 @@ class OpenVinoEmbedder(PipelineEmbedder):
         core = ov.Core()
         model = core.read_model(model_file)
         hint = PRECISION_HINTS[precision]
-        self.lone = core.compile_model(model, "CPU", {
+        self.compiled = core.compile_model(model, "CPU", {
             "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads.cores,
             "INFERENCE_PRECISION_HINT": hint})
-        self.batches = self.lone if threads.compute <= 1 else core.compile_model(model, "CPU", {
-            "PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": threads.compute,
-            "INFERENCE_NUM_THREADS": threads.compute * threads.intra_op, "INFERENCE_PRECISION_HINT": hint})
-        computes_in = self.lone.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+        computes_in = self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
         if computes_in != hint:  # e.g. bf16 asked on a CPU that has no bf16: OpenVINO quietly uses f32
             raise OnnxUnsupported(f"OpenVINO computes in {computes_in} here, not {precision}")
         self.input_names = [port.get_any_name() for port in model.inputs]
         self.dim = int(model.outputs[0].get_partial_shape()[-1].get_length())
-        self._lone_request = self.lone.create_infer_request()
-        self._lone_lock = threading.Lock()  # the lone request takes one pass at a time
-        self._lock = threading.Lock()
-        self._in_flight = 0
-        self._requests = threading.local()  # one infer request per compute thread: a request is not shared
+        self._request = self.compiled.create_infer_request()
+        self._lock = threading.Lock()  # the one request takes one pass at a time
 
     def token_embeddings(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
-        with self._lock:
-            lone = self.batches is self.lone or (feeds["input_ids"].shape[0] == 1 and self._in_flight == 0)
-            self._in_flight += 1
-        try:
-            if lone:
-                with self._lone_lock:  # a copy: the next pass on this request overwrites its output
-                    return np.array(self._lone_request.infer(feeds)[0])
-            return self._request().infer(feeds)[0]  # this thread's own request: read before its next pass
-        finally:
-            with self._lock:
-                self._in_flight -= 1
-
-    def _request(self) -> Any:
-        request = getattr(self._requests, "request", None)
-        if request is None:
-            request = self._requests.request = self.batches.create_infer_request()
-        return request
+        with self._lock:  # a copy: the next pass on this request overwrites its output
+            return np.array(self._request.infer(feeds)[0])
