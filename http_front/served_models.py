@@ -125,6 +125,9 @@ def prompt_of(model: Served, body: dict[str, Any]) -> str | None:
     for field_name, value in (("prompt", prompt), ("prompt_name", name), ("input_type", input_type)):
         if value is not None and not isinstance(value, str):
             raise ApiError("BAD_REQUEST", f"'{field_name}' must be a string", param=field_name)
+    if input_type is not None and input_type not in INPUT_TYPES:  # checked even where a prompt takes precedence
+        raise ApiError("BAD_REQUEST", f"'input_type' must be one of {', '.join(sorted(INPUT_TYPES))}",
+                       param="input_type")
     if prompt is not None:
         return prompt or None
     if name is not None:
@@ -134,9 +137,6 @@ def prompt_of(model: Served, body: dict[str, Any]) -> str | None:
                            param="prompt_name")
         return model.prompts[name] or None
     if input_type is not None:
-        if input_type not in INPUT_TYPES:
-            raise ApiError("BAD_REQUEST", f"'input_type' must be one of {', '.join(sorted(INPUT_TYPES))}",
-                           param="input_type")
         found = next((model.prompts[n] for n in INPUT_TYPES[input_type] if n in model.prompts), None)
         return found or None
     if model.default_prompt_name is not None:

@@ -33,7 +33,8 @@ def test_an_input_type_without_its_prompt_adds_none() -> None:
     assert prompt_of(plain, {"input_type": "query"}) is None
 
 
-@pytest.mark.parametrize("body", [{"prompt_name": "nope"}, {"prompt": 3}, {"input_type": "summary"}])
+@pytest.mark.parametrize("body", [{"prompt_name": "nope"}, {"prompt": 3}, {"input_type": "summary"},
+                                  {"prompt": "custom: ", "input_type": "summary"}])  # checked under a prompt too
 def test_bad_prompt_fields_are_refused(body: dict) -> None:
     with pytest.raises(ApiError) as raised:
         prompt_of(MODEL, body)
