@@ -248,6 +248,16 @@ function chart(id, times, start, end, series, integer = false) {
   svg.replaceChildren(...paths);
 }
 
+function renderHead() {  // the header from COLUMNS, so that it always names the cells renderWorkers writes
+  $("workers-head").replaceChildren(...COLUMNS.map(([name, label]) => {
+    const th = document.createElement("th");
+    th.scope = "col";
+    th.className = `col-${name}` + (NUMERIC.has(name) ? " num" : "");  // its width: status.css
+    th.textContent = label;
+    return th;
+  }));
+}
+
 $("key-form").addEventListener("submit", (event) => {
   event.preventDefault();
   const value = $("key-input").value.trim();
@@ -258,4 +268,5 @@ $("key-form").addEventListener("submit", (event) => {
   poll();
 });
 
+renderHead();
 poll();
