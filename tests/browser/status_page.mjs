@@ -44,7 +44,7 @@ async function embedLoop(stop) {
   let sent = 0;
   while (!stop.done) {
     const r = await fetch(`${base}/embed`, { method: "POST", headers: { "Content-Type": "application/json", ...auth },
-      body: JSON.stringify({ texts }) });
+      body: JSON.stringify({ texts, cache: false }) });  // the workers must compute them: the page shows their rate
     const body = await r.text(); // read to the end: an unread body keeps its connection from being reused
     if (r.status !== 200) throw new Error(`/embed answered ${r.status}: ${body}`);
     sent += texts.length;
