@@ -23,7 +23,7 @@ from http_front.errors import ApiError
 from http_front.observability import Metrics
 from http_front.pdf_text import PdfPool
 from http_front.served_models import Served, served_models
-from http_front.status_history import Counting, StatusHistory
+from http_front.status_history import SAMPLE_INTERVAL, Counting, StatusHistory
 
 # this request's "has the client closed its connection?" (waitress's environ["waitress.client_disconnected"]),
 # set by ClientGoneCheck for the request thread; the embedding routes hand it to the broker client
@@ -46,17 +46,19 @@ class ClientGoneCheck:
 class AppState:
     """What the resources share. ``counting``: which requests the status history counts (http_front/routes.py
     ``COUNTING``). ``pdf_parsers``: the processes that read PDFs (http_front/pdf_text.py); by default a pool of
-    its own, started on the first PDF and stopped by :meth:`close` (one passed in is the caller's to close)."""
+    its own, started on the first PDF and stopped by :meth:`close` (one passed in is the caller's to close).
+    ``history_interval``: seconds between the status history's samples."""
 
     def __init__(self, client: BrokerClient, limits: Limits, counting: Counting,
-                 pdf_parsers: PdfPool | None = None, cache: FrontCache | None = None) -> None:
+                 pdf_parsers: PdfPool | None = None, cache: FrontCache | None = None,
+                 history_interval: float = SAMPLE_INTERVAL) -> None:
         self.client = client
         self.limits = limits
         self.cache = cache  # the vector cache (http_front/embed_cache.py); None: off
         self.metrics = Metrics(client)
         if cache is not None:
             self.metrics.registry.register(CacheCollector(cache))
-        self.history = StatusHistory(client, counting)  # the status page's ring buffers
+        self.history = StatusHistory(client, counting, history_interval)  # the status page's ring buffers
         self.pdf_parsers = pdf_parsers or PdfPool()
         self.draining = False
         self.inflight = 0

@@ -17,8 +17,9 @@ import pytest
 from embed_common.models import parse_models
 from embed_common.status import BrokerStatus
 from http_front.app import create_app
+from http_front.broker_client import BrokerClient
 from http_front.routes import COUNTING
-from http_front.status_history import StatusHistory, percentile
+from http_front.status_history import SAMPLE_INTERVAL, StatusHistory, percentile
 from tests.unit.inproc import LIMITS, eventually
 from worker.embedder import FakeEmbedder
 
@@ -205,11 +206,18 @@ def test_percentile_is_nearest_rank() -> None:
 
 
 KEY = "status-test-key"
+INTERVAL = 0.05  # the apps' seconds between samples: a wait for the next one is this short (the front's is 1 s)
 
 
 @pytest.fixture(scope="module")
 def app_options() -> dict[str, Any]:
-    return {"limits": LIMITS, "api_key": KEY}
+    return {"limits": LIMITS, "api_key": KEY, "history_interval": INTERVAL}
+
+
+def test_the_front_samples_every_second_over_ten_minutes() -> None:
+    client = falcon.testing.TestClient(create_app(BrokerClient("inproc://no-broker-here")))  # the front's defaults
+    body = client.simulate_get("/status.json").json
+    assert SAMPLE_INTERVAL == 1.0 and body["interval"] == 1.0 and body["window"] == 600.0
 
 
 def test_the_page_and_its_assets_are_served_without_the_key(served) -> None:
@@ -244,7 +252,8 @@ def test_the_page_watching_itself_is_not_counted(served) -> None:
     later = eventually(lambda: (h := client.simulate_get("/status.json").json["history"])["t"][before:] and h,
                        "a sample after the requests", timeout=20)
     assert sum(v or 0 for v in later["client_errors_per_s"][before - 1:]) > 0
-    assert sum(later["client_errors_per_s"][before - 1:]) <= 1.0  # one 401 in about a second, not eleven
+    # one 401 in about an interval, not eleven: at most one a sample's time, since every sample covers at least one
+    assert sum(later["client_errors_per_s"][before - 1:]) <= 1.0 / INTERVAL
 
 
 def test_the_data_shows_the_cluster_and_texts_served(served) -> None:
@@ -258,7 +267,7 @@ def test_the_data_shows_the_cluster_and_texts_served(served) -> None:
     body = eventually(served_some, "texts/s above zero in the history", timeout=20)
     assert body["status"] == "ok" and body["model_id"] == "fake/fake-model" and body["dim"] == 8
     assert body["limits"]["max_texts"] == 50 and body["version"]
-    assert body["interval"] == 1.0 and body["window"] == 600.0
+    assert body["interval"] == INTERVAL and body["window"] == 600.0
     [row] = body["workers"]
     assert row["id"] == cluster.workers[0].loop.worker_id and row["state"] in ("ready", "busy")
     assert row["served_texts"] >= 30 and row["remote"] is False
@@ -282,7 +291,7 @@ def test_a_refused_worker_is_an_event_through_the_real_broker(make_cluster) -> N
     other = cluster.add_worker(FakeEmbedder(model_id="other/other-model"), wait=False)
     other.thread.join(timeout=15)
     assert other.exit_code == 3
-    client = falcon.testing.TestClient(create_app(cluster.client, LIMITS))
+    client = falcon.testing.TestClient(create_app(cluster.client, LIMITS, history_interval=INTERVAL))
 
     def refused() -> list[dict[str, Any]]:
         return [e for e in client.simulate_get("/status.json").json["events"] if e["kind"] == "worker_refused"]
