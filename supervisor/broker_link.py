@@ -14,6 +14,7 @@ import contextlib
 import logging
 import socket
 import time
+from collections.abc import Callable
 from typing import Any
 
 import zmq
@@ -27,10 +28,14 @@ RESEND_INTERVAL = 2.0
 
 
 class BrokerLink:
-    def __init__(self, context: zmq.Context, address: str, resend: float = RESEND_INTERVAL) -> None:
+    """``clock``: monotonic seconds, when a report is due again (a test passes one it moves by hand)."""
+
+    def __init__(self, context: zmq.Context, address: str, resend: float = RESEND_INTERVAL,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.context = context
         self.address = address
         self.resend = resend
+        self.clock = clock
         self.host = socket.gethostname()  # what a local worker reports as its host
         self._sock: zmq.Socket | None = None
         self._sent: list[dict[str, Any]] = []  # a broker starts with an empty list
@@ -41,7 +46,7 @@ class BrokerLink:
 
     def workers_down(self, workers: list[dict[str, Any]]) -> None:
         """Report ``workers`` (the whole list) if it changed, or if it is not empty and was sent a while ago."""
-        now = time.monotonic()
+        now = self.clock()
         if workers == self._sent and (not workers or now - self._sent_at < self.resend):
             return
         self._send(Command.WORKERS_DOWN, {"workers": workers})
