@@ -45,17 +45,17 @@ def test_workers_down_shows_in_the_status_until_that_worker_registers(make_clust
 
 
 def test_a_restarting_worker_holds_queued_jobs_past_the_no_worker_grace(make_cluster) -> None:
-    cluster = make_cluster(no_worker_grace=0.1)
+    cluster = make_cluster(no_worker_grace=0.05)
     first = cluster.add_worker()
     first.loop.stop()  # leaves cleanly: the cluster has no worker now
     cluster.wait_status(lambda s: not s["workers"], "no worker")
     supervisor = cluster.peer("client")
     supervisor.send(Command.WORKERS_DOWN, {"workers": [down("w1", "restarting")]})
     cluster.wait_status(lambda s: s["workers_down"], "the report")
-    time.sleep(0.3)  # past the grace (time must pass: nothing to wait on)
+    time.sleep(0.1)  # past the grace (time must pass: nothing to wait on)
     request = embed_in_background(cluster, ["waits for the restart"])
     cluster.wait_status(lambda s: s["queue_jobs"] == 1 or request.done(), "the request's job in the broker's queue")
-    time.sleep(0.3)  # the broker's loop has turned several times since: a job failed NO_WORKERS would be gone
+    time.sleep(0.1)  # 5 turns of the broker's loop (0.02 s each) since: a job failed NO_WORKERS would be gone
     assert not request.done(), "failed while a worker was restarting"
     cluster.add_worker()  # w1 is back
     np.testing.assert_allclose(request.result(timeout=30).vectors, fake_vectors(["waits for the restart"]),
@@ -63,14 +63,14 @@ def test_a_restarting_worker_holds_queued_jobs_past_the_no_worker_grace(make_clu
 
 
 def test_with_only_failed_workers_no_workers_comes_at_once(make_cluster) -> None:
-    cluster = make_cluster(no_worker_grace=0.1)
+    cluster = make_cluster(no_worker_grace=0.05)
     first = cluster.add_worker()
     first.loop.stop()
     cluster.wait_status(lambda s: not s["workers"], "no worker")
     supervisor = cluster.peer("client")
     supervisor.send(Command.WORKERS_DOWN, {"workers": [down("w0", "failed")]})
     cluster.wait_status(lambda s: s["workers_down"], "the report")
-    time.sleep(0.3)  # past the grace (time must pass: nothing to wait on); a failed worker does not extend it
+    time.sleep(0.1)  # past the grace (time must pass: nothing to wait on); a failed worker does not extend it
     with pytest.raises(ApiError) as error:
         cluster.client.embed(["nobody will serve this"], True, 30)
     assert error.value.code == "NO_WORKERS"
@@ -120,24 +120,28 @@ def test_broker_link_sends_the_down_list_on_change_and_resends_it_while_not_empt
         broker.setsockopt(zmq.LINGER, 0)
         address = "inproc://link"
         broker.bind(address)
-        link = BrokerLink(context, address, resend=0.3)
+        now = [1000.0]
+        link = BrokerLink(context, address, resend=0.3, clock=lambda: now[0])
 
         def received(timeout: float) -> list[protocol.Message]:
+            """What came within ``timeout``, and any more that follows within 0.02 s (inproc delivers at once)."""
             out = []
             while broker.poll(int(timeout * 1000)):
                 out.append(protocol.decode(broker.recv_multipart()[1:]))
-                timeout = 0.05
+                timeout = 0.02
             return out
 
         link.workers_down([])  # empty and unchanged: nothing to say
-        assert received(0.2) == []
+        assert received(0.05) == []
         report = [down("worker-1", "failed")]
         link.workers_down(report)
         [message] = received(0.2)
         assert message.command is Command.WORKERS_DOWN and message.header["workers"] == report
         link.workers_down(report)  # unchanged, sent a moment ago
-        assert received(0.1) == []
-        time.sleep(0.35)  # past the resend interval (time must pass: nothing to wait on)
+        now[0] += 0.2
+        link.workers_down(report)  # unchanged, sent 0.2 s ago: within the resend interval
+        assert received(0.05) == []
+        now[0] += 0.15  # past the resend interval
         link.workers_down(report)  # unchanged, but a restarted broker would not know it
         assert len(received(0.2)) == 1
         link.workers_down([])  # changed: cleared once
