@@ -120,7 +120,7 @@ def test_cancel_removes_a_queued_job(make_cluster) -> None:
     assert status["counters"]["submitted"] == 1 and status["counters"]["failed"] == 0
     worker = cluster.add_worker()
     probe_only = list(worker.embedder.batches)  # the worker encodes its probe before it registers
-    front.recv_nothing(0.5, skip=())  # neither a result nor an error: the job is gone
+    front.recv_nothing(0.1, skip=())  # neither a result nor an error: the job is gone (5 heartbeats' turns)
     assert worker.embedder.batches == probe_only
 
 
@@ -207,7 +207,7 @@ def test_garbage_frames_are_counted_and_dropped_and_the_broker_keeps_serving(mak
     worker_side.send_raw(protocol.encode(Command.RESULT, {"job": "j", "attempt": 0, "n": 2, "dim": 8}, b"\0" * 4))
     expected = len(GARBAGE) + 2
     cluster.wait_status(lambda s: s["counters"]["dropped_frames"] == expected, f"{expected} frames dropped")
-    front.recv_nothing(0.2, skip=())  # garbage is not answered
+    front.recv_nothing(0.05, skip=())  # garbage is not answered
     cluster.add_worker()
     np.testing.assert_allclose(cluster.client.embed(TEXTS, True, 30).vectors, fake_vectors(TEXTS), rtol=1e-6)
     cluster.wait_status(lambda s: s["counters"]["answered"] == 3 and s["counters"]["dropped_frames"] == expected,

@@ -121,11 +121,11 @@ def test_unparsable_response_is_a_parse_error(server: tuple[str, Script]) -> Non
 
 def test_slow_server_is_a_timeout_and_retried(server: tuple[str, Script]) -> None:
     url, script = server
-    script.replies = [(200, {"vectors": [[1.0, 0.0]]}, {}, 1.0)]
-    assert client(url, timeout=0.3).embed(["abc"]) == [[3.0, 0.0]]  # first try timed out, the retry answered
-    script.replies = [(200, {"vectors": [[1.0, 0.0]]}, {}, 1.0)] * 3
+    script.replies = [(200, {"vectors": [[1.0, 0.0]]}, {}, 0.5)]
+    assert client(url, timeout=0.15).embed(["abc"]) == [[3.0, 0.0]]  # first try timed out, the retry answered
+    script.replies = [(200, {"vectors": [[1.0, 0.0]]}, {}, 0.5)] * 3
     with pytest.raises(EmbedError) as caught:
-        client(url, timeout=0.3, retry_attempts=0).embed(["abc"])
+        client(url, timeout=0.15, retry_attempts=0).embed(["abc"])
     assert caught.value.kind == TIMEOUT
 
 

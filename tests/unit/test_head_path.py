@@ -209,7 +209,7 @@ def test_close_leaves_a_waiting_requests_link_to_it(raw_broker) -> None:
 
     def request() -> None:
         try:
-            client.embed(["waits"], True, 0.5)
+            client.embed(["waits"], True, 0.2)
         except ApiError as exc:
             errors.append(exc)
 
