@@ -152,13 +152,14 @@ class _Link:
 class BrokerClient:
     def __init__(self, address: str, context: zmq.Context | None = None, job_texts: int = JOB_TEXTS,
                  status_interval: float = 0.5, on_first_worker: Callable[[], None] | None = None,
-                 start_interval: float = START_INTERVAL) -> None:
+                 start_interval: float = START_INTERVAL, gone_check: float = GONE_CHECK) -> None:
         self.address = address
         self.on_first_worker = on_first_worker  # called once, on the status thread, after the status is stored
         self.context = context or zmq.Context.instance()
         self.job_texts = job_texts
         self.status_interval = status_interval
         self.start_interval = start_interval  # between status requests until a worker shows
+        self.gone_check = gone_check  # seconds between checks that a waiting request's client is still there
         self._lock = threading.Lock()
         self._free: list[_Link] = []  # links made and not in use
         self._busy: set[_Link] = set()  # links a request is using
@@ -316,7 +317,7 @@ class BrokerClient:
                  epochs: tuple[int, int]) -> None:
         """Wait for every job's reply. Raise the first error of any job as soon as it comes (an OVERLOADED third
         job fails the request now, not after the first two are done), except INPUT_TOO_LONG, gathered from all
-        by :meth:`_result`; CLIENT_GONE within GONE_CHECK seconds of ``gone()`` turning true; TIMEOUT at the
+        by :meth:`_result`; CLIENT_GONE within ``gone_check`` seconds of ``gone()`` turning true; TIMEOUT at the
         deadline; the abort's error when :meth:`abort` is called."""
         epoch, abort_epoch = epochs  # as they were when the request began
         left = len(jobs)
@@ -341,7 +342,7 @@ class BrokerClient:
             wait = deadline - time.monotonic()
             if wait <= 0:
                 raise ApiError(ErrorCode.TIMEOUT, "the request did not finish before its deadline")
-            link.poller.poll(max(1, int(min(wait, GONE_CHECK) * 1000)) if gone else max(1, int(wait * 1000)))
+            link.poller.poll(max(1, int(min(wait, self.gone_check) * 1000)) if gone else max(1, int(wait * 1000)))
             link.drain_wakes()
 
     @staticmethod

@@ -29,7 +29,10 @@ from worker.worker import WorkerLoop, WorkerSettings
 # Fast heartbeats keep the tests short: the broker's and the workers' loops wake, and so stop, at the next one.
 # A silent worker is presumed dead after interval * liveness = 0.5 s.
 FAST = {"heartbeat_interval": 0.02, "heartbeat_liveness": 25}
+# for a test that waits for a silent worker to be presumed dead: after 0.3 s (still 15 heartbeats missed)
+SILENCE_KILLS_SOONER = {"heartbeat_liveness": 15}
 STATUS_INTERVAL = 0.02  # the front asks for the broker's status this often: a wait on it is this short
+GONE_CHECK = 0.02  # a waiting request looks this often whether its client has gone (the front's: 0.25 s)
 # the app's limits in front of an in-process cluster: small, so that tests reach them cheaply
 LIMITS = Limits(max_body_bytes=4096, max_texts=50, max_text_chars=500, request_timeout=30.0)
 DEADLINE = 15.0  # generous: the machine may be busy; waits fail loudly when it passes
@@ -126,7 +129,7 @@ class InprocCluster:
         self._broker_thread = threading.Thread(target=self.broker.run, name="broker", daemon=True)
         self._broker_thread.start()
         self.client = BrokerClient(self.settings.client_address, self.context, status_interval=STATUS_INTERVAL,
-                                   start_interval=STATUS_INTERVAL / 2)
+                                   start_interval=STATUS_INTERVAL / 2, gone_check=GONE_CHECK)
         self.client.start()
         self.workers: list[RunningWorker] = []
         self.peers: list[RawPeer] = []

@@ -101,7 +101,7 @@ def test_a_front_that_cannot_bind_ends_the_start_once_and_is_not_restarted() -> 
 def test_a_gone_clients_queued_jobs_are_cancelled(make_cluster) -> None:
     cluster = make_cluster(no_worker_grace=30.0)  # no worker: every job stays queued
     gone = threading.Event()
-    threading.Timer(0.3, gone.set).start()
+    threading.Timer(0.05, gone.set).start()
     started = time.monotonic()
     with pytest.raises(ApiError) as caught:
         cluster.client.embed([f"text {i}" for i in range(130)], True, 20.0, gone=gone.is_set)  # 3 jobs
