@@ -8,15 +8,22 @@ import falcon.testing
 import numpy as np
 import pytest
 
+from embed_common.protocol import Command
 from http_front.app import create_app
-from tests.unit.inproc import LIMITS, InprocCluster, Served, eventually, fake_vectors
+from tests.unit.inproc import LIMITS, InprocCluster, RawPeer, Served, eventually, fake_vectors
 
 
 def submitted(cluster: InprocCluster) -> int:
-    """Jobs the broker has accepted so far (a fresh status, not one cached before the last request)."""
-    before = cluster.client.status_at
-    status = cluster.wait_status(lambda s: cluster.client.status_at > before, "a fresh status")
-    return int(status["counters"]["submitted"])
+    """Jobs the broker has accepted so far (a fresh status, asked for now: not one cached before the last
+    request, and no wait for the front's next one)."""
+    asker = RawPeer(cluster.context, cluster.settings.client_address)
+    try:
+        asker.send(Command.STATUS, {"req": 1})
+        answer = asker.recv()
+    finally:
+        asker.close()
+    assert answer.command is Command.STATUS
+    return int(answer.header["counters"]["submitted"])
 
 
 def test_health_is_503_starting_until_a_worker_registers_then_200() -> None:

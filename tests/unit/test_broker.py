@@ -12,7 +12,7 @@ from embed_common import protocol
 from embed_common.models import parse_models
 from embed_common.protocol import PROTOCOL, Command, ErrorCode
 from http_front.errors import ApiError
-from tests.unit.inproc import CrashingWorkerLoop, InprocCluster, fake_vectors
+from tests.unit.inproc import SILENCE_KILLS_SOONER, CrashingWorkerLoop, InprocCluster, fake_vectors
 from worker.embedder import PROBE_TEXTS, FakeEmbedder
 
 TEXTS = [f"text {i} " + "word " * (i % 7) for i in range(150)]  # three jobs of at most 64 texts
@@ -60,7 +60,7 @@ def test_jobs_are_spread_over_two_workers(make_cluster) -> None:
 
 
 def test_a_worker_that_dies_silently_has_its_jobs_requeued_and_answered_by_another(make_cluster) -> None:
-    cluster = make_cluster()
+    cluster = make_cluster(**SILENCE_KILLS_SOONER)
     # slow enough that it still holds its job when it dies
     dying = cluster.add_worker(FakeEmbedder(), loop_class=CrashingWorkerLoop)
     dying.embedder.delay_per_token = 0.03  # from now on: its start-up probe went at full speed
@@ -78,7 +78,7 @@ def test_a_worker_that_dies_silently_has_its_jobs_requeued_and_answered_by_anoth
 
 
 def test_a_late_reply_from_an_earlier_attempt_is_dropped(make_cluster) -> None:
-    cluster = make_cluster(no_worker_grace=60.0)
+    cluster = make_cluster(no_worker_grace=60.0, **SILENCE_KILLS_SOONER)
     worker = cluster.peer("worker")
     worker.send(Command.READY, ready_header("raw"))
     assert worker.recv().command is Command.WELCOME

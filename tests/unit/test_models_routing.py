@@ -7,15 +7,15 @@ import pytest
 
 from embed_common.models import ModelSpec, parse_models
 from http_front.errors import ApiError
-from tests.unit.inproc import CrashingWorkerLoop, fake_vectors
+from tests.unit.inproc import SILENCE_KILLS_SOONER, CrashingWorkerLoop, fake_vectors
 from worker.embedder import FakeEmbedder
 
 MODELS = "first=fake/model-a,second=fake/model-b"
 TEXTS = [f"text {i} " + "word " * (i % 5) for i in range(150)]
 
 
-def two_model_cluster(make_cluster):
-    cluster = make_cluster(models=parse_models(MODELS))
+def two_model_cluster(make_cluster, **settings):
+    cluster = make_cluster(models=parse_models(MODELS), **settings)
     a = [cluster.add_worker(FakeEmbedder(dim=8, model_id="fake/model-a")) for _ in range(2)]
     b = [cluster.add_worker(FakeEmbedder(dim=4, model_id="fake/model-b"), loop_class=CrashingWorkerLoop)
          for _ in range(2)]
@@ -69,7 +69,7 @@ def test_a_worker_of_no_served_model_is_refused(make_cluster) -> None:
 
 
 def test_one_models_pool_lost_the_other_serves_on(make_cluster) -> None:
-    cluster, _, b = two_model_cluster(make_cluster)
+    cluster, _, b = two_model_cluster(make_cluster, **SILENCE_KILLS_SOONER)
     for worker in b:
         worker.loop.crash()
     cluster.wait_status(lambda s: {w["model"] for w in s["workers"]} == {"first"}, "the second pool empty")
@@ -77,7 +77,7 @@ def test_one_models_pool_lost_the_other_serves_on(make_cluster) -> None:
     status = cluster.wait_status(lambda s: True, "a status")
     assert [m["workers"] for m in status["models"]] == [2, 0]
     with pytest.raises(ApiError) as raised:  # waits for a worker of its own model, never taken by another
-        cluster.client.embed(["x"], True, 0.5, model="second")
+        cluster.client.embed(["x"], True, 0.2, model="second")
     assert raised.value.code == "TIMEOUT"
     replacement = cluster.add_worker(FakeEmbedder(dim=4, model_id="fake/model-b"))
     assert cluster.client.embed(["x"], True, 30, model="second").vectors.shape == (1, 4)
