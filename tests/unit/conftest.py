@@ -9,6 +9,7 @@ import falcon.testing
 import pytest
 
 from http_front.app import create_app
+from tests.unit import source_tree
 from tests.unit.fast_tier import Guard
 from tests.unit.inproc import LIMITS, InprocCluster, Served, eventually
 
@@ -52,6 +53,10 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
     return _held((yield))
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    source_tree.forget()
 
 
 @pytest.fixture
