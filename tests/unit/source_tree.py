@@ -19,7 +19,19 @@ def parsed(path: Path) -> ast.Module:
     return _parse(path.read_text(), str(path))
 
 
+@functools.cache
+def _walk(source: str, filename: str) -> tuple[ast.AST, ...]:
+    return tuple(ast.walk(_parse(source, filename)))
+
+
+def walked(path: Path) -> tuple[ast.AST, ...]:
+    """Every node of :func:`parsed`'s tree, in ``ast.walk`` order, listed once (each scan of the tree would
+    otherwise walk it again)."""
+    return _walk(path.read_text(), str(path))
+
+
 def forget() -> None:
     """Drop the parsed modules (at the session's end: the ~150,000 nodes of the whole tree kept alive would be
     traversed again by each collection the interpreter makes on its way out, seconds of a fast tier's wall)."""
+    _walk.cache_clear()
     _parse.cache_clear()

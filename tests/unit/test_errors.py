@@ -13,7 +13,7 @@ import pytest
 
 from embed_common.errors import ERRORS, TABLE, ErrorCode, UnknownErrorCode, code_for_status
 from http_front.errors import ApiError, install
-from tests.unit.source_tree import parsed
+from tests.unit.source_tree import walked
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -48,7 +48,7 @@ def raised_codes() -> list[tuple[str, str]]:
     found = []
     for package in ("broker", "worker", "http_front", "embed_common", "supervisor", "embed_client"):
         for path in sorted((ROOT / package).rglob("*.py")):
-            for node in ast.walk(parsed(path)):
+            for node in walked(path):
                 where = f"{path.relative_to(ROOT)}:{getattr(node, 'lineno', 0)}"
                 if (isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", None))
                         == "ApiError" and node.args and isinstance(node.args[0], ast.Constant)):

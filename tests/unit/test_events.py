@@ -13,7 +13,7 @@ import pytest
 
 from embed_common import events, progress
 from embed_common.events import EVENTS, TABLE
-from tests.unit.source_tree import parsed
+from tests.unit.source_tree import walked
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("broker", "worker", "http_front", "embed_common", "supervisor", "embed_client")
@@ -31,7 +31,7 @@ def emitted() -> list[tuple[str, str, ast.expr | None]]:
     found = []
     for package in PACKAGES:
         for path in sorted((ROOT / package).rglob("*.py")):
-            for node in ast.walk(parsed(path)):
+            for node in walked(path):
                 if not isinstance(node, ast.Call) or len(node.args) < 2:
                     continue
                 name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")

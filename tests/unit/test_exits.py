@@ -7,7 +7,7 @@ import ast
 from pathlib import Path
 
 from embed_common.exits import TABLE, ExitCode, table_markdown
-from tests.unit.source_tree import parsed
+from tests.unit.source_tree import walked
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("broker", "worker", "http_front", "embed_common", "supervisor", "embed_client")
@@ -28,12 +28,12 @@ def bare_exit_codes(root: Path = ROOT) -> list[str]:
     found = []
     for package in PACKAGES:
         for path in sorted((root / package).rglob("*.py")):
-            tree = parsed(path)
-            for function in ast.walk(tree):
+            nodes = walked(path)
+            for function in nodes:
                 if isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)) and function.name in EXIT_FUNCTIONS:
                     found += [f"{path.relative_to(root)}:{node.lineno}" for node in ast.walk(function)
                               if isinstance(node, ast.Return) and _bare_ints(node.value)]
-            for node in ast.walk(tree):
+            for node in nodes:
                 if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
                         and node.func.attr in ("exit", "_exit") and node.args and _bare_ints(node.args[0])):
                     found.append(f"{path.relative_to(root)}:{node.lineno}")

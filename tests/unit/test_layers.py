@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.unit.source_tree import parsed
+from tests.unit.source_tree import walked
 
 ROOT = Path(__file__).resolve().parents[2]
 OURS = {"broker", "worker", "http_front", "supervisor", "embed_client", "embed_common", "bench", "tests"}
@@ -18,7 +18,7 @@ PARTS = ("broker", "worker", "http_front", "embed_client")
 def imported_packages(path: Path) -> set[str]:
     """The top-level packages of ours that a module imports, anywhere in it."""
     found: set[str] = set()
-    for node in ast.walk(parsed(path)):
+    for node in walked(path):
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
@@ -68,7 +68,7 @@ def import_graph(root: Path, packages: set[str]) -> dict[str, set[str]]:
     for name, path in found.items():
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
         targets: set[str] = set()
-        for node in ast.walk(parsed(path)):
+        for node in walked(path):
             if isinstance(node, ast.Import):
                 targets.update(alias.name for alias in node.names)
             elif isinstance(node, ast.ImportFrom):
