@@ -188,7 +188,7 @@ def reply(router: zmq.Socket, identity: bytes, job: str, vectors: np.ndarray) ->
 def test_a_late_reply_on_a_reused_link_is_not_the_next_requests_answer(raw_broker) -> None:
     router, client = raw_broker
     with pytest.raises(ApiError) as timeout:
-        client.embed(["first"], True, 0.2)  # nobody answers in time
+        client.embed(["first"], True, 0.05)  # nobody answers in time
     assert timeout.value.code == "TIMEOUT"
     identity, first = next_submit(router)
     answers: list[EmbedResult] = []
