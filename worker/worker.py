@@ -37,6 +37,14 @@ from worker.embedder import PROBE_TEXTS, Embedder
 log = logging.getLogger(__name__)
 
 HEAP_TRIM_INTERVAL = 1.0  # seconds: under load the compute thread returns freed heap memory this often
+# Once idle this long, a compute thread tidies up (:meth:`ComputeThreads.tidy`): off the path of a lone text,
+# which would otherwise wait for the trim of its own batch before its answer is sent.
+IDLE_TIDY = 0.5  # seconds
+# After this many padded tokens since it last gave them back, the engine's buffers are worth giving back once
+# idle: OpenVINO keeps buffers for the shapes it has run, and a batch mix grows a worker by hundreds of MB
+# (`python bench/engines.py` prints each engine's memory after one). A lone query is tens of tokens, so a
+# desktop's searches seldom pay the next pass's allocation; a bulk load always gives its memory back.
+RELEASE_TOKENS = 8192
 
 
 @dataclass(frozen=True)
@@ -92,6 +100,11 @@ class ComputeThreads:
         self.batch_sizes = BatchSizes()
         self._trim_heap = heap.trimmer()
         self._trimmed_at = 0.0
+        self._encoding = 0  # batches taken and not yet finished
+        self._untidy = False  # a batch ran since the last tidy
+        self._tokens_since_release = 0  # padded tokens encoded since the engine last gave its buffers back
+        self.idle_tidy = IDLE_TIDY
+        self.releases = 0  # times the engine gave its buffers back (for /health's stats and the tests)
 
     def submit(self, header: dict[str, Any]) -> None:
         generation = self.generation
@@ -155,19 +168,46 @@ class ComputeThreads:
                 if batch:
                     if self.pool.has_work():
                         self._lock.notify()  # more planned work: an idle thread takes the next batch
+                    self._encoding += 1
                     return batch
+                if self._untidy and self._encoding == 0 and not self._queued:
+                    self._idle += 1
+                    woken = self._lock.wait(self.idle_tidy)
+                    self._idle -= 1
+                    if not woken and self._untidy and self._encoding == 0 and not self._queued:
+                        self.tidy()
+                    continue
                 self._idle += 1
                 self._lock.wait()
                 self._idle -= 1
             return None
 
+    def tidy(self) -> None:
+        """Return the memory the last batches left behind, while no batch runs (the caller holds the lock): the
+        engine's buffers after a bulk load (its ``release_memory``, where it has one), then the heap's free
+        pages (worker/heap.py)."""
+        self._untidy = False
+        release = getattr(self.embedder, "release_memory", None)
+        if self._tokens_since_release >= RELEASE_TOKENS and release is not None:
+            try:
+                release()
+                self.releases += 1
+            except Exception:  # an engine that cannot give memory back keeps serving
+                log.exception("release_memory failed")
+            self._tokens_since_release = 0
+        self._trim_heap()
+        self._trimmed_at = time.monotonic()
+
     def encode(self, batch: list[tuple[PendingJob, int]], index: int = 0) -> None:
         start = time.perf_counter()
+        ids = [job.ids[t] for job, t in batch]
         try:
-            vectors = self.embedder.encode_ids([job.ids[t] for job, t in batch])
+            vectors = self.embedder.encode_ids(ids)
         except Exception as exc:  # a model failure fails these jobs, not the worker
             log.exception("encode failed")
             with self._lock:
+                self._encoding -= 1
+                self._untidy = True
                 for job in {id(job): job for job, _ in batch}.values():
                     if not job.failed:
                         job.failed = True
@@ -178,6 +218,9 @@ class ComputeThreads:
             return
         spent = time.perf_counter() - start
         with self._lock:
+            self._encoding -= 1
+            self._untidy = True
+            self._tokens_since_release += len(ids) * max(map(len, ids), default=0)
             for row, (job, t) in enumerate(batch):
                 if job.failed:
                     continue
@@ -196,7 +239,7 @@ class ComputeThreads:
             self.batch_sizes.observe(len(batch))
             self.busy_seconds += spent
             now = time.monotonic()
-            trim = not self.pool.has_work() or now - self._trimmed_at > HEAP_TRIM_INTERVAL
+            trim = self.pool.has_work() and now - self._trimmed_at > HEAP_TRIM_INTERVAL  # idle: tidy() trims
             if trim:
                 self._trimmed_at = now
         if trim:

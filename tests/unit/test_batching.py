@@ -5,7 +5,9 @@ from __future__ import annotations
 import itertools
 import random
 import socket
+import time
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -253,3 +255,50 @@ def test_share_of_keeps_at_least_one_text_for_the_others() -> None:
     assert share_of([0, 1], [100, 1], 4) == [0]
     assert share_of([0, 1, 2, 3], [5, 5, 5, 5], 2) == [0, 1]
     assert share_of([0, 1, 2, 3], [5, 5, 5, 5], 9) == [0]
+
+
+class ReleasingEmbedder(FakeEmbedder):
+    """Counts the worker's calls of the optional ``release_memory``, and whether one came while a batch ran."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.releases = 0
+        self.running = 0
+        self.released_while_running = False
+
+    def encode_ids(self, ids: list[list[int]]) -> np.ndarray:
+        self.running += 1
+        try:
+            return super().encode_ids(ids)
+        finally:
+            self.running -= 1
+
+    def release_memory(self) -> None:
+        self.releases += 1
+        self.released_while_running |= self.running > 0
+
+
+def test_an_idle_worker_gives_back_what_a_bulk_load_left_and_a_lone_query_does_not_pay_for_it(
+        wake: socket.socket) -> None:
+    embedder = ReleasingEmbedder(dim=4, max_tokens=64, delay_per_token=1e-6)
+    compute = ComputeThreads(embedder, token_budget=8192, max_batch=64, wake=wake, threads=2)
+    compute.idle_tidy = 0.02
+    trims: list[float] = []
+    compute._trim_heap = lambda: trims.append(time.monotonic())
+    compute.start()
+    try:
+        compute.submit(header("query", ["a short search query"]))
+        wait_done(compute, 1)
+        eventually(lambda: len(trims) == 1, "the heap trimmed once idle", timeout=30, interval=0.005)
+        assert embedder.releases == 0  # a lone query is small: its next pass allocates nothing again
+        large = [" ".join(["word"] * 50) for _ in range(60)]  # 3 x 60 x 52 padded tokens >= RELEASE_TOKENS
+        for job_id in ("bulk", "bulk2", "bulk3"):
+            compute.submit(header(job_id, large))
+        wait_done(compute, 4)
+        eventually(lambda: embedder.releases == 1 and len(trims) == 2, "the engine's buffers given back once idle",
+                   timeout=30, interval=0.005)
+        time.sleep(5 * compute.idle_tidy)  # idle on: nothing new ran, so nothing more to give back
+        assert embedder.releases == 1 and len(trims) == 2
+    finally:
+        compute.stop()
+    assert not embedder.released_while_running
