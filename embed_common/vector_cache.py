@@ -131,7 +131,7 @@ class VectorStore:
             try:
                 conn = self._connect(READER_CACHE_KIB)
                 conn.execute(f"PRAGMA page_size={PAGE_SIZE}")  # a new file's: a row of a few KB fits in a page
-                conn.execute("PRAGMA journal_mode=WAL")
+                self._enter_wal(conn)
                 conn.execute("PRAGMA synchronous=NORMAL")  # in WAL: a crash of the process loses nothing committed
                 conn.execute("BEGIN IMMEDIATE")
                 conn.execute("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL)")
@@ -156,6 +156,22 @@ class VectorStore:
                     raise
                 self._move_aside(exc)
         raise AssertionError("unreachable")
+
+    @staticmethod
+    def _enter_wal(conn: sqlite3.Connection) -> None:
+        """Put the file in WAL mode, waiting for other processes opening it at the same moment: SQLite answers
+        the mode change with "database is locked" at once, without its busy handler, while another connection
+        holds the file (three fronts started together on one new file met it: tests/unit/test_vector_cache.py
+        opens one from several processes at once)."""
+        deadline = time.monotonic() + BUSY_MS / 1000
+        while True:
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if ("locked" not in str(exc) and "busy" not in str(exc)) or time.monotonic() > deadline:
+                    raise
+            time.sleep(0.01)
 
     def _move_aside(self, why: object) -> None:
         aside = self.path.with_name(self.path.name + ".damaged")
