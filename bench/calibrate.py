@@ -6,10 +6,12 @@ relative error, ``seconds = a + c * size * width * (1 + width / attention_width)
 and the thread's CPU time, which other processes on the machine disturb much less than wall time.
 
     python bench/calibrate.py [--model ID_OR_PATH] [--device cpu|cuda] [--precision auto|fp32|fp16w|...]
-                              [--backend torch|onnx]
+                              [--backend torch|onnx|openvino]
 
 It loads the model as a worker does (``--precision auto`` by default: what the worker would pick here);
-``--backend onnx`` times the ONNX Runtime embedder (worker/onnx_backend.py, one intra-op thread, fp32).
+``--backend onnx`` times the ONNX Runtime embedder (worker/onnx_backend.py, one intra-op thread, fp32);
+``--backend openvino`` the OpenVINO one (worker/openvino_backend.py, bf16 where this CPU computes in it, else
+fp32) on every core as a worker runs it, so in wall time: run it on a quiet machine.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ def main() -> None:
     parser.add_argument("--model", default="sentence-transformers/all-MiniLM-L6-v2")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", default="auto", help="as the worker's --precision (default auto)")
-    parser.add_argument("--backend", default="torch", choices=("torch", "onnx"))
+    parser.add_argument("--backend", default="torch", choices=("torch", "onnx", "openvino"))
     parser.add_argument("--max-tokens", type=int, default=16384, help="largest batch timed, in padded tokens")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -44,13 +46,28 @@ def main() -> None:
         from worker.onnx_backend import prepare
 
         embedder = prepare(reference_path(args.model), args.model, lambda kind, data: None, threads=1)
+    elif args.backend == "openvino":
+        from worker.devices import plan_threads
+        from worker.onnx_backend import OnnxUnsupported
+        from worker.openvino_backend import prepare as prepare_openvino
+
+        path = reference_path(args.model)
+        precision = "bf16" if args.precision == "auto" else args.precision
+        try:
+            embedder = prepare_openvino(path, args.model, Path(path).name, precision, plan_threads("cpu"),
+                                        lambda kind, data: None)
+        except OnnxUnsupported:
+            if args.precision != "auto":
+                raise
+            embedder = prepare_openvino(path, args.model, Path(path).name, "fp32", plan_threads("cpu"),
+                                        lambda kind, data: None)
     else:
         from worker.embedder import SentenceTransformerEmbedder
 
         embedder = SentenceTransformerEmbedder(reference_path(args.model), args.model, args.device, args.precision,
                                                1 if on_cpu else None)
     print(f"precision {embedder.precision}", file=sys.stderr)
-    clock = time.thread_time if on_cpu else time.perf_counter
+    clock = time.thread_time if on_cpu and args.backend != "openvino" else time.perf_counter
 
     def seconds(size: int, width: int) -> float:
         ids = [[101, *[2000 + (i * 7 + j) % 5000 for i in range(width - 2)], 102] for j in range(size)]

@@ -259,12 +259,20 @@ def session_options(threads: int) -> Any:
     return options
 
 
+def padded_width(width: int, step: int, limit: int) -> int:
+    """``width`` rounded up to a multiple of ``step``, never past ``limit`` (the model's truncation length) nor
+    below ``width``: the masked padding changes no vector, and an engine that compiles kernels per input shape
+    (OpenVINO) then meets a few widths again instead of a new one with nearly every text."""
+    return max(width, min(-(-width // step) * step, limit))
+
+
 class PipelineEmbedder:
     """What every engine on the exported file shares: the ``tokenizers`` tokenizer, the padded feeds, the
     pooling in numpy. A subclass runs the transformer (:meth:`token_embeddings`)."""
 
     backend = ""
     input_names: list[str]
+    width_step = 1  # a batch's width is rounded up to a multiple of this (:func:`padded_width`)
 
     def __init__(self, pipeline: Pipeline, model_id: str, precision: str) -> None:
         self.model_id = model_id
@@ -289,7 +297,7 @@ class PipelineEmbedder:
     def encode_ids(self, ids: list[list[int]]) -> np.ndarray:
         if not ids:
             return np.zeros((0, self.dim), dtype=np.float32)
-        width = max(len(seq) for seq in ids)
+        width = padded_width(max(len(seq) for seq in ids), self.width_step, self.max_tokens)
         input_ids = np.full((len(ids), width), self.pad_id, dtype=np.int64)
         mask = np.zeros((len(ids), width), dtype=np.int64)
         for row, seq in enumerate(ids):

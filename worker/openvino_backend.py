@@ -44,6 +44,10 @@ from worker.onnx_backend import (
 log = logging.getLogger(__name__)
 
 PRECISION_HINTS = {"bf16": "bf16", "fp32": "f32"}
+# The plugin prepares its kernels for each input shape it meets the first time (a lone text of a width not seen
+# before costs several ms more): widths are rounded up to a multiple of this, so that texts of nearby lengths
+# share a shape. `python bench/widths.py` measures a lone text's first sight and its repeat at each step.
+WIDTH_STEP = 16
 
 
 def prepare(path: str, model_id: str, model_name: str, precision: str, threads: ThreadPlan,
@@ -88,6 +92,7 @@ def compressed(target: Path) -> Path:
 
 class OpenVinoEmbedder(PipelineEmbedder):
     backend = "openvino"
+    width_step = WIDTH_STEP
 
     def __init__(self, pipeline: Pipeline, model_file: str, model_id: str, precision: str,
                  threads: ThreadPlan) -> None:

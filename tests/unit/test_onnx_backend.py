@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from worker.onnx_backend import OnnxUnsupported, cache_dir, pool, read_pipeline
+from worker.onnx_backend import OnnxUnsupported, cache_dir, padded_width, pool, read_pipeline
 
 
 @pytest.fixture()
@@ -82,3 +82,10 @@ def test_the_cache_key_follows_the_model_files(model: Path, tmp_path: Path, monk
     assert cache_dir(read_pipeline(copy)) == first  # the same files elsewhere: the same export
     edit(model / "config.json", hidden_dropout_prob=0.2)  # another model's files: another export
     assert cache_dir(read_pipeline(model)) != first
+
+
+def test_a_width_is_rounded_up_to_its_step_and_never_past_the_models_limit() -> None:
+    assert [padded_width(w, 16, 256) for w in (1, 16, 17, 130, 250, 256)] == [16, 16, 32, 144, 256, 256]
+    assert [padded_width(w, 1, 256) for w in (1, 17, 256)] == [1, 17, 256]  # step 1: as it was
+    assert padded_width(300, 16, 256) == 300  # above the limit already (not truncated): never cut
+    assert padded_width(7, 16, 10) == 10
