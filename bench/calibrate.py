@@ -10,8 +10,9 @@ and the thread's CPU time, which other processes on the machine disturb much les
 
 It loads the model as a worker does (``--precision auto`` by default: what the worker would pick here);
 ``--backend onnx`` times the ONNX Runtime embedder (worker/onnx_backend.py, one intra-op thread, fp32);
-``--backend openvino`` the OpenVINO one (worker/openvino_backend.py, bf16 where this CPU computes in it, else
-fp32) on every core as a worker runs it, so in wall time: run it on a quiet machine.
+``--backend openvino`` the OpenVINO one (worker/openvino_backend.py, at the precision a worker measures it at
+here: bf16 where the CPU has native bf16, else fp32) on every core as a worker runs it, so in wall time: run
+it on a quiet machine.
 """
 
 from __future__ import annotations
@@ -47,20 +48,9 @@ def main() -> None:
 
         embedder = prepare(reference_path(args.model), args.model, lambda kind, data: None, threads=1)
     elif args.backend == "openvino":
-        from worker.devices import plan_threads
-        from worker.onnx_backend import OnnxUnsupported
-        from worker.openvino_backend import prepare as prepare_openvino
+        from bench.engines import load_candidate
 
-        path = reference_path(args.model)
-        precision = "bf16" if args.precision == "auto" else args.precision
-        try:
-            embedder = prepare_openvino(path, args.model, Path(path).name, precision, plan_threads("cpu"),
-                                        lambda kind, data: None)
-        except OnnxUnsupported:
-            if args.precision != "auto":
-                raise
-            embedder = prepare_openvino(path, args.model, Path(path).name, "fp32", plan_threads("cpu"),
-                                        lambda kind, data: None)
+        embedder = load_candidate(args.model, "openvino", args.precision)
     else:
         from worker.embedder import SentenceTransformerEmbedder
 

@@ -19,6 +19,7 @@ import platform
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `python bench/engines.py` from anywhere
 
@@ -26,7 +27,7 @@ from bench.run import DEFAULT_MODEL, reference_path
 from worker import engine_select
 from worker.devices import plan_threads
 from worker.engine_choice import MIN_COSINE, choose, weights_for
-from worker.engines import EMBEDDERS, LoadRequest
+from worker.engines import EMBEDDERS, Candidate, LoadRequest
 from worker.onnx_backend import exported
 from worker.worker import default_token_budget
 
@@ -37,6 +38,19 @@ def cpu_name() -> str:
             return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         return platform.processor() or platform.machine()
+
+
+def load_candidate(model: str, engine: str, precision: str = "auto") -> Any:
+    """``model`` on ``engine`` on this CPU as a worker loads it, on every core of a worker's share; ``auto``: the
+    precision a worker measures that engine at here (worker/engines.py, e.g. OpenVINO's bf16 where the CPU has
+    native bf16, else fp32)."""
+    path = reference_path(model)
+    spec = EMBEDDERS.engine(engine)
+    chosen = spec.measured("cpu")[0] if precision == "auto" else precision
+    request = LoadRequest(path, model, Path(path).name, "cpu", chosen, plan_threads("cpu"), lambda kind, data: None)
+    if spec.prepare is not None:
+        spec.prepare(request)
+    return EMBEDDERS.load(Candidate(engine, chosen), request)
 
 
 def main() -> int:

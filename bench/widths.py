@@ -7,7 +7,8 @@ The plugin prepares its kernels per input shape, so a text of a width it has not
 a width it has. Each (round, step) runs in a fresh child process (the steps' order turned each round, so the
 machine's drift falls on all of them): the long texts of bench/peers.py's lone-text row one at a time, each
 once ("first", as a client sends them), then all again ("again"). Prints the p50 and mean ms of each, per step,
-over every round, with the CPU and the precision (bf16 where this CPU computes in it, else fp32).
+over every round, with the CPU and the precision (the one a worker measures OpenVINO at here: bf16 where the
+CPU has native bf16, else fp32).
 """
 
 from __future__ import annotations
@@ -24,23 +25,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `python bench/widths.py` from anywhere
 
-from bench.engines import cpu_name
+from bench.engines import cpu_name, load_candidate
 from bench.peers import long_texts
-from bench.run import DEFAULT_MODEL, reference_path
+from bench.run import DEFAULT_MODEL
 
 
 def child(model: str, step: int, n: int) -> dict[str, object]:
     """One fresh engine at ``step``: each of ``n`` long texts' ms, first and again."""
-    from worker.devices import plan_threads
-    from worker.onnx_backend import OnnxUnsupported
-    from worker.openvino_backend import prepare
+    from worker.onnx_backend import padded_width
 
-    threads = plan_threads("cpu")
-    path = reference_path(model)
-    try:
-        embedder, precision = prepare(path, model, Path(path).name, "bf16", threads, lambda *a: None), "bf16"
-    except OnnxUnsupported:
-        embedder, precision = prepare(path, model, Path(path).name, "fp32", threads, lambda *a: None), "fp32"
+    embedder = load_candidate(model, "openvino")
     embedder.width_step = step
     ids = embedder.tokenize(long_texts(n)).ids
     embedder.encode_ids([ids[0][:2]])  # the engine's own first pass, on a width no text below has
@@ -52,8 +46,8 @@ def child(model: str, step: int, n: int) -> dict[str, object]:
             embedder.encode_ids([seq])
             passes[label].append((time.perf_counter() - start) * 1000)
     widths = {len(seq) for seq in ids}
-    return {"precision": precision, "passes": passes, "lengths": len(widths),
-            "shapes": len({-(-w // step) for w in widths})}
+    return {"precision": embedder.precision, "passes": passes, "lengths": len(widths),
+            "shapes": len({padded_width(w, step, embedder.max_tokens) for w in widths})}
 
 
 def main() -> int:

@@ -159,10 +159,10 @@ class VectorStore:
 
     @staticmethod
     def _enter_wal(conn: sqlite3.Connection) -> None:
-        """Put the file in WAL mode, waiting for other processes opening it at the same moment: SQLite answers
-        the mode change with "database is locked" at once, without its busy handler, while another connection
-        holds the file (three fronts started together on one new file met it: tests/unit/test_vector_cache.py
-        opens one from several processes at once)."""
+        """Put the file in WAL mode, waiting (up to the busy timeout) for others opening it at the same moment:
+        SQLite answers the mode change with "database is locked" at once, without its busy handler, while
+        another connection holds the file (three fronts started together on one new file met it;
+        tests/unit/test_vector_cache.py opens one new file from several threads at once)."""
         deadline = time.monotonic() + BUSY_MS / 1000
         while True:
             try:

@@ -331,7 +331,6 @@ def test_the_client_reads_the_servers_hits_header() -> None:
     assert reader.cache_hits == (4, 6)
 
 
-
 def open_at_once(path: Path, openers: int) -> list[BaseException]:
     """What ``openers`` threads met opening a store on ``path`` together (each store closed after)."""
     start = threading.Barrier(openers)
