@@ -135,6 +135,7 @@ class Worker:
             "inflight_texts": self.inflight_texts,
             "served_texts": self.served_texts,
             "texts_per_s": self.stats.get("texts_per_s"),
+            "engine_passes": self.stats.get("engine_passes"),  # OpenVINO: passes alone, passes beside each other
         }
 
 

@@ -295,6 +295,11 @@ class PipelineEmbedder:
         return Tokenized([e.ids for e in encodings], [i for i, e in enumerate(encodings) if e.overflowing])
 
     def encode_ids(self, ids: list[list[int]]) -> np.ndarray:
+        return self.encode_with(ids, self.token_embeddings)
+
+    def encode_with(self, ids: list[list[int]],
+                    run: Callable[[dict[str, np.ndarray]], np.ndarray]) -> np.ndarray:
+        """``ids`` padded into feeds, ``run`` for their token embeddings, then pooled."""
         if not ids:
             return np.zeros((0, self.dim), dtype=np.float32)
         width = padded_width(max(len(seq) for seq in ids), self.width_step, self.max_tokens)
@@ -306,7 +311,7 @@ class PipelineEmbedder:
         feeds = {"input_ids": input_ids, "attention_mask": mask}
         if "token_type_ids" in self.input_names:
             feeds["token_type_ids"] = np.zeros_like(input_ids)
-        tokens = self.token_embeddings({k: v for k, v in feeds.items() if k in self.input_names})
+        tokens = run({k: v for k, v in feeds.items() if k in self.input_names})
         return pool(tokens, mask, self.pipeline.pooling)
 
     def token_embeddings(self, feeds: dict[str, np.ndarray]) -> np.ndarray:

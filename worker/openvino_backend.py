@@ -12,11 +12,14 @@ The tokenizer, the padding and the pooling are the ONNX path's (:class:`worker.o
 Memory: the plugin keeps the buffers of the largest batch it has run. :meth:`OpenVinoEmbedder.release_memory`
 gives them back; the worker calls it once idle after a large batch (worker/worker.py ``ComputeThreads``).
 
-Threads: one compilation on every core of the worker's share (``PERFORMANCE_HINT`` LATENCY, ``cores`` of
-worker/devices.py ``plan_threads``), one pass at a time (the compute threads take turns): a lone text uses every
-idle core and a batch keeps them all busy. One stream per compute thread (THROUGHPUT, a request per thread)
-was measured against it on a 2-core bf16 CPU with ``python bench/engines.py --compute-threads 1`` and
-``--compute-threads 2``: it gave about half the batch rate and more memory, so it is not used.
+Threads: two compilations of one model. A pass that runs alone (a lone query, the last batch of a load) goes
+to the *latency* one: one request on every core of the worker's share (``PERFORMANCE_HINT`` LATENCY, ``cores``
+of worker/devices.py ``plan_threads``). Passes that run beside each other go to the *busy* one
+(:meth:`OpenVinoEmbedder.encode_ids_beside`): one stream, on its own cores, per compute thread, so no pass
+waits at every layer for a core that the front, the broker, the client or the other pass is using. The two
+never share the cores (:class:`PassGate`). Against one request that every pass takes in turn, this serves
+many concurrent clients faster and a lone text as fast, for more memory under load (the busy compilation's
+buffers, one set a stream); `python bench/streams.py` measures both ways side by side.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ import logging
 import os
 import shutil
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -108,16 +113,77 @@ class OpenVinoEmbedder(PipelineEmbedder):
         computes_in = self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
         if computes_in != hint:  # e.g. bf16 asked on a CPU that has no bf16: OpenVINO quietly uses f32
             raise OnnxUnsupported(f"OpenVINO computes in {computes_in} here, not {precision}")
+        self.busy = None  # with one compute thread no pass runs beside another
+        if threads.compute > 1:
+            self.busy = core.compile_model(model, "CPU", {
+                "PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": threads.compute,
+                "INFERENCE_NUM_THREADS": threads.compute * threads.intra_op, "INFERENCE_PRECISION_HINT": hint})
         self.input_names = [port.get_any_name() for port in model.inputs]
         self.dim = int(model.outputs[0].get_partial_shape()[-1].get_length())
         self._request = self.compiled.create_infer_request()
-        self._lock = threading.Lock()  # the one request takes one pass at a time
+        self._streams = threading.local()  # each compute thread's request on the busy compilation
+        self._gate = PassGate()
+        self.passes = {"alone": 0, "beside": 0}  # for the tests
 
     def release_memory(self) -> None:
-        """Give back the buffers the largest batch so far left in the plugin (the next pass allocates again)."""
-        with self._lock:
+        """Give back the buffers the largest batches so far left in the plugin (the next pass allocates again)."""
+        with self._gate.alone():
             self.compiled.release_memory()
+            if self.busy is not None:
+                self.busy.release_memory()
 
     def token_embeddings(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
-        with self._lock:  # a copy: the next pass on this request overwrites its output
+        """A pass on every core, once no other pass runs."""
+        with self._gate.alone():  # a copy: the next pass on this request overwrites its output
+            self.passes["alone"] += 1
             return np.array(self._request.infer(feeds)[0])
+
+    def encode_ids_beside(self, ids: list[list[int]]) -> np.ndarray:
+        """:meth:`encode_ids` for a batch that runs beside others: on this thread's stream, one core."""
+        if self.busy is None:
+            return self.encode_ids(ids)
+        return self.encode_with(ids, self._pass_beside)
+
+    def _pass_beside(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        assert self.busy is not None
+        with self._gate.beside():
+            self.passes["beside"] += 1
+            request = getattr(self._streams, "request", None)
+            if request is None:
+                request = self._streams.request = self.busy.create_infer_request()
+            return np.array(request.infer(feeds)[0])
+
+
+class PassGate:
+    """Passes that hold every core (:meth:`alone`: one at a time, none beside it) and passes that each hold one
+    (:meth:`beside`: any number at once, while no pass holds them all). A waiting pass alone is not starved: the
+    worker sends a pass alone only when no other is taken (worker/worker.py ``ComputeThreads``)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._alone = False
+        self._beside = 0
+
+    @contextmanager
+    def alone(self) -> Iterator[None]:
+        with self._cond:
+            self._cond.wait_for(lambda: not self._alone and not self._beside)
+            self._alone = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._alone = False
+                self._cond.notify_all()
+
+    @contextmanager
+    def beside(self) -> Iterator[None]:
+        with self._cond:
+            self._cond.wait_for(lambda: not self._alone)
+            self._beside += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._beside -= 1
+                self._cond.notify_all()

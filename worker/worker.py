@@ -151,13 +151,14 @@ class ComputeThreads:
 
     def run(self, index: int = 0) -> None:
         while True:
-            batch = self._next(index)
-            if batch is None:
+            taken = self._next(index)
+            if taken is None:
                 return
-            self.encode(batch, index)
+            self.encode(*taken, index=index)
 
-    def _next(self, index: int) -> list[tuple[PendingJob, int]] | None:
-        """The next batch for compute thread ``index``, waiting for one; None once stopped."""
+    def _next(self, index: int) -> tuple[list[tuple[PendingJob, int]], bool] | None:
+        """The next batch for compute thread ``index`` and whether it runs alone (no other batch encoding, none
+        left to plan), waiting for one; None once stopped."""
         with self._lock:
             while not self._stopped:
                 for job in self._queued:
@@ -166,10 +167,11 @@ class ComputeThreads:
                 self.pool.drop(lambda job: job.generation != self.generation)  # requeued elsewhere by the broker
                 batch = self.pool.next_batch(parts=1 + self._idle)
                 if batch:
-                    if self.pool.has_work():
+                    alone = self._encoding == 0 and not self.pool.has_work()
+                    if not alone:
                         self._lock.notify()  # more planned work: an idle thread takes the next batch
                     self._encoding += 1
-                    return batch
+                    return batch, alone
                 if self._untidy and self._encoding == 0 and not self._queued:
                     self._idle += 1
                     woken = self._lock.wait(self.idle_tidy)
@@ -198,11 +200,14 @@ class ComputeThreads:
         self._trim_heap()
         self._trimmed_at = time.monotonic()
 
-    def encode(self, batch: list[tuple[PendingJob, int]], index: int = 0) -> None:
+    def encode(self, batch: list[tuple[PendingJob, int]], alone: bool = True, index: int = 0) -> None:
+        """Encode ``batch`` and finish the jobs it completes. A batch that runs beside others goes to the
+        engine's ``encode_ids_beside`` where it has one (OpenVINO: a stream of its own rather than every core)."""
         start = time.perf_counter()
         ids = [job.ids[t] for job, t in batch]
+        beside = None if alone else getattr(self.embedder, "encode_ids_beside", None)
         try:
-            vectors = self.embedder.encode_ids(ids)
+            vectors = (beside or self.embedder.encode_ids)(ids)
         except Exception as exc:  # a model failure fails these jobs, not the worker
             log.exception("encode failed")
             with self._lock:
@@ -351,7 +356,9 @@ class WorkerLoop:
         return {"texts_done": self.compute.texts_done,
                 "texts_per_s": round(self.compute.texts_done / busy, 1) if busy > 0 else None,
                 "batch_sizes": self.compute.batch_sizes.snapshot(),
-                "batches_by_thread": list(self.compute.batches_by_thread)}
+                "batches_by_thread": list(self.compute.batches_by_thread),
+                **({"engine_passes": dict(passes)} if (passes := getattr(self.compute.embedder, "passes", None))
+                   else {})}
 
     def connect(self) -> None:
         if self.sock is not None:

@@ -7,7 +7,8 @@ tests/integration/test_engine.py): one worker with a compute thread per core.
   bench corpus, and the torch backend serves the same vectors;
 - one worker computes on several cores at once, even for one multi-text request at a time;
 - the one worker killed under load is restarted, and every accepted request is answered once, right;
-- a model the ONNX path cannot take serves on torch, and /info says so.
+- a model the ONNX path cannot take serves on torch, and /info says so;
+- OpenVINO runs a lone text alone on every core and a load's batches beside each other, with the same vectors.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import json
 import os
 import shutil
 import signal
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,7 @@ from bench import corpus
 from tests.conftest import Cluster, cosine_rows, eventually
 from tests.integration.faults import Load, TextPool, check_outcomes, health, short_texts
 from worker.devices import physical_cores
+from worker.engine_choice import MIN_COSINE
 
 pytestmark = pytest.mark.slow
 
@@ -237,5 +240,39 @@ def test_backend_torch_serves_the_same_vectors(cluster: Cluster) -> None:
         info = c.get("/info").json()
         assert info["backend"] == ["torch"] and "model_preparing" not in types_of(c)
         assert cosine_rows(np.asarray(c.embed(texts)), onnx).min() > 0.999
+    finally:
+        assert c.stop() == 0, c.log()
+
+
+@pytest.mark.skipif(physical_cores() < 2, reason="needs two cores")
+def test_openvino_runs_a_lone_text_on_every_core_and_a_load_beside_each_other_same_vectors(
+        cache: Path, reference_model: Any) -> None:
+    """``--backend openvino`` (at the precision it measures here): a lone text is a pass alone, on the latency
+    compilation; concurrent clients' batches run beside each other, one stream a compute thread
+    (worker/openvino_backend.py); either way the vectors are sentence-transformers fp32's."""
+    texts = [row["text"] for row in corpus.load(96)]
+    expected = reference_model.encode(texts, normalize_embeddings=True, batch_size=32)
+    c = Cluster("--backend", "openvino", env=cache_env(cache))
+    try:
+        c.wait_ready(timeout=600)
+        lone = np.asarray([c.embed([t], cache=False)[0] for t in texts[:6]])
+        served: dict[int, list[float]] = {}
+
+        def client(k: int) -> None:
+            for i in range(k, len(texts), 8):
+                served[i] = c.embed([texts[i]], cache=False)[0]
+
+        threads = [threading.Thread(target=client, args=(k,)) for k in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        assert len(served) == len(texts)
+        loaded = np.asarray([served[i] for i in range(len(texts))])
+        assert cosine_rows(lone, expected[:6]).min() >= MIN_COSINE
+        assert cosine_rows(loaded, expected).min() >= MIN_COSINE
+        passes = eventually(lambda: (p := health(c)["workers"][0].get("engine_passes"))
+                            and p["beside"] > 0 and p, "passes beside each other in the worker's stats", 30)
+        assert passes["alone"] >= 6, passes
     finally:
         assert c.stop() == 0, c.log()

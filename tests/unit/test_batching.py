@@ -302,3 +302,38 @@ def test_an_idle_worker_gives_back_what_a_bulk_load_left_and_a_lone_query_does_n
     finally:
         compute.stop()
     assert not embedder.released_while_running
+
+
+class BesideEmbedder(FakeEmbedder):
+    """Records which of its two ways each batch was sent: ``encode_ids`` (alone) or ``encode_ids_beside``."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.ways: list[str] = []
+
+    def encode_ids(self, ids: list[list[int]]) -> np.ndarray:
+        self.ways.append("alone")
+        return super().encode_ids(ids)
+
+    def encode_ids_beside(self, ids: list[list[int]]) -> np.ndarray:
+        self.ways.append("beside")
+        return FakeEmbedder.encode_ids(self, ids)
+
+
+def test_a_lone_query_runs_alone_and_batches_under_load_run_beside_each_other(wake: socket.socket) -> None:
+    embedder = BesideEmbedder(dim=4, max_tokens=64, delay_per_token=2e-4)
+    compute = ComputeThreads(embedder, token_budget=256, max_batch=8, wake=wake, threads=2)
+    compute.start()
+    try:
+        eventually(lambda: compute._idle == 2, "both compute threads idle", timeout=30, interval=0.005)
+        compute.submit(header("query", ["one search query"]))
+        wait_done(compute, 1)
+        assert embedder.ways == ["alone"]  # nothing else to do: the engine may use every core for it
+        texts = [" ".join(["word"] * 30) for _ in range(40)]  # many batches: the threads encode side by side
+        compute.submit(header("bulk", texts))
+        done = wait_done(compute, 2)
+    finally:
+        compute.stop()
+    assert embedder.ways.count("beside") >= 2, embedder.ways
+    alone = FakeEmbedder(dim=4, max_tokens=64)
+    assert np.allclose(done["bulk"][0].vectors, normalize_rows(alone.encode_ids(alone.tokenize(texts).ids)))
