@@ -38,10 +38,10 @@ def child_env() -> dict[str, str]:
 class Server:
     """A child process whose stdout lines are collected; its stderr goes to ``log_path``."""
 
-    def __init__(self, argv: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, argv: list[str], log_path: Path, env: dict[str, str] | None = None, root: Path = ROOT) -> None:
         self.log_path = log_path
         self._log: IO[str] = open(log_path, "w")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(argv, cwd=ROOT, env=env or child_env(), stdout=subprocess.PIPE, stderr=self._log,
+        self.proc = subprocess.Popen(argv, cwd=root, env=env or child_env(), stdout=subprocess.PIPE, stderr=self._log,
                                      stdin=subprocess.DEVNULL, text=True, bufsize=1)
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -82,13 +82,15 @@ def progress_type(line: str) -> str | None:
     return json.loads(line[len("PROGRESS:"):]).get("type")
 
 
-def start_cluster(model: str, args: list[str], log_dir: Path, timeout: float = 600.0) -> Server:
+def start_cluster(model: str, args: list[str], log_dir: Path, timeout: float = 600.0, root: Path = ROOT) -> Server:
     """``up`` on a free port; without the vector cache unless ``args`` names one (a bench that repeats its
-    texts measures the model, not the cache; bench/cache.py measures the cache)."""
+    texts measures the model, not the cache; bench/cache.py measures the cache). ``root``: the checkout whose
+    code every process of the tree runs (bench/ab.py starts an earlier revision's)."""
     port = free_port()
     cache = [] if "--cache" in args else ["--cache", "off"]
     argv = [sys.executable, "-m", "supervisor.cli", "up", "--port", str(port), "--model", model, *cache, *args]
-    server = Server(argv, log_dir / "cluster.log")
+    env = {**child_env(), "PYTHONPATH": str(root)} if root != ROOT else None
+    server = Server(argv, log_dir / "cluster.log", env, root)
     server.port = port
     try:
         server.wait_line(lambda line: progress_type(line) == "model_loaded", "model_loaded event", timeout)

@@ -175,7 +175,11 @@ class Pool:
         self.todo[key] = list(range(len(job.ids)))
 
     def next_batch(self, parts: int = 1) -> list[tuple[PendingJob, int]]:
-        """The cheapest planned batch that holds a text of the oldest job with texts left; [] when none.
+        """The cheapest planned batch that holds a text of the oldest job with texts left; [] when none. When
+        that job is all the pool holds, its costliest batch instead: then the order only decides how evenly the
+        compute threads finish (longest first, so that the batch left for last is the smallest and no thread
+        waits long for another to end the job), while with other jobs waiting a cheap batch first also serves
+        their texts that share it sooner (a query beside a bulk load).
 
         ``parts`` is how many compute threads could take work now (this one and the idle ones): while the plan
         holds fewer batches than that, the batch is cut to its share (:func:`share_of`), so that the idle
@@ -187,7 +191,8 @@ class Pool:
         oldest = refs[0][0]
         lengths = [len(self.jobs[key].ids[t]) for key, t in refs]
         groups = plan_groups(lengths, self.token_budget, self.max_batch, self.cost)
-        group = next(g for _, g in groups if any(refs[i][0] == oldest for i in g))
+        alone = all(key == oldest for key, _ in refs)
+        group = next(g for _, g in (reversed(groups) if alone else groups) if any(refs[i][0] == oldest for i in g))
         if parts > len(groups) and len(group) > 1:
             group = share_of(group, lengths, parts - len(groups) + 1)
         batch = [refs[i] for i in group]

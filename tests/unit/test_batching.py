@@ -113,6 +113,26 @@ def test_pool_serves_the_oldest_job_first_and_merges_newcomers() -> None:
                                                          ("old", 0), ("old", 1), ("old", 2)]
 
 
+def test_a_lone_job_hands_out_its_costliest_batch_first_and_its_cheapest_last() -> None:
+    lengths = [256, 256, 5, 5, 5, 60, 60]  # three batches of three costs (test_batches_come_cheapest_first)
+    costs = sorted(c for c, _ in plan_groups(lengths, 4096, 256, CPU_COST))
+    pool = Pool(token_budget=4096, max_batch=256)
+    pool.add(job("bulk", lengths))
+    handed = []
+    while pool.has_work():
+        batch = pool.next_batch()
+        handed.append(CPU_COST.cost(len(batch), max(len(j.ids[t]) for j, t in batch)))
+    assert handed == costs[::-1]  # so that the batch that ends the job is the shortest: the threads end together
+
+
+def test_with_another_job_waiting_the_cheapest_batch_of_the_oldest_goes_first() -> None:
+    pool = Pool(token_budget=4096, max_batch=256)
+    pool.add(job("bulk", [256, 256, 5, 5, 5, 60, 60]))
+    pool.add(job("query", [5]))
+    first = pool.next_batch()
+    assert {j.job_id for j, _ in first} == {"bulk", "query"}  # the query shares the cheap batch, served first
+
+
 def test_pool_drop_forgets_jobs() -> None:
     pool = Pool(token_budget=4096, max_batch=256)
     a, b = job("a", [5]), job("b", [5])
