@@ -191,8 +191,8 @@ class Pool:
         oldest = refs[0][0]
         lengths = [len(self.jobs[key].ids[t]) for key, t in refs]
         groups = plan_groups(lengths, self.token_budget, self.max_batch, self.cost)
-        alone = all(key == oldest for key, _ in refs)
-        group = next(g for _, g in (reversed(groups) if alone else groups) if any(refs[i][0] == oldest for i in g))
+        only_job = all(key == oldest for key, texts in self.todo.items() if texts)  # past the horizon too
+        group = next(g for _, g in (reversed(groups) if only_job else groups) if any(refs[i][0] == oldest for i in g))
         if parts > len(groups) and len(group) > 1:
             group = share_of(group, lengths, parts - len(groups) + 1)
         batch = [refs[i] for i in group]

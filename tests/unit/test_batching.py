@@ -133,6 +133,15 @@ def test_with_another_job_waiting_the_cheapest_batch_of_the_oldest_goes_first() 
     assert {j.job_id for j, _ in first} == {"bulk", "query"}  # the query shares the cheap batch, served first
 
 
+def test_a_job_waiting_past_the_horizon_still_counts_as_waiting() -> None:
+    lengths = [256, 256, 5, 5, 5, 60, 60]
+    cheapest = min(plan_groups(lengths, 4096, 256, CPU_COST))[1]
+    pool = Pool(token_budget=4096, max_batch=256, horizon=len(lengths))
+    pool.add(job("bulk", lengths))
+    pool.add(job("query", [5]))  # past the horizon: not planned yet, but the bulk is not all the pool holds
+    assert sorted(t for _, t in pool.next_batch()) == sorted(cheapest)
+
+
 def test_pool_drop_forgets_jobs() -> None:
     pool = Pool(token_budget=4096, max_batch=256)
     a, b = job("a", [5]), job("b", [5])
