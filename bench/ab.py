@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `python bench
 from bench import corpus, procs
 from bench.engines import cpu_name
 from bench.run import DEFAULT_MODEL
-from bench.side_by_side import Side, measure, table
+from bench.side_by_side import Tree, measure, table
 
 
 def export(rev: str, into: Path) -> str:
@@ -50,8 +50,8 @@ def main() -> int:
     texts = [row["text"] for row in corpus.load(args.texts)]
     with tempfile.TemporaryDirectory(prefix="bench-ab-") as tmp:
         commit = export(args.base, Path(tmp))
-        sides = [Side(f"base {commit}", args.arg, Path(tmp)), Side("this tree", args.arg)]
-        results = measure(sides, args.model, texts, args.rounds, args.light)
+        trees = [Tree(f"base {commit}", args.arg, Path(tmp)), Tree("this tree", args.arg)]
+        results = measure(trees, args.model, texts, args.rounds, args.light)
     engine = results["this tree"].health["workers"][0]
     print(f"{cpu_name()}, {os.cpu_count()} CPUs; {engine['backend']} {engine['precision']}; {len(texts)} texts a "
           f"shape, {args.rounds} rounds; lone: {args.light} long texts; up {' '.join(args.arg) or '(defaults)'}")

@@ -1,7 +1,7 @@
 """Two or more ``embed-cluster up`` trees measured side by side in one run, so the machine's drift falls on all of
 them: bench/streams.py (two ways of one engine) and bench/ab.py (two revisions of the code) print this.
 
-Every side runs at once. Each measurement goes to one side and then the next (the order turned every round):
+Every tree runs at once. Each measurement goes to one tree and then the next (the order turned every round):
 the p50 of a lone long text (bench/peers.py's lone-text row), texts/s in the three shapes of bench/load.py for
 ``rounds`` rounds, and each tree's PSS loaded, after the shapes and after a few idle seconds (the idle tidy
 gives an engine's buffers back).
@@ -12,6 +12,7 @@ from __future__ import annotations
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,12 +20,13 @@ from typing import Any
 from bench import procs
 from bench.load import EMBED, SHAPES, interleaved_lone, run_shape
 from bench.peers import long_texts
+from bench.sidecar import tree_pss
 
 IDLE_SECONDS = 3.0  # past the worker's idle tidy (worker/worker.py IDLE_TIDY)
 
 
 @dataclass(frozen=True)
-class Side:
+class Tree:
     name: str
     args: list[str] = field(default_factory=list)  # added to `up`'s
     root: Path = procs.ROOT  # the checkout whose code it runs
@@ -39,18 +41,19 @@ class Measured:
 
 
 def pss(server: procs.Server) -> float:
-    return round(sum(u["pss_mb"] for u in procs.usage(server.proc.pid).values()), 1)
+    """The whole tree's PSS, MB."""
+    return round(sum(tree_pss(server.proc.pid).values()), 1)
 
 
-def measure(sides: list[Side], model: str, texts: list[str], rounds: int, light: int) -> dict[str, Measured]:
+def measure(trees: list[Tree], model: str, texts: list[str], rounds: int, light: int) -> dict[str, Measured]:
     servers: dict[str, procs.Server] = {}
     with tempfile.TemporaryDirectory(prefix="bench-side-by-side-") as tmp:
         try:
-            for side in sides:
-                log_dir = Path(tmp) / side.name
+            for tree in trees:
+                log_dir = Path(tmp) / tree.name
                 log_dir.mkdir()
-                servers[side.name] = procs.start_cluster(model, ["--request-timeout", "300", *side.args], log_dir,
-                                                         root=side.root)
+                servers[tree.name] = procs.start_cluster(model, ["--request-timeout", "300", *tree.args], log_dir,
+                                                         root=tree.root)
             targets = {name: (server.port, EMBED) for name, server in servers.items()}
             lone = interleaved_lone(targets, long_texts(light), light)
             memory = {name: {"loaded": pss(server)} for name, server in servers.items()}
@@ -73,8 +76,8 @@ def measure(sides: list[Side], model: str, texts: list[str], rounds: int, light:
                 server.stop()
 
 
-def table(results: dict[str, Measured], extra: str = "", cell: Any = None) -> str:
-    """One line per side: lone p50, each shape's rounds and their mean, PSS; ``extra`` heads a last column
+def table(results: dict[str, Measured], extra: str = "", cell: Callable[[Measured], Any] | None = None) -> str:
+    """One line per tree: lone p50, each shape's rounds and their mean, PSS; ``extra`` heads a last column
     whose cells ``cell(measured)`` gives."""
     width = max(8, *(len(name) for name in results))
     lines = [f"{'':{width}} {'lone p50 ms':>12} " + " ".join(f"{s.name + ' (mean)':>42}" for s in SHAPES)

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `python bench
 from bench import corpus
 from bench.engines import cpu_name
 from bench.run import DEFAULT_MODEL
-from bench.side_by_side import Side, measure, table
+from bench.side_by_side import Tree, measure, table
 
 WAYS = {"beside": [], "alone": ["--compute-threads", "1"]}
 
@@ -37,8 +37,8 @@ def main() -> int:
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     texts = [row["text"] for row in corpus.load(args.texts)]
-    sides = [Side(name, ["--backend", "openvino", *extra]) for name, extra in WAYS.items()]
-    results = measure(sides, args.model, texts, args.rounds, args.light)
+    trees = [Tree(name, ["--backend", "openvino", *extra]) for name, extra in WAYS.items()]
+    results = measure(trees, args.model, texts, args.rounds, args.light)
     precision = results["beside"].health["workers"][0]["precision"]
     print(f"{cpu_name()}, {os.cpu_count()} CPUs; OpenVINO {precision}; {len(texts)} texts a shape, "
           f"{args.rounds} rounds; lone: {args.light} long texts")

@@ -11,7 +11,8 @@ a whole extra forward pass would cost more.
 :class:`Pool` holds the jobs in progress. After each batch it plans again over what is left plus what has
 arrived meanwhile (continuous batching: a new request joins the next batch, it does not wait for a window to
 drain), and hands out the batch that holds a text of the oldest job (so every job progresses; no
-starvation), preferring the cheapest such batch. A job is finished when its last text is encoded.
+starvation), preferring the cheapest such batch, or, when that job is all it holds, the costliest (so that
+the compute threads end the job together). A job is finished when its last text is encoded.
 """
 
 from __future__ import annotations
@@ -191,8 +192,10 @@ class Pool:
         oldest = refs[0][0]
         lengths = [len(self.jobs[key].ids[t]) for key, t in refs]
         groups = plan_groups(lengths, self.token_budget, self.max_batch, self.cost)
-        only_job = all(key == oldest for key, texts in self.todo.items() if texts)  # past the horizon too
-        group = next(g for _, g in (reversed(groups) if only_job else groups) if any(refs[i][0] == oldest for i in g))
+        if all(key == oldest for key, texts in self.todo.items() if texts):  # past the horizon too
+            group = groups[-1][1]  # every batch is the oldest job's: its costliest
+        else:
+            group = next(g for _, g in groups if any(refs[i][0] == oldest for i in g))
         if parts > len(groups) and len(group) > 1:
             group = share_of(group, lengths, parts - len(groups) + 1)
         batch = [refs[i] for i in group]
